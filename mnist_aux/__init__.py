@@ -1,0 +1,1 @@
+"""mnist_aux: see README."""
