@@ -1,1 +1,36 @@
-"""llm_bridge: see README."""
+"""llm_bridge: the Subliminal-Learning projection test on real transformer LMs (Flax NNX).
+
+Three decoder families, parameter-compatible with Hugging Face ``transformers``:
+GPT-2 (:class:`GPT2`), GPT-NeoX / Pythia (:class:`GPTNeoX`) and the Llama family
+including TinyLlama, SmolLM2 and Qwen2 / Qwen2.5 (:class:`Llama`). See docs/llm_bridge.md.
+
+    model = llm_bridge.load("path/to/checkpoint")     # config.json + *.safetensors
+    tok = llm_bridge.load_tokenizer("path/to/checkpoint")
+    logits = model(tokens)                             # [B, T] -> [B, T, V]
+    f, params = llm_bridge.pure(model)                 # f(params, tokens) -> logits, for theory
+    new = llm_bridge.generate(model, prompts, 20)      # greedy, KV cache
+    llm_bridge.save("out/", model)                     # transformers.from_pretrained("out/") opens it
+"""
+
+from llm_bridge.checkpoint import (
+    config_from_hf,
+    download,
+    from_hf_weights,
+    load,
+    load_tokenizer,
+    read_safetensors,
+    save,
+    to_hf_weights,
+)
+from llm_bridge.functional import next_token_loss, pure
+from llm_bridge.gpt2 import GPT2, GPT2Config
+from llm_bridge.gpt_neox import GPTNeoX, GPTNeoXConfig
+from llm_bridge.layers import KVCache
+from llm_bridge.llama import Llama, LlamaConfig
+from llm_bridge.sampling import generate
+
+__all__ = [
+    "GPT2", "GPT2Config", "GPTNeoX", "GPTNeoXConfig", "KVCache", "Llama", "LlamaConfig", "config_from_hf",
+    "download", "from_hf_weights", "generate", "load", "load_tokenizer", "next_token_loss", "pure",
+    "read_safetensors", "save", "to_hf_weights",
+]
