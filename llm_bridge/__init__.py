@@ -16,6 +16,7 @@ from llm_bridge.checkpoint import (
     config_from_hf,
     download,
     from_hf_weights,
+    hf_shapes,
     load,
     load_tokenizer,
     read_safetensors,
@@ -31,6 +32,6 @@ from llm_bridge.sampling import generate
 
 __all__ = [
     "GPT2", "GPT2Config", "GPTNeoX", "GPTNeoXConfig", "KVCache", "Llama", "LlamaConfig", "config_from_hf",
-    "download", "from_hf_weights", "generate", "load", "load_tokenizer", "next_token_loss", "pure",
+    "download", "from_hf_weights", "generate", "hf_shapes", "load", "load_tokenizer", "next_token_loss", "pure",
     "read_safetensors", "save", "to_hf_weights",
 ]

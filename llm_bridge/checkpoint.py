@@ -114,6 +114,8 @@ class Family:
     buffers  keys of non-parameter buffers old checkpoints contain; skipped on load
     head     ``(LM head key, embedding key)``: with a tied head the head key may still be
              present; it is then checked equal to the embedding instead of loaded
+    n_layers the config field holding the number of layers (expands ``{i}``)
+    aliases  other spellings of a key that some writers use, mapped to the table's key
     """
 
     config: type
@@ -123,6 +125,7 @@ class Family:
     buffers: str
     head: tuple[str, str]
     n_layers: str
+    aliases: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 GPT2_FAMILY = Family(GPT2Config, GPT2, GPT2_TABLE, "transformer.",
@@ -130,7 +133,9 @@ GPT2_FAMILY = Family(GPT2Config, GPT2, GPT2_TABLE, "transformer.",
                      "n_layer")
 GPT_NEOX_FAMILY = Family(GPTNeoXConfig, GPTNeoX, GPT_NEOX_TABLE, "gpt_neox.",
                          r"gpt_neox\.layers\.\d+\.attention\.(bias|masked_bias|rotary_emb\.inv_freq)",
-                         ("embed_out.weight", "gpt_neox.embed_in.weight"), "num_hidden_layers")
+                         ("embed_out.weight", "gpt_neox.embed_in.weight"), "num_hidden_layers",
+                         # transformers >= 5 names the head module lm_head (it still saves embed_out)
+                         aliases={"lm_head.weight": "embed_out.weight"})
 LLAMA_FAMILY = Family(LlamaConfig, Llama, LLAMA_TABLE, "model.",
                       r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",
                       ("lm_head.weight", "model.embed_tokens.weight"), "num_hidden_layers")
@@ -195,6 +200,13 @@ def abstract_model(config: Config, dtype=jnp.float32) -> Model:
     return nnx.eval_shape(lambda: _family(config).model(config, dtype=dtype, rngs=nnx.Rngs(0)))
 
 
+def hf_shapes(config: Config) -> dict[str, tuple[int, ...]]:
+    """Hugging Face key -> shape of every tensor a checkpoint of ``config`` must hold."""
+    params = _flatten(nnx.to_pure_dict(nnx.state(abstract_model(config), nnx.Param)))
+    return {key: tuple(params[path].shape[::-1] if transpose else params[path].shape)
+            for key, path, transpose in _entries(config, params)}
+
+
 def from_hf_weights(config: Config, weights: Mapping[str, object], *, dtype=jnp.float32) -> Model:
     """A model from a Hugging Face state dict ``{key: array}`` (numpy or jax arrays).
 
@@ -206,6 +218,9 @@ def from_hf_weights(config: Config, weights: Mapping[str, object], *, dtype=jnp.
     weights = dict(weights)
     if family.prefix and not any(k.startswith(family.prefix) for k in weights):
         weights = {family.prefix + k: v for k, v in weights.items()}
+    for alias, key in family.aliases.items():
+        if alias in weights and key not in weights:
+            weights[key] = weights.pop(alias)
     graphdef, state = nnx.split(abstract_model(config, dtype))
     expected = _flatten(nnx.to_pure_dict(state))
     filled, used = {}, set()
@@ -332,8 +347,8 @@ def download(repo_id: str, *, revision: str | None = None, cache_dir: str | Path
     """Fetch a checkpoint from the Hugging Face hub (needs ``pip install .[hub]`` and network);
     returns the local folder to pass to :func:`load` and :func:`load_tokenizer`.
 
-    Only safetensors weights are fetched; a repo with only ``.bin`` weights then fails in
-    :func:`load` with the conversion hint. Tests and default runs never call this.
+    Only safetensors weights are fetched (a repo with only ``.bin`` weights then has none
+    and :func:`load` fails). Tests and default runs never call this.
     """
     try:
         from huggingface_hub import snapshot_download

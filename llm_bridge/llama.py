@@ -81,8 +81,8 @@ class LlamaConfig:
     def from_hf(cls, cfg: dict[str, Any]) -> LlamaConfig:
         """Read a Llama / Qwen2 config.json dict (either transformers spelling).
 
-        Refused: RoPE scaling of any kind, Qwen2 sliding-window attention, activations other
-        than silu. ``pretraining_tp`` only reorders a matmul in PyTorch and is kept as-is.
+        Refused: RoPE scaling of any kind, interleaved or multimodal RoPE, Qwen2
+        sliding-window attention, activations other than silu. ``pretraining_tp`` only reorders a matmul in PyTorch and is kept as-is.
         """
         cfg = dict(cfg)
         model_type = cfg.pop("model_type", "llama")
@@ -90,6 +90,9 @@ class LlamaConfig:
                                               fraction_keys=("partial_rotary_factor",))
         if fraction != 1.0:
             raise ValueError(f"partial_rotary_factor={fraction}: the Llama family rotates whole heads")
+        for flag, what in (("rope_interleaved", "interleaved RoPE"), ("use_mrope", "multimodal RoPE")):
+            if cfg.get(flag):
+                raise ValueError(f"{flag}=True ({what}) is not implemented; only split-half RoPE is")
         if model_type == "qwen2":
             if cfg.pop("use_sliding_window", False):
                 raise ValueError("use_sliding_window=True (sliding-window attention) is not implemented")
@@ -105,8 +108,10 @@ class LlamaConfig:
     def to_hf(self) -> dict[str, Any]:
         """A config.json dict that transformers' ``*ForCausalLM.from_pretrained`` reads back."""
         out = dict(self.extra)
-        out.update({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"})
-        out.update(num_key_value_heads=self.kv_heads, head_dim=self.dim, architectures=[self.architecture])
+        # Unset optional fields stay unset: transformers derives them the same way we do.
+        out.update({f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                    if f.name != "extra" and getattr(self, f.name) is not None})
+        out.update(architectures=[self.architecture])
         if self.model_type == "qwen2":
             for key in ("attention_bias", "mlp_bias"):
                 out.pop(key)

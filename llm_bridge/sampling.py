@@ -1,7 +1,8 @@
 """Autoregressive sampling with a KV cache: one prefill, then one cached token per step.
 
-The whole loop is one ``jax.jit`` (a ``lax.scan`` over steps), compiled once per
-``(batch, prompt length, max_new_tokens, temperature)``.
+The whole loop is one ``jax.jit`` (a ``lax.scan`` over steps), compiled once per model
+structure, ``(batch, prompt length)``, ``max_new_tokens``, greedy-or-not and ``eos_id``
+(the temperature and the prompts themselves are traced, so changing them does not recompile).
 """
 
 from __future__ import annotations
@@ -36,18 +37,18 @@ def generate(model: nnx.Module, prompts: jax.Array, max_new_tokens: int, *, mask
         raise ValueError("every prompt must end with a real token: pad on the left")
     key = jax.random.key(0) if key is None else key
     graphdef, state = nnx.split(model)
-    return _generate(graphdef, state, prompts, mask, key, max_new_tokens=max_new_tokens,
-                     temperature=float(temperature), eos_id=eos_id)
+    return _generate(graphdef, state, prompts, mask, key, jnp.float32(temperature),
+                     max_new_tokens=max_new_tokens, greedy=temperature == 0, eos_id=eos_id)
 
 
-@partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "temperature", "eos_id"))
-def _generate(graphdef, state, prompts, mask, key, *, max_new_tokens, temperature, eos_id):
+@partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "greedy", "eos_id"))
+def _generate(graphdef, state, prompts, mask, key, temperature, *, max_new_tokens, greedy, eos_id):
     model = nnx.merge(graphdef, state)
     b, t = prompts.shape
     keys = jax.random.split(key, max_new_tokens)
 
     def pick(logits, k):
-        if temperature == 0.0:
+        if greedy:
             return jnp.argmax(logits, axis=-1).astype(prompts.dtype)
         return jax.random.categorical(k, logits.astype(jnp.float32) / temperature, axis=-1).astype(prompts.dtype)
 
