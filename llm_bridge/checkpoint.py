@@ -19,7 +19,7 @@ computes ``x @ weight.T``; ``flax.nnx.Linear`` stores ``kernel [in, out]`` and c
 GPT-2's attention and MLP use ``transformers.Conv1D``, which stores ``[in, out]`` and
 computes ``x @ weight``, so those are *not* transposed (GPT-2's untied ``lm_head`` is an
 ``nn.Linear`` and is). Embeddings ``[vocab, hidden]``, norm weights and all biases have the
-same layout in both. LayerNorm's ``weight`` is Flax's ``scale``.
+same layout in both.
 """
 
 from __future__ import annotations
@@ -46,28 +46,28 @@ Entry = tuple[str, str, bool]  # (Hugging Face key, parameter path, transpose)
 GPT2_TABLE: tuple[Entry, ...] = (
     ("transformer.wte.weight", "wte.embedding", False),
     ("transformer.wpe.weight", "wpe.embedding", False),
-    ("transformer.h.{i}.ln_1.weight", "h.{i}.ln_1.scale", False),
+    ("transformer.h.{i}.ln_1.weight", "h.{i}.ln_1.weight", False),
     ("transformer.h.{i}.ln_1.bias", "h.{i}.ln_1.bias", False),
     ("transformer.h.{i}.attn.c_attn.weight", "h.{i}.attn.c_attn.kernel", False),  # Conv1D: [in, out]
     ("transformer.h.{i}.attn.c_attn.bias", "h.{i}.attn.c_attn.bias", False),
     ("transformer.h.{i}.attn.c_proj.weight", "h.{i}.attn.c_proj.kernel", False),  # Conv1D
     ("transformer.h.{i}.attn.c_proj.bias", "h.{i}.attn.c_proj.bias", False),
-    ("transformer.h.{i}.ln_2.weight", "h.{i}.ln_2.scale", False),
+    ("transformer.h.{i}.ln_2.weight", "h.{i}.ln_2.weight", False),
     ("transformer.h.{i}.ln_2.bias", "h.{i}.ln_2.bias", False),
     ("transformer.h.{i}.mlp.c_fc.weight", "h.{i}.mlp.c_fc.kernel", False),  # Conv1D
     ("transformer.h.{i}.mlp.c_fc.bias", "h.{i}.mlp.c_fc.bias", False),
     ("transformer.h.{i}.mlp.c_proj.weight", "h.{i}.mlp.c_proj.kernel", False),  # Conv1D
     ("transformer.h.{i}.mlp.c_proj.bias", "h.{i}.mlp.c_proj.bias", False),
-    ("transformer.ln_f.weight", "ln_f.scale", False),
+    ("transformer.ln_f.weight", "ln_f.weight", False),
     ("transformer.ln_f.bias", "ln_f.bias", False),
     ("lm_head.weight", "lm_head.kernel", True),  # nn.Linear; only when the head is untied
 )
 
 GPT_NEOX_TABLE: tuple[Entry, ...] = (
     ("gpt_neox.embed_in.weight", "embed_in.embedding", False),
-    ("gpt_neox.layers.{i}.input_layernorm.weight", "layers.{i}.input_layernorm.scale", False),
+    ("gpt_neox.layers.{i}.input_layernorm.weight", "layers.{i}.input_layernorm.weight", False),
     ("gpt_neox.layers.{i}.input_layernorm.bias", "layers.{i}.input_layernorm.bias", False),
-    ("gpt_neox.layers.{i}.post_attention_layernorm.weight", "layers.{i}.post_attention_layernorm.scale", False),
+    ("gpt_neox.layers.{i}.post_attention_layernorm.weight", "layers.{i}.post_attention_layernorm.weight", False),
     ("gpt_neox.layers.{i}.post_attention_layernorm.bias", "layers.{i}.post_attention_layernorm.bias", False),
     ("gpt_neox.layers.{i}.attention.query_key_value.weight", "layers.{i}.attention.query_key_value.kernel", True),
     ("gpt_neox.layers.{i}.attention.query_key_value.bias", "layers.{i}.attention.query_key_value.bias", False),
@@ -77,7 +77,7 @@ GPT_NEOX_TABLE: tuple[Entry, ...] = (
     ("gpt_neox.layers.{i}.mlp.dense_h_to_4h.bias", "layers.{i}.mlp.dense_h_to_4h.bias", False),
     ("gpt_neox.layers.{i}.mlp.dense_4h_to_h.weight", "layers.{i}.mlp.dense_4h_to_h.kernel", True),
     ("gpt_neox.layers.{i}.mlp.dense_4h_to_h.bias", "layers.{i}.mlp.dense_4h_to_h.bias", False),
-    ("gpt_neox.final_layer_norm.weight", "final_layer_norm.scale", False),
+    ("gpt_neox.final_layer_norm.weight", "final_layer_norm.weight", False),
     ("gpt_neox.final_layer_norm.bias", "final_layer_norm.bias", False),
     ("embed_out.weight", "embed_out.kernel", True),  # only when the head is untied (Pythia)
 )

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import nnx
 
 
@@ -31,7 +32,7 @@ def next_token_loss(logits: jax.Array, tokens: jax.Array, mask: jax.Array | None
     *target* token (e.g. 1 on completion tokens, 0 on prompt and padding). Without a mask
     this is ``transformers``' ``model(tokens, labels=tokens).loss``.
     """
-    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
-    w = jnp.ones_like(nll) if mask is None else mask[:, 1:].astype(jnp.float32)
+    dtype = jnp.float64 if logits.dtype == jnp.float64 else jnp.float32
+    nll = optax.losses.softmax_cross_entropy_with_integer_labels(logits[:, :-1].astype(dtype), tokens[:, 1:])
+    w = jnp.ones_like(nll) if mask is None else mask[:, 1:].astype(dtype)
     return jnp.sum(nll * w) / jnp.sum(w)

@@ -108,9 +108,9 @@ class Block(nnx.Module):
     """``x + attn(ln_1(x))``, then ``+ mlp(ln_2(.))``."""
 
     def __init__(self, cfg: GPT2Config, layer_idx: int, *, dtype, rngs: nnx.Rngs):
-        self.ln_1 = layers.layer_norm(cfg.n_embd, cfg.layer_norm_epsilon, dtype, rngs)
+        self.ln_1 = layers.LayerNorm(cfg.n_embd, cfg.layer_norm_epsilon, dtype=dtype)
         self.attn = Attention(cfg, layer_idx, dtype=dtype, rngs=rngs)
-        self.ln_2 = layers.layer_norm(cfg.n_embd, cfg.layer_norm_epsilon, dtype, rngs)
+        self.ln_2 = layers.LayerNorm(cfg.n_embd, cfg.layer_norm_epsilon, dtype=dtype)
         self.mlp = MLP(cfg, dtype=dtype, rngs=rngs)
 
     def __call__(self, x, ctx, cached=None):
@@ -128,7 +128,7 @@ class GPT2(nnx.Module):
         self.wte = nnx.Embed(cfg.vocab_size, cfg.n_embd, param_dtype=dtype, embedding_init=init, rngs=rngs)
         self.wpe = nnx.Embed(cfg.n_positions, cfg.n_embd, param_dtype=dtype, embedding_init=init, rngs=rngs)
         self.h = nnx.List([Block(cfg, i, dtype=dtype, rngs=rngs) for i in range(cfg.n_layer)])
-        self.ln_f = layers.layer_norm(cfg.n_embd, cfg.layer_norm_epsilon, dtype, rngs)
+        self.ln_f = layers.LayerNorm(cfg.n_embd, cfg.layer_norm_epsilon, dtype=dtype)
         if not cfg.tie_word_embeddings:
             self.lm_head = nnx.Linear(cfg.n_embd, cfg.vocab_size, use_bias=False, param_dtype=dtype, rngs=rngs)
 

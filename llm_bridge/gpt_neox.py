@@ -98,7 +98,7 @@ class Attention(nnx.Module):
         b, t, _ = x.shape
         qkv = self.query_key_value(x).reshape(b, t, self.n_head, 3, self.head_dim)
         q, k, v = qkv[:, :, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2]
-        cos, sin = layers.rope_tables(ctx.positions, self.rotary_dim, self.theta)
+        cos, sin = layers.rope_tables(ctx.positions, self.rotary_dim, self.theta, layers.upcast(x.dtype))
         q, k = layers.apply_rope(q, cos, sin), layers.apply_rope(k, cos, sin)
         k, v = layers.write_kv(cached, k, v, ctx.index)
         return self.dense(layers.attend(q, k, v, ctx.allowed, self.head_dim ** -0.5)), (k, v)
@@ -120,8 +120,8 @@ class Layer(nnx.Module):
     """Parallel residual ``x + attn(ln1(x)) + mlp(ln2(x))``, or sequential when disabled."""
 
     def __init__(self, cfg: GPTNeoXConfig, *, dtype, rngs: nnx.Rngs):
-        self.input_layernorm = layers.layer_norm(cfg.hidden_size, cfg.layer_norm_eps, dtype, rngs)
-        self.post_attention_layernorm = layers.layer_norm(cfg.hidden_size, cfg.layer_norm_eps, dtype, rngs)
+        self.input_layernorm = layers.LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, dtype=dtype)
+        self.post_attention_layernorm = layers.LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, dtype=dtype)
         self.attention = Attention(cfg, dtype=dtype, rngs=rngs)
         self.mlp = MLP(cfg, dtype=dtype, rngs=rngs)
         self.parallel = cfg.use_parallel_residual
@@ -142,7 +142,7 @@ class GPTNeoX(nnx.Module):
         self.embed_in = nnx.Embed(cfg.vocab_size, cfg.hidden_size, param_dtype=dtype,
                                   embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
         self.layers = nnx.List([Layer(cfg, dtype=dtype, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
-        self.final_layer_norm = layers.layer_norm(cfg.hidden_size, cfg.layer_norm_eps, dtype, rngs)
+        self.final_layer_norm = layers.LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, dtype=dtype)
         if not cfg.tie_word_embeddings:
             self.embed_out = nnx.Linear(cfg.hidden_size, cfg.vocab_size, use_bias=False, param_dtype=dtype,
                                         rngs=rngs)

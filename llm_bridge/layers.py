@@ -1,5 +1,8 @@
 """Building blocks shared by the three decoder families: norms, RoPE, attention, KV cache.
 
+Norms, RoPE tables and the attention softmax run in float32 for float32 / bf16 models
+(as transformers does) and in float64 for float64 models (for tight theory tests).
+
 Shapes: ``B`` batch, ``T`` new tokens this call, ``S`` key slots (``T`` without a cache,
 the cache size with one), ``H`` query heads, ``K`` key/value heads (``H = K * G``), ``D``
 head dim. Every formula matches the Hugging Face PyTorch implementation it replaces, so
@@ -30,6 +33,11 @@ ACTIVATIONS = {
 _MASKED = -1e30
 
 
+def upcast(dtype) -> jnp.dtype:
+    """The dtype norms, RoPE and softmax run in: float32, or ``dtype`` itself if wider."""
+    return jnp.dtype(dtype) if jnp.finfo(dtype).bits >= 32 else jnp.dtype(jnp.float32)
+
+
 def check_activation(name: str) -> str:
     """``name`` if it is a supported Hugging Face activation, else ValueError."""
     if name not in ACTIVATIONS:
@@ -37,9 +45,21 @@ def check_activation(name: str) -> str:
     return name
 
 
-def layer_norm(features: int, eps: float, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    """``torch.nn.LayerNorm``: biased variance computed as E[(x - mean)^2], not E[x^2] - mean^2."""
-    return nnx.LayerNorm(features, epsilon=eps, use_fast_variance=False, param_dtype=dtype, rngs=rngs)
+class LayerNorm(nnx.Module):
+    """``torch.nn.LayerNorm``: ``w * (x - mean) / sqrt(var + eps) + b``, biased variance
+    ``mean((x - mean)^2)``, computed in at least float32. ``x [..., features] -> [..., features]``.
+    """
+
+    def __init__(self, features: int, eps: float, *, dtype=jnp.float32):
+        self.weight = nnx.Param(jnp.ones((features,), dtype))
+        self.bias = nnx.Param(jnp.zeros((features,), dtype))
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        xf = x.astype(upcast(x.dtype))
+        centred = xf - jnp.mean(xf, axis=-1, keepdims=True)
+        normed = centred * jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + self.eps)
+        return (normed * self.weight[...] + self.bias[...]).astype(x.dtype)
 
 
 class RMSNorm(nnx.Module):
@@ -54,19 +74,21 @@ class RMSNorm(nnx.Module):
         self.eps = eps
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x32 = x.astype(jnp.float32)
-        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        xf = x.astype(upcast(x.dtype))
+        normed = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
         return self.weight[...] * normed.astype(x.dtype)
 
 
-def rope_tables(positions: jax.Array, rotary_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+def rope_tables(positions: jax.Array, rotary_dim: int, theta: float,
+                dtype=jnp.float32) -> tuple[jax.Array, jax.Array]:
     """cos, sin ``[B, T, rotary_dim]`` of rotary embedding (Su et al. 2021) at integer positions.
 
     Frequencies ``theta^(-2i / rotary_dim)`` for ``i < rotary_dim / 2``, each repeated in both
     halves (the "split-half" layout of Llama and GPT-NeoX, not the interleaved one).
+    Computed in ``dtype``: float32 for float32 / bf16 models, as transformers does.
     """
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, rotary_dim, 2, dtype=jnp.float32) / rotary_dim))
-    freqs = positions.astype(jnp.float32)[..., None] * inv_freq
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, rotary_dim, 2, dtype=dtype) / rotary_dim))
+    freqs = positions.astype(dtype)[..., None] * inv_freq
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     return jnp.cos(emb), jnp.sin(emb)
 
@@ -170,13 +192,13 @@ def context(mask: jax.Array, cache: KVCache | None) -> Context:
     t = mask.shape[1]
     if cache is None:
         positions = jnp.maximum(counts - 1, 0)
-        query_slot, key_valid, index = jnp.arange(t), mask, jnp.zeros((), jnp.int32)
+        query_slot, key_valid, index = jnp.arange(t, dtype=jnp.int32), mask, jnp.zeros((), jnp.int32)
     else:
         positions = jnp.maximum(cache.next_pos[:, None] + counts - 1, 0)
         index = cache.index
-        key_valid = jax.lax.dynamic_update_slice(cache.valid, mask, (0, index))
-        query_slot = index + jnp.arange(t)
-    key_slot = jnp.arange(key_valid.shape[1])
+        key_valid = jax.lax.dynamic_update_slice(cache.valid, mask, (jnp.zeros_like(index), index))
+        query_slot = index + jnp.arange(t, dtype=jnp.int32)
+    key_slot = jnp.arange(key_valid.shape[1], dtype=jnp.int32)
     causal = key_slot[None, :] <= query_slot[:, None]
     return Context(positions=positions, allowed=causal[None] & key_valid[:, None, :], index=index)
 
@@ -184,7 +206,7 @@ def context(mask: jax.Array, cache: KVCache | None) -> Context:
 def advance(cache: KVCache, mask: jax.Array, k: list[jax.Array], v: list[jax.Array]) -> KVCache:
     """The cache after writing ``T`` new tokens (``mask [B, T]``) whose per-layer K/V are ``k, v``."""
     mask = mask.astype(bool)
-    valid = jax.lax.dynamic_update_slice(cache.valid, mask, (0, cache.index))
+    valid = jax.lax.dynamic_update_slice(cache.valid, mask, (jnp.zeros_like(cache.index), cache.index))
     return KVCache(k=tuple(k), v=tuple(v), valid=valid,
                    next_pos=cache.next_pos + jnp.sum(mask, axis=1, dtype=jnp.int32),
                    index=cache.index + mask.shape[1])
@@ -197,8 +219,9 @@ def write_kv(cached: tuple[jax.Array, jax.Array] | None, k: jax.Array, v: jax.Ar
     if cached is None:
         return k, v
     ck, cv = cached
-    return (jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, index, 0, 0)),
-            jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, index, 0, 0)))
+    zero = jnp.zeros_like(index)  # all start indices must share one integer dtype
+    return (jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (zero, index, zero, zero)),
+            jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (zero, index, zero, zero)))
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array, scale: float) -> jax.Array:
@@ -206,12 +229,13 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array, scale: 
 
     Query head ``h`` reads key/value head ``h // G`` (``G = H / K``); the grouping is a
     reshape of the queries, so K/V are never repeated in memory. Scores are
-    ``scale * q . k`` and the softmax runs in float32.
+    ``scale * q . k`` and the softmax runs in at least float32.
     """
     b, t, h, d = q.shape
     kv_heads = k.shape[2]
     qg = q.reshape(b, t, kv_heads, h // kv_heads, d)
-    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k).astype(jnp.float32) * scale
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k)
+    scores = scores.astype(upcast(scores.dtype)) * scale
     scores = jnp.where(allowed[:, None, None, :, :], scores, _MASKED)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v)

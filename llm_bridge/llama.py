@@ -137,7 +137,7 @@ class Attention(nnx.Module):
         q = self.q_proj(x).reshape(b, t, self.n_head, self.head_dim)
         k = self.k_proj(x).reshape(b, t, self.kv_heads, self.head_dim)
         v = self.v_proj(x).reshape(b, t, self.kv_heads, self.head_dim)
-        cos, sin = layers.rope_tables(ctx.positions, self.head_dim, self.theta)
+        cos, sin = layers.rope_tables(ctx.positions, self.head_dim, self.theta, layers.upcast(x.dtype))
         q, k = layers.apply_rope(q, cos, sin), layers.apply_rope(k, cos, sin)
         k, v = layers.write_kv(cached, k, v, ctx.index)
         return self.o_proj(layers.attend(q, k, v, ctx.allowed, self.head_dim ** -0.5)), (k, v)

@@ -37,7 +37,7 @@ def test_logits_match_pytorch(name):
 
 @pytest.mark.parametrize("name", ["neox-seq-tied-head10", "qwen2-gqa3-head10-sharded"])
 def test_float64_models_run_under_strict_promotion(name, x64):
-    """A float64 load computes in float64 throughout (theory tests with tight tolerances need it).
+    """A float64 load computes, differentiates and samples in float64 (for tight theory tests).
 
     transformers computes RoPE in float32 even for float64 models, so the comparison is
     against our own float32 model: the difference is float32 rounding, not a formula change.
@@ -50,6 +50,7 @@ def test_float64_models_run_under_strict_promotion(name, x64):
     assert loss.dtype == jnp.float64 and all(g.dtype == jnp.float64 for g in jax.tree.leaves(grads))
     f32, params32 = llm_bridge.pure(c.ours)
     assert rel_err(jax.jit(f)(params, x), jax.jit(f32)(params32, x)) <= 1e-5
+    assert llm_bridge.generate(model, x, 3, temperature=0.5, key=jax.random.key(0)).shape == (2, 3)
 
 
 @pytest.mark.parametrize("name", NAMES)
