@@ -1,0 +1,279 @@
+"""MNIST and Fashion-MNIST from the four gzip-compressed IDX files, validated.
+
+Where the files come from, in order:
+
+1. the directory given explicitly (``--data-dir``; ``data_dir=`` here);
+2. the dataset's environment variable (``SUBLIMINAL_MNIST_DIR``,
+   ``SUBLIMINAL_FASHION_MNIST_DIR``);
+3. a system copy (Fashion-MNIST: ``/usr/share/datasets/fashion-mnist`` from the Debian
+   package ``dataset-fashion-mnist``);
+4. the download cache (``$XDG_CACHE_HOME/subliminal-verify/<dataset>``, default
+   ``~/.cache/...``), filled on first use by tensorflow-datasets when it is installed
+   (``pip install ".[tfds]"``), else by fetching the four official IDX files directly and
+   checking each against its published checksum before it is kept.
+
+A directory named in 1 or 2 must hold all four files: nothing is downloaded in its place.
+Every file is checked as it is read (gzip integrity, IDX magic number, shape, payload
+length, label range, image/label counts) and any problem raises :class:`DataError` with
+one line that names the file. The returned :class:`Dataset` records where the data came
+from and each file's sha256, and whether it is the official file
+(:attr:`Dataset.source`), so every results file says which data produced it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.request
+import warnings
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_MAGIC = 0x00000803  # IDX: unsigned byte, 3 dimensions
+LABEL_MAGIC = 0x00000801  # IDX: unsigned byte, 1 dimension
+SPLITS = {"train": 60_000, "test": 10_000}
+FILES = {
+    ("train", "images"): "train-images-idx3-ubyte.gz",
+    ("train", "labels"): "train-labels-idx1-ubyte.gz",
+    ("test", "images"): "t10k-images-idx3-ubyte.gz",
+    ("test", "labels"): "t10k-labels-idx1-ubyte.gz",
+}
+
+
+class DataError(Exception):
+    """A data file is missing, unreadable or malformed; the message names the file."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Where a dataset lives and the published checksums of its official ``.gz`` files."""
+
+    name: str
+    env_var: str
+    mirrors: tuple[str, ...]
+    checksums: dict[str, tuple[str, str]]  # file -> (hash algorithm, hex digest), as published
+    system_dirs: tuple[str, ...] = ()
+    tfds_name: str = ""
+
+
+DATASETS = {
+    "mnist": DatasetSpec(
+        name="mnist",
+        env_var="SUBLIMINAL_MNIST_DIR",
+        # The Google mirror TensorFlow uses, then the one torchvision uses (the original
+        # yann.lecun.com site often refuses downloads).
+        mirrors=("https://storage.googleapis.com/cvdf-datasets/mnist/",
+                 "https://ossci-datasets.s3.amazonaws.com/mnist/"),
+        checksums={
+            "train-images-idx3-ubyte.gz": ("sha256", "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
+            "train-labels-idx1-ubyte.gz": ("sha256", "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"),
+            "t10k-images-idx3-ubyte.gz": ("sha256", "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
+            "t10k-labels-idx1-ubyte.gz": ("sha256", "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
+        },
+        tfds_name="mnist",
+    ),
+    "fashion_mnist": DatasetSpec(
+        name="fashion_mnist",
+        env_var="SUBLIMINAL_FASHION_MNIST_DIR",
+        mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+        # Zalando publishes MD5 sums only. Debian's package recompresses the files, so its
+        # .gz bytes differ (same IDX content); see Dataset.source["files"].
+        checksums={
+            "train-images-idx3-ubyte.gz": ("md5", "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
+            "train-labels-idx1-ubyte.gz": ("md5", "25c81989df183df01b3e8a0aad5dffbe"),
+            "t10k-images-idx3-ubyte.gz": ("md5", "bef4ecab320f06d8554ea6380940ec79"),
+            "t10k-labels-idx1-ubyte.gz": ("md5", "bb300cfdad3c16e7a12a480ee83cd310"),
+        },
+        system_dirs=("/usr/share/datasets/fashion-mnist",),
+        tfds_name="fashion_mnist",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Images as uint8 ``[n, 784]`` (row-major 28x28), labels as int32 ``[n]`` in 0..9."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    source: dict = field(default_factory=dict)
+
+
+def _read_gz(path: Path) -> bytes:
+    try:
+        with gzip.open(path, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except EOFError:
+        raise DataError(f"{path}: truncated (the gzip stream ends early); download it again") from None
+    except (gzip.BadGzipFile, zlib.error, OSError) as err:
+        raise DataError(f"{path}: corrupted, not a readable gzip file ({err})") from None
+
+
+def read_idx(path: Path, magic: int, dims: tuple[int, ...]) -> np.ndarray:
+    """The uint8 array of an IDX ``.gz`` file, checked against ``magic`` and ``dims``.
+
+    ``dims`` are the expected sizes (e.g. ``(60000, 28, 28)``). Raises :class:`DataError`
+    naming ``path`` on a bad gzip stream, a wrong magic number, other dimensions, or a
+    payload shorter or longer than the header says.
+    """
+    raw = _read_gz(path)
+    header = 4 + 4 * len(dims)
+    if len(raw) < header:
+        raise DataError(f"{path}: truncated, {len(raw)} bytes is shorter than the IDX header")
+    found = int.from_bytes(raw[:4], "big")
+    if found != magic:
+        raise DataError(f"{path}: wrong magic number 0x{found:08x}, expected 0x{magic:08x} "
+                        f"(IDX unsigned-byte, {len(dims)}-d); is this the right file?")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(len(dims)))
+    if shape != tuple(dims):
+        raise DataError(f"{path}: header says shape {shape}, expected {tuple(dims)}")
+    want = int(np.prod(dims))
+    got = len(raw) - header
+    if got < want:
+        raise DataError(f"{path}: truncated, {got} data bytes where the header needs {want}")
+    if got > want:
+        raise DataError(f"{path}: {got - want} unexpected bytes after the data")
+    return np.frombuffer(raw, np.uint8, count=want, offset=header).reshape(dims)
+
+
+def _file_hash(path: Path, algorithm: str) -> str:
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_dir(directory: Path | str, dataset: str = "mnist") -> Dataset:
+    """Read and validate the four IDX files in ``directory``; record their checksums."""
+    spec = DATASETS[dataset]
+    directory = Path(directory)
+    arrays, files = {}, {}
+    for (split, kind), name in FILES.items():
+        path = directory / name
+        if not path.is_file():
+            raise DataError(f"{path}: file not found (a {dataset} directory needs all four IDX .gz files)")
+        n = SPLITS[split]
+        if kind == "images":
+            arrays[split, kind] = read_idx(path, IMAGE_MAGIC, (n, 28, 28)).reshape(n, 784)
+        else:
+            labels = read_idx(path, LABEL_MAGIC, (n,))
+            if labels.max() > 9:
+                raise DataError(f"{path}: label {int(labels.max())} out of range 0..9")
+            arrays[split, kind] = labels.astype(np.int32)
+        algorithm, official = spec.checksums[name]
+        sha256 = _file_hash(path, "sha256")
+        digest = sha256 if algorithm == "sha256" else _file_hash(path, algorithm)
+        files[name] = {"sha256": sha256, f"official_{algorithm}": official, "official": digest == official}
+    source = {"dataset": dataset, "dir": str(directory.resolve()), "files": files}
+    readme = directory / "README.md"
+    not_official = sorted(n for n, f in files.items() if not f["official"])
+    if not_official:
+        source["note"] = (f"not byte-identical to the official files: {', '.join(not_official)}"
+                          + (f" (see {readme})" if readme.is_file() else ""))
+    return Dataset(arrays["train", "images"], arrays["train", "labels"],
+                   arrays["test", "images"], arrays["test", "labels"], source)
+
+
+def cache_dir(dataset: str) -> Path:
+    """Where downloads are kept: ``$XDG_CACHE_HOME/subliminal-verify/<dataset>``."""
+    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return root / "subliminal-verify" / dataset
+
+
+def download(dataset: str, directory: Path) -> Path:
+    """Fetch the four official IDX files into ``directory``, each checked before it is kept."""
+    spec = DATASETS[dataset]
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, (algorithm, official) in spec.checksums.items():
+        target = directory / name
+        if target.is_file() and _file_hash(target, algorithm) == official:
+            continue
+        errors = []
+        for mirror in spec.mirrors:
+            with tempfile.NamedTemporaryFile(dir=directory, delete=False) as tmp:
+                try:
+                    with urllib.request.urlopen(mirror + name, timeout=60) as response:
+                        shutil.copyfileobj(response, tmp)
+                except OSError as err:
+                    errors.append(f"{mirror + name}: {err}")
+                    Path(tmp.name).unlink()
+                    continue
+            got = _file_hash(Path(tmp.name), algorithm)
+            if got != official:
+                Path(tmp.name).unlink()
+                errors.append(f"{mirror + name}: {algorithm} {got} is not the published {official}")
+                continue
+            Path(tmp.name).replace(target)
+            break
+        else:
+            raise DataError(f"{target}: download failed: " + "; ".join(errors))
+    return directory
+
+
+def _load_tfds(dataset: str) -> Dataset:
+    """The dataset through tensorflow-datasets' TensorFlow-free reader (``tfds.data_source``).
+
+    tfds must have built the dataset once (building MNIST needs TensorFlow); untested here,
+    where neither is installed.
+    """
+    import tensorflow_datasets as tfds
+
+    arrays = {}
+    for split in SPLITS:
+        source = tfds.data_source(DATASETS[dataset].tfds_name, split=split)
+        records = [source[i] for i in range(len(source))]
+        arrays[split] = (np.stack([np.asarray(r["image"], np.uint8).reshape(784) for r in records]),
+                         np.asarray([int(r["label"]) for r in records], np.int32))
+    return Dataset(*arrays["train"], *arrays["test"],
+                   source={"dataset": dataset, "tfds": tfds.__version__, "files": {}})
+
+
+def load(dataset: str = "mnist", data_dir: Path | str | None = None, allow_download: bool = True) -> Dataset:
+    """The dataset from the first place that has it (see the module docstring for the order).
+
+    Raises :class:`DataError` (one line naming the file or directory) when the files are
+    missing, malformed, or cannot be fetched.
+    """
+    if dataset not in DATASETS:
+        raise DataError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
+    spec = DATASETS[dataset]
+    named = data_dir or os.environ.get(spec.env_var)
+    if named:
+        data = load_dir(named, dataset)
+        data.source["origin"] = "--data-dir" if data_dir else f"${spec.env_var}"
+        return data
+    for d in (*spec.system_dirs, cache_dir(dataset)):
+        if all((Path(d) / f).is_file() for f in FILES.values()):
+            data = load_dir(d, dataset)
+            data.source["origin"] = "system copy" if d in spec.system_dirs else "download cache"
+            return data
+    if not allow_download:
+        raise DataError(f"{cache_dir(dataset)}: no {dataset} files found; pass --data-dir or set ${spec.env_var}")
+    try:
+        data = _load_tfds(dataset)
+        data.source["origin"] = "tensorflow-datasets"
+        return data
+    except ImportError:
+        pass
+    except Exception as err:  # tfds installed but cannot read or build it: fetch the IDX files
+        warnings.warn(f"tensorflow-datasets could not provide {dataset} ({err}); downloading the IDX files")
+    data = load_dir(download(dataset, cache_dir(dataset)), dataset)
+    data.source["origin"] = "downloaded, checksums verified"
+    return data
+
+
+def normalize(images: np.ndarray | "jax.Array"):  # noqa: F821
+    """uint8 pixels -> float32 in [-1, 1]: ``(x / 255 - 0.5) / 0.5``, as the official script's
+    ``ToTensor`` + ``Normalize((0.5,), (0.5,))``. Works on numpy and jax arrays."""
+    return (images.astype(np.float32) / np.float32(255.0) - np.float32(0.5)) / np.float32(0.5)

@@ -1,0 +1,232 @@
+"""Pure, per-seed pieces of the experiment: keys, teacher training, distillation, accuracy.
+
+Every function here describes ONE seed; :mod:`mnist_aux.experiment` runs them for many
+seeds at once with ``jax.vmap`` (the seed axis) inside ``jax.jit``. Shapes below omit that
+seed axis. An epoch is one ``lax.scan`` over its full batches plus one step on the last,
+smaller batch (60,000 = 58 x 1024 + 608), as the official script's loader does.
+
+Students. The four students of a seed are trained together as one stack
+``[4, ...]`` in the order :data:`STUDENTS`: the shared-init and cross-model students that
+imitate the auxiliary logits only, then the two that imitate all 10 + m logits. They all
+see the same noise batch and the same teacher outputs, so the teacher's forward pass and
+the noise are computed once per batch, and the first layer of all four is one matmul.
+
+Noise. Each model's noise set is the fixed set of ``n_noise`` images of the official
+script, but never stored: batch ``b`` is drawn from ``fold_in(noise_key, b)``, so it is
+the same array every epoch; each epoch visits the full batches in a fresh order (the
+official loader reshuffles the fixed set every epoch; we reshuffle whole batches).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mnist_aux.configs import Config
+from mnist_aux.data import normalize
+from mnist_aux.model import apply, init_params
+
+STUDENTS = ("student_aux", "cross_aux", "student_all", "cross_all")
+ARMS = ("reference", "teacher", "student_aux", "student_all", "cross_aux", "cross_all")  # Figure 10 order
+
+
+class SeedKeys(NamedTuple):
+    """The named keys of one seed, split once from ``jax.random.key(seed)``."""
+
+    init: jax.Array  # the reference initialisation theta_0
+    shuffle: jax.Array  # the teacher's per-epoch permutation of the training set
+    noise: jax.Array  # noise batch b = uniform(fold_in(noise, b))
+    order: jax.Array  # the per-epoch order of the noise batches
+
+
+def seed_keys(seed: int | jax.Array, impl: str) -> SeedKeys:
+    """The keys of ``seed`` under the PRNG implementation ``impl`` (see ``Config.prng_impl``)."""
+    return SeedKeys(*jax.random.split(jax.random.key(seed, impl=impl), 4))
+
+
+def derangement(n: int, seed: int = 0) -> np.ndarray:
+    """A uniformly random permutation of ``range(n)`` with no fixed point (rejection sampling).
+
+    ``perm[i]`` is the model whose initialisation the cross-model student of model ``i``
+    starts from. The official script uses ``torch.randperm``, which leaves a model paired
+    with its own init (a "cross-model" student that is really a shared-init one) in about
+    one of every ``n`` models on average; a derangement never does.
+    """
+    if n < 2:
+        raise ValueError(f"a derangement needs at least 2 models, got {n}")
+    rng = np.random.default_rng([0x5EED, seed, n])
+    while True:  # accepted with probability ~1/e, so a few tries
+        perm = rng.permutation(n)
+        if not np.any(perm == np.arange(n)):
+            return perm
+
+
+def batch_sizes(n: int, batch_size: int) -> tuple[int, int]:
+    """``(full batches, size of the last partial batch or 0)`` for ``n`` examples."""
+    return n // batch_size, n % batch_size
+
+
+def noise_batch(noise_key: jax.Array, b: jax.Array | int, size: int) -> jax.Array:
+    """Noise batch ``b`` of one model: ``[size, 784]`` uniform in [-1, 1), the same every epoch."""
+    return jax.random.uniform(jax.random.fold_in(noise_key, b), (size, 784), jnp.float32, -1.0, 1.0)
+
+
+def noise_order(order_key: jax.Array, epoch: int | jax.Array, n_full: int) -> jax.Array:
+    """The order in which epoch ``epoch`` visits the full noise batches: ``[n_full]`` int32."""
+    return jax.random.permutation(jax.random.fold_in(order_key, epoch), n_full)
+
+
+def optimizer(cfg: Config) -> optax.GradientTransformation:
+    """Adam as in the official script (torch defaults: betas 0.9/0.999, eps 1e-8)."""
+    return optax.adam(cfg.lr)
+
+
+# ----------------------------------------------------------------------------- teacher
+
+
+def teacher_loss(params, x: jax.Array, y: jax.Array) -> jax.Array:
+    """Mean cross-entropy on the 10 digit logits only: ``x [B, 784], y [B] -> scalar``."""
+    logits = apply(params, x)[:, :10]
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+def teacher_epoch(cfg: Config, params, opt_state, shuffle_key, epoch, train_x, train_y):
+    """One epoch of teacher training on a fresh permutation of the first ``n_train`` images.
+
+    ``train_x`` uint8 ``[n_train, 784]`` and ``train_y`` ``[n_train]`` are shared by all seeds.
+    Returns ``(params, opt_state, mean loss)``.
+    """
+    opt = optimizer(cfg)
+    n_full, tail = batch_sizes(cfg.n_train, cfg.batch_size)
+    perm = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), cfg.n_train)
+
+    def step(carry, idx):
+        params, opt_state = carry
+        loss, grads = jax.value_and_grad(teacher_loss)(params, normalize(train_x[idx]), train_y[idx])
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), loss
+
+    carry, losses = jax.lax.scan(step, (params, opt_state), perm[: n_full * cfg.batch_size].reshape(n_full, -1))
+    if tail:
+        carry, last = step(carry, perm[n_full * cfg.batch_size:])
+        losses = jnp.append(losses, last)
+    return *carry, losses.mean()
+
+
+# ------------------------------------------------------------------------ distillation
+
+
+def softmax_kl(student_logits: jax.Array, teacher_logits: jax.Array) -> jax.Array:
+    """``KL(softmax(teacher) || softmax(student))`` over the last axis, ``[..., k] -> [...]``.
+
+    The official script's ``F.kl_div(log_softmax(student), softmax(teacher))``; equal to
+    ``theory.losses.softmax_kl`` on the same logits (tests check it).
+    """
+    log_p = jax.nn.log_softmax(teacher_logits, axis=-1)
+    log_q = jax.nn.log_softmax(student_logits, axis=-1)
+    return jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
+
+
+def distill_loss(students, x: jax.Array, teacher_logits: jax.Array, n_aux: int) -> tuple[jax.Array, jax.Array]:
+    """Sum over the 4 students of each one's mean KL to the teacher on its logit subset.
+
+    ``students``: stacked params ``[4, ...]`` in :data:`STUDENTS` order; ``x [B, 784]``;
+    ``teacher_logits [B, 10 + m]``. The first two students see the auxiliary logits
+    ``[:, 10:]`` only, the last two all logits. Summing makes ``jax.grad`` return each
+    student's own gradient. Returns ``(sum, per-student mean KL [4])``.
+    """
+    y = jax.vmap(apply, in_axes=(0, None))(students, x)  # [4, B, 10 + m]
+    aux = softmax_kl(y[:2, :, 10:], teacher_logits[None, :, 10:])
+    full = softmax_kl(y[2:], teacher_logits[None])
+    per_student = jnp.concatenate([aux, full]).mean(axis=-1)
+    return per_student.sum(), per_student
+
+
+def distill_epoch(cfg: Config, students, opt_state, teacher, keys: SeedKeys, epoch):
+    """One distillation epoch of the 4 students of a seed on its fixed noise set.
+
+    Returns ``(students, opt_state, mean KL per student [4])``.
+    """
+    opt = optimizer(cfg)
+    n_full, tail = batch_sizes(cfg.n_noise, cfg.batch_size)
+
+    def step(carry, b, size):
+        students, opt_state = carry
+        x = noise_batch(keys.noise, b, size)
+        z = apply(teacher, x)
+        (_, per_student), grads = jax.value_and_grad(distill_loss, has_aux=True)(students, x, z, cfg.n_aux)
+        updates, opt_state = opt.update(grads, opt_state, students)
+        return (optax.apply_updates(students, updates), opt_state), per_student
+
+    carry, losses = jax.lax.scan(lambda c, b: step(c, b, cfg.batch_size), (students, opt_state),
+                                 noise_order(keys.order, epoch, n_full))
+    if tail:
+        carry, last = step(carry, n_full, tail)
+        losses = jnp.concatenate([losses, last[None]])
+    return *carry, losses.mean(axis=0)
+
+
+def first_noise_batch(cfg: Config, keys: SeedKeys) -> jax.Array:
+    """The first batch the students see (epoch 0, first in order): ``[B, 784]``."""
+    n_full, tail = batch_sizes(cfg.n_noise, cfg.batch_size)
+    if n_full == 0:
+        return noise_batch(keys.noise, 0, tail)
+    return noise_batch(keys.noise, noise_order(keys.order, 0, n_full)[0], cfg.batch_size)
+
+
+# ---------------------------------------------------------------------------- metrics
+
+
+def accuracy(params, test_x: jax.Array, test_y: jax.Array, eval_batch: int = 500) -> jax.Array:
+    """Test accuracy from the 10 digit logits, for a stack of models ``[K, ...] -> [K]``.
+
+    ``test_x`` uint8 ``[n, 784]`` (n divisible by ``eval_batch``) is shared by every model,
+    so each chunk's first layer is one matmul for all K models.
+    """
+    n = test_x.shape[0]
+    xs = test_x.reshape(n // eval_batch, eval_batch, 784)
+    ys = test_y.reshape(n // eval_batch, eval_batch)
+
+    def chunk(xy):
+        x, y = xy
+        logits = jax.vmap(apply, in_axes=(0, None))(params, normalize(x))[..., :10]
+        return jnp.sum(jnp.argmax(logits, axis=-1) == y[None], axis=-1)
+
+    return jax.lax.map(chunk, (xs, ys)).sum(axis=0) / n
+
+
+def init_students(theta0, theta0_cross):
+    """The 4 students' initial params ``[4, ...]`` in :data:`STUDENTS` order."""
+    return jax.tree.map(lambda a, c: jnp.stack([a, c, a, c]), theta0, theta0_cross)
+
+
+def init_reference(cfg: Config, init_key: jax.Array):
+    """The reference (shared) initialisation theta_0 of one seed."""
+    return init_params(init_key, 784, cfg.hidden, cfg.n_out)
+
+
+# ------------------------------------------------------------------------------- cost
+
+
+def flops_per_seed(cfg: Config) -> dict:
+    """Floating-point operations per seed, counting a multiply-add as 2.
+
+    ``nominal``: forward 1x, backward 2x, the teacher's forward recomputed for each of the
+    4 distillations (the official script's work). ``exact``: without the first layer's
+    input gradient, which nothing needs. ``ours``: ``exact`` with the teacher's forward on
+    each noise batch computed once for all 4 students (what this package runs).
+    ``eval``: the 6 x 10,000 test-image forward passes, not included in the others.
+    """
+    d, h, o = 784, cfg.hidden, cfg.n_out
+    fwd = 2 * (d * h + h * h + h * o)
+    first_dx = 2 * d * h
+    teacher_samples = cfg.teacher_epochs * cfg.n_train
+    student_samples = 4 * cfg.distill_epochs * cfg.n_noise
+    nominal = 3 * fwd * (teacher_samples + student_samples) + fwd * student_samples
+    exact = nominal - first_dx * (teacher_samples + student_samples)
+    ours = exact - fwd * student_samples * 3 // 4
+    return {"nominal": nominal, "exact": exact, "ours": ours, "eval": 6 * 10_000 * fwd}
