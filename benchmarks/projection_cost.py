@@ -1,0 +1,73 @@
+"""Cost of the Lemma-1 coefficient A (one jvp) relative to one forward+backward pass.
+
+For each network, times (best of --repeats, after a warm-up compile):
+  fwd+bwd   value and gradient of the student's imitation loss (what one training step costs)
+  A         theory.lemma1_coefficient's per-batch kernel: one jax.jvp + the O(k) quadratic form
+  inner     theory.inner_product_jvp's kernel: one jvp + one teacher forward (no backward)
+and prints the ratios A / fwd+bwd and inner / fwd+bwd (target <= 3). Ratios are measured
+in one run on one machine; run it on an idle machine (a second busy process skews them).
+
+    python benchmarks/projection_cost.py            # ~1 minute on 2 CPU cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+
+import theory
+from theory.core import _imitation_grad_sum, _inner_sum, _quad_sum
+
+NETWORKS = {
+    "MLP 784-256-256-13 (MNIST aux)": ([784, 256, 256, 13], 1024),
+    "dense 1024-1792x3-1024 (10M)": ([1024, 1792, 1792, 1792, 1024], 256),
+}
+
+
+def best_time(fn, repeats: int) -> float:
+    jax.block_until_ready(fn())  # compile
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=10, help="timed repetitions per kernel (best is kept)")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    args = parser.parse_args()
+    rows = []
+    for name, (sizes, batch) in NETWORKS.items():
+        f, p0 = theory.mlp(0, sizes, "relu")
+        n_params = sum(x.size for x in jax.tree.leaves(p0))
+        x = jax.random.normal(jax.random.key(1), (batch, sizes[0]))
+        d_t = theory.perturbed_init(p0, 0.01, jax.random.key(2))
+        d_t = jax.tree.map(lambda a, b: a - b, d_t, p0)
+        p_t = theory.teacher_params(p0, d_t, 1.0)
+        loss = theory.softmax_kl()
+        t_grad = best_time(lambda: _imitation_grad_sum(f, p0, p_t, x, loss), args.repeats)
+        t_a = best_time(lambda: _quad_sum(f, p0, d_t, x, loss), args.repeats)
+        t_inner = best_time(lambda: _inner_sum(f, p0, p_t, d_t, x, loss), args.repeats)
+        rows.append({"network": name, "params": int(n_params), "batch": batch, "fwd_bwd_s": t_grad, "A_s": t_a,
+                     "inner_s": t_inner, "A_over_fwd_bwd": t_a / t_grad, "inner_over_fwd_bwd": t_inner / t_grad})
+        print(f"{name:32s} {n_params / 1e6:6.2f}M params, batch {batch}: fwd+bwd {1e3 * t_grad:8.2f} ms | "
+              f"A {1e3 * t_a:8.2f} ms ({t_a / t_grad:.2f}x) | jvp inner {1e3 * t_inner:8.2f} ms ({t_inner / t_grad:.2f}x)")
+    meta = {"machine": platform.processor() or platform.machine(), "jax": jax.__version__,
+            "devices": [str(d) for d in jax.devices()], "repeats": args.repeats}
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"meta": meta, "rows": rows}, fh, indent=1)
+    worst = max(r["A_over_fwd_bwd"] for r in rows)
+    print(f"projection_cost: A costs at most {worst:.2f}x one forward+backward (target <= 3x)")
+
+
+if __name__ == "__main__":
+    main()
