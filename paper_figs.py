@@ -54,11 +54,15 @@ def registered_figures() -> dict:
     return figures
 
 
+def _show(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def load_or_compute(fig, results_dir: Path, quick: bool, recompute: bool) -> tuple[dict, str]:
     """Results for ``fig``: the saved file if present, else computed and saved atomically."""
     path = results_dir / f"{fig.name}.json"
     if path.exists() and not recompute:
-        return json.loads(path.read_text()), f"from {path.relative_to(ROOT)}"
+        return json.loads(path.read_text()), f"from {_show(path)}"
     start = time.perf_counter()
     results = fig.compute(quick)
     results.setdefault("wall_seconds", time.perf_counter() - start)
@@ -66,7 +70,7 @@ def load_or_compute(fig, results_dir: Path, quick: bool, recompute: bool) -> tup
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(results, indent=1, sort_keys=True))
     tmp.replace(path)
-    return results, f"computed in {time.perf_counter() - start:.0f} s -> {path.relative_to(ROOT)}"
+    return results, f"computed in {time.perf_counter() - start:.0f} s -> {_show(path)}"
 
 
 def main(argv: list[str] | None = None) -> int:
