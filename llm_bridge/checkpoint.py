@@ -191,7 +191,7 @@ def _entries(config: Config, params: Mapping[str, object]) -> list[Entry]:
                 out.append((k, p, transpose))
     unmapped = set(params) - {p for _, p, _ in out}
     if unmapped:
-        raise KeyError(f"parameter {sorted(unmapped)[0]!r} has no entry in the {config.model_type} key table")
+        raise KeyError(f"parameter {min(unmapped)!r} has no entry in the {config.model_type} key table")
     return out
 
 
@@ -272,13 +272,19 @@ def _weight_files(folder: Path) -> list[Path]:
 
 def read_safetensors(folder: str | Path) -> dict[str, jax.Array]:
     """Every tensor of a checkpoint folder (one file or all shards), as jax arrays in their stored dtype."""
+    folder = Path(folder).expanduser()
     out: dict[str, jax.Array] = {}
-    for path in _weight_files(Path(folder)):
+    for path in _weight_files(folder):
         with safe_open(path, framework="flax") as f:
-            for key in f.keys():
+            for key in f.keys():  # noqa: SIM118 (safe_open is not a dict)
                 if key in out:
                     raise ValueError(f"tensor {key!r} appears in more than one shard ({path.name})")
                 out[key] = f.get_tensor(key)
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        listed = set(json.loads(index.read_text())["weight_map"])
+        if listed != set(out):
+            raise ValueError(f"{index.name} and the shards disagree on {sorted(listed ^ set(out))[:5]}")
     return out
 
 
@@ -288,7 +294,7 @@ def load(folder: str | Path, *, dtype=jnp.float32) -> Model:
     The family comes from ``config.json``'s ``model_type`` (gpt2, gpt_neox, llama, qwen2);
     the config dataclass is ``model.config``.
     """
-    folder = Path(folder)
+    folder = Path(folder).expanduser()
     config = config_from_hf(json.loads((folder / "config.json").read_text()))
     return from_hf_weights(config, read_safetensors(folder), dtype=dtype)
 
@@ -299,7 +305,7 @@ def save(folder: str | Path, model: Model, *, max_shard_size: int | None = None)
 
     ``transformers.AutoModelForCausalLM.from_pretrained(folder)`` opens the result.
     """
-    folder = Path(folder)
+    folder = Path(folder).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
     weights = to_hf_weights(model)
     dtype = str(next(iter(weights.values())).dtype)
@@ -332,7 +338,7 @@ def load_tokenizer(folder: str | Path):
     """The ``tokenizers.Tokenizer`` of a checkpoint folder's ``tokenizer.json``."""
     from tokenizers import Tokenizer
 
-    path = Path(folder) / "tokenizer.json"
+    path = Path(folder).expanduser() / "tokenizer.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found; llm_bridge reads the fast-tokenizer file tokenizer.json only "
                                 f"(transformers writes it with AutoTokenizer.from_pretrained(...).save_pretrained)")

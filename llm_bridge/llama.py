@@ -20,6 +20,9 @@ from flax import nnx
 from llm_bridge import layers
 
 
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}  # model_type -> transformers class
+
+
 @dataclasses.dataclass(frozen=True)
 class LlamaConfig:
     """The config.json fields of Llama / Qwen2 (``model_type`` picks which). ``extra`` keeps the rest."""
@@ -41,11 +44,9 @@ class LlamaConfig:
     mlp_bias: bool = False
     extra: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
-    ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
-
     def __post_init__(self):
-        if self.model_type not in self.ARCHITECTURES:
-            raise ValueError(f"model_type {self.model_type!r} is not one of {sorted(self.ARCHITECTURES)}")
+        if self.model_type not in ARCHITECTURES:
+            raise ValueError(f"model_type {self.model_type!r} is not one of {sorted(ARCHITECTURES)}")
         if self.hidden_act != "silu":
             raise ValueError(f"hidden_act={self.hidden_act!r}: the Llama family here implements SwiGLU with silu only")
         if self.num_attention_heads % self.kv_heads:
@@ -67,7 +68,7 @@ class LlamaConfig:
 
     @property
     def architecture(self) -> str:
-        return self.ARCHITECTURES[self.model_type]
+        return ARCHITECTURES[self.model_type]
 
     @property
     def qkv_bias(self) -> bool:

@@ -33,7 +33,7 @@ def generate(model: nnx.Module, prompts: jax.Array, max_new_tokens: int, *, mask
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     prompts = jnp.asarray(prompts)
     mask = jnp.ones(prompts.shape, bool) if mask is None else jnp.asarray(mask, bool)
-    if not np.all(np.asarray(mask)[:, -1]):
+    if not isinstance(mask, jax.core.Tracer) and not np.all(np.asarray(mask)[:, -1]):
         raise ValueError("every prompt must end with a real token: pad on the left")
     key = jax.random.key(0) if key is None else key
     graphdef, state = nnx.split(model)
