@@ -1,0 +1,41 @@
+"""The mnist_aux_fig10 figure is registered and plots a results dict without computing."""
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+import paper_figs
+from mnist_aux import experiment, train
+from mnist_aux.figures import FIGURES, caption
+
+
+def fake_results(n=5):
+    rng = np.random.default_rng(0)
+    centre = dict(zip(train.ARMS, (0.1, 0.95, 0.55, 0.9, 0.1, 0.8)))
+    acc = {arm: (centre[arm] + 0.02 * rng.standard_normal(n)).tolist() for arm in train.ARMS}
+    cos = {name: (0.03 * rng.standard_normal(n)).tolist() for name in experiment.COSINE_LABELS}
+    return {"seeds": list(range(n)), "arms": list(train.ARMS), "arm_labels": experiment.ARM_LABELS,
+            "accuracy": acc, "summary": {a: experiment.summarize(v) for a, v in acc.items()},
+            "theory_cosine": cos, "theory_cosine_labels": experiment.COSINE_LABELS,
+            "theory_cosine_summary": {k: experiment.summarize(v) for k, v in cos.items()},
+            "preset": "paper", "data": {"dataset": "mnist", "origin": "--data-dir", "dir": "/x", "note": "rebuilt"}}
+
+
+def test_registered_with_paper_figs():
+    assert "mnist_aux_fig10" in paper_figs.registered_figures()
+    assert [f.name for f in FIGURES] == ["mnist_aux_fig10"]
+
+
+def test_plot_from_results_only():
+    results = fake_results()
+    fig = FIGURES[0].plot(results)
+    bars = fig.axes[0]
+    assert len(bars.patches) == 6
+    assert "5 seeds" in bars.get_title()
+    assert "N = 5 seeds" in caption(results) and "95% CI" in caption(results) and "rebuilt" in caption(results)
+    plt.close(fig)
+
+
+def test_summary_ci_is_mean_plus_minus_1_96_standard_errors():
+    s = experiment.summarize([1.0, 2.0, 3.0, 4.0])
+    sem = np.std([1, 2, 3, 4], ddof=1) / 2
+    assert s["mean"] == 2.5 and np.allclose(s["ci95"], [2.5 - 1.96 * sem, 2.5 + 1.96 * sem], atol=1e-4)

@@ -1,0 +1,57 @@
+"""CI check on the real (offline) MNIST copy: the smoke preset shows subliminal transfer.
+
+The smoke preset at 8 seeds (seeds 0-7) measured on the 2-core development machine:
+teacher 0.9155 (s.e. 0.0018), student aux-only 0.4069 (s.e. 0.035), cross-model aux-only
+0.1046 (s.e. 0.0088), student all-logits 0.873 (s.e. 0.0075). Each threshold below sits at
+least 3 standard errors inside those values, so the test tolerates another CPU's rounding,
+not a broken experiment. It runs the CLI end to end and plots the figure from its output.
+"""
+
+import json
+import subprocess
+import sys
+
+import matplotlib.pyplot as plt
+import pytest
+from conftest import REPO, mnist_dir
+
+from mnist_aux.figures import FIGURES
+
+pytestmark = pytest.mark.skipif(mnist_dir() is None, reason="no offline MNIST copy ($SUBLIMINAL_MNIST_DIR)")
+
+
+@pytest.fixture(scope="module")
+def smoke_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke") / "mnist_aux_smoke.json"
+    proc = subprocess.run([sys.executable, "-m", "mnist_aux", "run", "--preset", "smoke", "--seeds", "8",
+                           "--data-dir", str(mnist_dir()), "--no-download", "--no-progress", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1].startswith("mnist_aux: 8 seeds (smoke, mnist)")
+    return json.loads(out.read_text())
+
+
+def test_smoke_preset_shows_subliminal_transfer(smoke_results):
+    mean = {arm: s["mean"] for arm, s in smoke_results["summary"].items()}
+    assert mean["teacher"] > 0.90
+    assert mean["student_aux"] > 0.30  # chance is 0.10: the student learned digits from noise + aux logits
+    assert 0.07 < mean["cross_aux"] < 0.14  # a different init learns nothing from the same signal
+    assert mean["student_all"] > 0.84
+    assert 0.05 < mean["reference"] < 0.15
+
+
+def test_smoke_theory_link(smoke_results):
+    """Theorem 1: the shared-init student's first step points toward the teacher's displacement."""
+    cos = smoke_results["theory_cosine"]
+    assert all(c > 0 for c in cos["student_aux"])
+    assert smoke_results["theory_cosine_summary"]["student_aux"]["ci95"][0] > 0
+
+
+def test_smoke_results_record_data_source_and_plot(smoke_results):
+    files = smoke_results["data"]["files"]
+    assert not files["train-images-idx3-ubyte.gz"]["official"]  # the shared copy's rebuilt train images
+    assert files["t10k-images-idx3-ubyte.gz"]["official"]
+    assert smoke_results["preset"] == "smoke" and smoke_results["seeds"] == list(range(8))
+    fig = FIGURES[0].plot(smoke_results)
+    assert len(fig.axes) == 3
+    plt.close(fig)
