@@ -81,7 +81,7 @@ def main(argv=None) -> int:
         print(f"FAILED: Lemma-1 coefficient A = {a} (must be finite and >= 0)")
         return 1
     name = "tiny GPT-2 (smoke)" if args.smoke else "GPT-2 small"
-    print(f"{name} {n_params / 1e6:.1f}M params, batch {args.batch}x{args.seq}, float32, "
+    print(f"{name} {n_params:,} params, batch {args.batch}x{args.seq}, float32, "
           f"{jax.devices()[0].platform}: forward {n_tokens / t_fwd:,.0f} tok/s, "
           f"forward+backward {n_tokens / t_bwd:,.0f} tok/s, jvp projection {t_jvp / t_bwd:.2f}x forward+backward "
           f"({t_fwd:.3f} / {t_bwd:.3f} / {t_jvp:.3f} s per batch; median of {args.repeats})")

@@ -83,7 +83,8 @@ class LlamaConfig:
         """Read a Llama / Qwen2 config.json dict (either transformers spelling).
 
         Refused: RoPE scaling of any kind, interleaved or multimodal RoPE, Qwen2
-        sliding-window attention, activations other than silu. ``pretraining_tp`` only reorders a matmul in PyTorch and is kept as-is.
+        sliding-window attention, activations other than silu. ``pretraining_tp`` only
+        reorders a matmul in PyTorch and is kept as-is.
         """
         cfg = dict(cfg)
         model_type = cfg.pop("model_type", "llama")
