@@ -18,7 +18,6 @@ import platform
 import time
 
 import jax
-import jax.numpy as jnp
 
 import theory
 from theory.core import _imitation_grad_sum, _inner_sum, _quad_sum

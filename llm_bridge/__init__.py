@@ -23,7 +23,9 @@ from llm_bridge.checkpoint import (
     save,
     to_hf_weights,
 )
-from llm_bridge.functional import next_token_loss, pure
+from theory import pure  # f(params, tokens) -> logits: the same adapter the theory uses
+
+from llm_bridge.functional import next_token_loss
 from llm_bridge.gpt2 import GPT2, GPT2Config
 from llm_bridge.gpt_neox import GPTNeoX, GPTNeoXConfig
 from llm_bridge.layers import KVCache

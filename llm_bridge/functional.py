@@ -1,28 +1,10 @@
-"""The pure-function view of a model that the theory core needs, and the LM training loss."""
+"""The LM training loss (the pure-function view of a model is ``theory.pure``, re-exported here)."""
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx
-
-
-def pure(model: nnx.Module) -> tuple[Callable[[nnx.State, jax.Array], jax.Array], nnx.State]:
-    """``(f, params)`` with ``f(params, tokens [B, T]) -> logits [B, T, V]`` pure.
-
-    ``params`` is the model's ``nnx.Param`` state (a pytree; ``optax.tree`` and ``jax.jvp``
-    work on it directly). Same contract as ``theory.pure``: every ``[b, t]`` position is one
-    example of ``f``'s output. Call once and reuse ``f``: it is a static ``jax.jit`` argument.
-    """
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-
-    def f(p, tokens):
-        return nnx.merge(graphdef, p, rest)(tokens)
-
-    return f, params
 
 
 def next_token_loss(logits: jax.Array, tokens: jax.Array, mask: jax.Array | None = None) -> jax.Array:

@@ -26,7 +26,7 @@ def loss_and_outputs(draw):
 
 
 @given(loss_and_outputs())
-@settings(max_examples=40)
+@settings(max_examples=25)
 def test_closed_form_gradient_matches_autodiff(case):
     loss, y, z, _ = case
     auto = jax.grad(lambda yy: jnp.sum(loss.value(yy, z)))(y)
@@ -34,7 +34,7 @@ def test_closed_form_gradient_matches_autodiff(case):
 
 
 @given(loss_and_outputs())
-@settings(max_examples=40)
+@settings(max_examples=25)
 def test_curvature_is_minus_mixed_second_derivative_and_quad_matches(case):
     loss, _, z, u = case
     dl_dy = jax.grad(lambda y1, z1: loss.value(y1[None], z1[None])[0], argnums=0)
