@@ -107,7 +107,7 @@ def _stack_models(*models):
     return jax.tree.map(lambda *a: jnp.concatenate(a, axis=1), *parts)
 
 
-class _Programs:
+class Programs:
     """The compiled programs of one chunk shape, compiled ahead of time (compile time counted apart)."""
 
     def __init__(self, cfg: Config):
@@ -169,6 +169,7 @@ def run(cfg: Config, seeds, data: Dataset, *, seeds_per_chunk: int = 50, devices
     initialisation. Returns the results dict (see the module docstring).
     """
     start = time.perf_counter()
+    code_versions = versions()  # before training: the commit that produced the numbers
     seeds = [int(s) for s in seeds]
     if len(set(seeds)) != len(seeds):
         raise ValueError("seeds must be distinct")
@@ -184,7 +185,7 @@ def run(cfg: Config, seeds, data: Dataset, *, seeds_per_chunk: int = 50, devices
     test_x = jax.device_put(data.test_x, replicated)
     test_y = jax.device_put(data.test_y, replicated)
 
-    programs = _Programs(cfg)
+    programs = Programs(cfg)
     flops = train.flops_per_seed(cfg)
     teacher_work = train.flops_per_seed(cfg.replace(distill_epochs=0))["ours"]
     work = {"teacher": teacher_work, "distill": flops["ours"] - teacher_work}
@@ -286,7 +287,7 @@ def run(cfg: Config, seeds, data: Dataset, *, seeds_per_chunk: int = 50, devices
             "peak_rss_gib": peak_rss_gib(),
             "flops_per_seed": flops,
         },
-        "versions": versions(),
+        "versions": code_versions,
         "machine": machine(devices),
     }
 
@@ -299,15 +300,18 @@ def peak_rss_gib() -> float:
 def versions() -> dict:
     import flax
 
-    commit = None
+    commit, dirty = None, None
     try:
         here = os.path.dirname(os.path.abspath(__file__))
         commit = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True,
                                 timeout=10).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "-C", here, "status", "--porcelain", "--", "."], capture_output=True,
+                                    text=True, timeout=10).stdout.strip())
     except (OSError, subprocess.SubprocessError):
         pass
     return {"python": sys.version.split()[0], "jax": jax.__version__, "jaxlib": jax.lib.__version__,
-            "flax": flax.__version__, "optax": optax.__version__, "numpy": np.__version__, "git_commit": commit}
+            "flax": flax.__version__, "optax": optax.__version__, "numpy": np.__version__, "git_commit": commit,
+            "mnist_aux_uncommitted_changes": dirty}
 
 
 def machine(devices) -> dict:

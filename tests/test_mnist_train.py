@@ -64,6 +64,14 @@ def test_noise_batch_is_a_function_of_seed_and_batch(impl):
     assert not np.array_equal(a, train.noise_batch(train.seed_keys(4, impl).noise, 5, 64))
 
 
+def test_noise_is_uniform_and_uses_both_threefry_words():
+    x = np.asarray(train.noise_batch(train.seed_keys(0, "threefry2x32").noise, 0, 1024)).ravel()
+    assert abs(x.mean()) < 0.005 and abs(x.std() - 3**-0.5) < 0.002
+    assert np.histogram(x, bins=8, range=(-1, 1))[0].min() > 0.98 * x.size / 8
+    half = x.size // 2
+    assert np.corrcoef(x[:half], x[half:])[0, 1] < 0.01  # the two words of a hash are not copies
+
+
 def test_every_epoch_visits_the_same_noise_batches_in_a_new_order():
     k = train.seed_keys(0, "threefry2x32")
     orders = [np.asarray(train.noise_order(k.order, e, 58)) for e in range(3)]
