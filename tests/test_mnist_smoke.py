@@ -1,8 +1,8 @@
 """CI check on the real (offline) MNIST copy: the smoke preset shows subliminal transfer.
 
 The smoke preset at 8 seeds (seeds 0-7) measured on the 2-core development machine:
-teacher 0.9155 (s.e. 0.0018), student aux-only 0.4069 (s.e. 0.035), cross-model aux-only
-0.1046 (s.e. 0.0088), student all-logits 0.873 (s.e. 0.0075). Each threshold below sits at
+teacher 0.9155 (s.e. 0.0018), student aux-only 0.392 (s.e. 0.035), cross-model aux-only
+0.105 (s.e. 0.011), student all-logits 0.876 (s.e. 0.0071), reference 0.0985 (s.e. 0.0086). Each threshold below sits at
 least 3 standard errors inside those values, so the test tolerates another CPU's rounding,
 not a broken experiment. It runs the CLI end to end and plots the figure from its output.
 """
@@ -34,8 +34,8 @@ def smoke_results(tmp_path_factory):
 def test_smoke_preset_shows_subliminal_transfer(smoke_results):
     mean = {arm: s["mean"] for arm, s in smoke_results["summary"].items()}
     assert mean["teacher"] > 0.90
-    assert mean["student_aux"] > 0.30  # chance is 0.10: the student learned digits from noise + aux logits
-    assert 0.07 < mean["cross_aux"] < 0.14  # a different init learns nothing from the same signal
+    assert mean["student_aux"] > 0.28  # chance is 0.10: the student learned digits from noise + aux logits
+    assert 0.06 < mean["cross_aux"] < 0.15  # a different init learns nothing from the same signal
     assert mean["student_all"] > 0.84
     assert 0.05 < mean["reference"] < 0.15
 
