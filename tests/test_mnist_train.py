@@ -147,18 +147,19 @@ def test_accuracy_matches_numpy():
         assert got[k] == pytest.approx(np.mean(logits[:, :10].argmax(1) == y), abs=1e-6)
 
 
-def _compact(results):
-    return {"accuracy": results["accuracy"], "theory_cosine": results["theory_cosine"]}
+@pytest.fixture(scope="module")
+def joint(fake_data):
+    """Seeds 0, 1, 2 trained together in one chunk."""
+    return experiment.run(TINY, [0, 1, 2], fake_data, seeds_per_chunk=3, progress=False, command="test")
 
 
-def test_vmap_over_seeds_equals_a_loop_over_seeds(fake_data):
+def test_vmap_over_seeds_equals_a_loop_over_seeds(fake_data, joint):
     """Seeds trained together give each seed's numbers as when it is trained alone.
 
     Alone = a chunk of one seed (vmap of size 1, same per-seed program) paired with the same
     cross-model init as in the joint run.
     """
     seeds = [0, 1, 2]
-    joint = experiment.run(TINY, seeds, fake_data, seeds_per_chunk=3, progress=False)
     partners = joint["cross_init_seed"]
     for i, s in enumerate(seeds):
         keys = train.seed_keys(s, TINY.prng_impl)
@@ -181,8 +182,8 @@ def test_vmap_over_seeds_equals_a_loop_over_seeds(fake_data):
             assert joint["accuracy"][arm][i] == pytest.approx(float(acc[k]), abs=2e-4), (s, arm)
 
 
-def test_chunking_and_padding_do_not_change_numbers(fake_data):
-    whole = experiment.run(TINY, [0, 1, 2], fake_data, seeds_per_chunk=3, progress=False)
+def test_chunking_and_padding_do_not_change_numbers(fake_data, joint):
+    whole = joint
     chunks = experiment.run(TINY, [0, 1, 2], fake_data, seeds_per_chunk=2, progress=False)  # 2 chunks, 1 padded
     assert whole["timing"]["n_chunks"] == 1 and chunks["timing"]["n_chunks"] == 2
     for group in ("accuracy", "theory_cosine"):
@@ -190,12 +191,13 @@ def test_chunking_and_padding_do_not_change_numbers(fake_data):
             np.testing.assert_allclose(values, chunks[group][name], rtol=1e-5, atol=2e-4, err_msg=name)
 
 
-def test_results_format(fake_data):
-    r = experiment.run(TINY, [5, 6], fake_data, progress=False, command="test")
-    assert r["seeds"] == [5, 6] and r["cross_init_seed"] == [6, 5]
-    assert r["arms"] == list(train.ARMS)
+def test_results_format(joint):
+    r = joint
+    assert r["seeds"] == [0, 1, 2] and sorted(r["cross_init_seed"]) == [0, 1, 2]
+    assert all(p != s for s, p in zip(r["seeds"], r["cross_init_seed"]))
+    assert r["arms"] == list(train.ARMS) and r["command"] == "test"
     for arm in train.ARMS:
-        assert len(r["accuracy"][arm]) == 2
+        assert len(r["accuracy"][arm]) == 3
         s = r["summary"][arm]
         assert s["ci95"][0] <= s["mean"] <= s["ci95"][1]
     assert set(r["theory_cosine"]) == set(experiment.COSINE_LABELS)
