@@ -22,6 +22,7 @@ CHANCE = 0.1
 COLORS = {"reference": "gray", "teacher": "C5", "student_aux": "C4", "student_all": "C4",
           "cross_aux": "C4", "cross_all": "C4"}
 FADED = ("cross_aux", "cross_all")  # the paper draws the cross-model bars lighter
+COSINES = ("student_aux", "cross_aux", "student_all", "cross_all")  # panel order (JSON sorts dict keys)
 
 
 def plot_bars(results: dict, ax) -> None:
@@ -35,8 +36,8 @@ def plot_bars(results: dict, ax) -> None:
     for bar, arm in zip(bars, arms):
         if arm in FADED:
             bar.set_alpha(0.45)
-    for x, m in enumerate(means):
-        ax.text(x, m + 0.02, f"{m:.1%}", ha="center", va="bottom", fontsize=8)
+    for x, (m, top) in enumerate(zip(means, hi)):
+        ax.text(x, top + 0.015, f"{m:.1%}", ha="center", va="bottom", fontsize=8)
     ax.axhline(CHANCE, ls=":", c="black", label="chance (10%)")
     ax.set_xticks(range(len(arms)), [results["arm_labels"][a] for a in arms], rotation=40, ha="right")
     ax.set_ylabel("test accuracy (fraction correct)")
@@ -64,7 +65,7 @@ def plot_strip(results: dict, ax) -> None:
 
 def plot_cosines(results: dict, ax) -> None:
     """Per-seed cosine(first student update, theta_T - theta_0), shared vs cross-model init."""
-    names = list(results["theory_cosine_labels"])
+    names = [n for n in COSINES if n in results["theory_cosine"]]
     rng = np.random.default_rng(1)
     for x, name in enumerate(names):
         v = np.asarray(results["theory_cosine"][name])
