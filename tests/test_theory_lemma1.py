@@ -51,8 +51,13 @@ def _jvp_sq(f, params0, dtheta_T, x):
 
 
 def a_is_substantial(case, a):
-    """A well above rounding: compared with |J dtheta_T|^2 (the largest A could be, up to M's scale)."""
-    return a > 1e-6 * float(_jvp_sq(case.f, case.params0, case.dtheta_T, case.x))
+    """A well above rounding: compared with |J dtheta_T|^2 (the largest A could be, up to M's scale).
+
+    Also asserts Lemma 1's A >= 0 (M is positive semi-definite), up to float64 rounding.
+    """
+    scale = float(_jvp_sq(case.f, case.params0, case.dtheta_T, case.x))
+    assert a >= -1e-12 * max(scale, 1.0), (case.description, a)
+    return a > 1e-6 * scale
 
 
 def theil_sen_slope(x, y):
