@@ -82,11 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="train teachers and students for many seeds; write a results JSON",
                          description="Train, for each seed, a teacher and four students (section 6.2) and write "
-                                     "every per-seed accuracy, mean and 95%% CI to a results JSON.")
+                                     "every per-seed accuracy, mean and 95% CI to a results JSON.")
     run.add_argument("--preset", choices=sorted(PRESETS), default="paper",
                      help="paper: the paper's setup (default); smoke: a seconds-long check for CI")
-    run.add_argument("--seeds", type=int, default=100, help="number of seeds (models) to train (default 100; >= 2)")
-    run.add_argument("--first-seed", type=int, default=0, help="seeds are FIRST_SEED .. FIRST_SEED+SEEDS-1 (default 0)")
+    run.add_argument("--seeds", type=int, default=100, metavar="N", help="number of seeds (models) to train (default 100; >= 2)")
+    run.add_argument("--first-seed", type=int, default=0, metavar="S", help="seeds are S .. S+N-1 (default 0)")
     run.add_argument("--dataset", choices=("mnist", "fashion_mnist"), default="mnist", help="data set (default mnist)")
     run.add_argument("--data-dir", metavar="DIR",
                      help="folder with the four IDX .gz files (default: $SUBLIMINAL_MNIST_DIR or "
@@ -95,10 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--out", metavar="PATH",
                      help="results JSON (default results/mnist_aux_fig10.json for paper on MNIST, "
                           "else results/mnist_aux_<preset>[_<dataset>].json)")
-    run.add_argument("--seeds-per-chunk", type=int, default=50,
+    run.add_argument("--seeds-per-chunk", type=int, default=50, metavar="K",
                      help="seeds trained at once; bounds memory at about 60 MB per seed (default 50); "
                           "does not change any number")
-    run.add_argument("--pairing-seed", type=int, default=0,
+    run.add_argument("--pairing-seed", type=int, default=0, metavar="P",
                      help="seed of the derangement that pairs cross-model students with other inits (default 0)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(func=_run)
