@@ -174,17 +174,14 @@ def projection(f: Apply, params0: Params, dtheta_T: Params, eps: float, xs: Inpu
     """
     params_t = teacher_params(params0, dtheta_T, eps)
     params_s = params0 if student_init is None else student_init
-    grad_total, quad_total, n = None, 0.0, 0
-    for x in batches(xs):
+
+    def sums(x):
         g, count = _imitation_grad_sum(f, params_s, params_t, x, loss)
-        grad_total = g if grad_total is None else optax.tree.add(grad_total, g)
-        quad_total = quad_total + _quad_sum(f, params0, dtheta_T, x, loss)[0]
-        n += int(count)
-    if n == 0:
-        raise ValueError("xs holds no inputs")
-    d_s = optax.tree.scale(-1.0 / n, grad_total)
+        return (g, _quad_sum(f, params0, dtheta_T, x, loss)[0]), count
+
+    (mean_grad, a), n = _mean_over(xs, sums)
+    d_s = optax.tree.scale(-1.0, mean_grad)
     ip = inner(d_s, dtheta_T)
-    a = quad_total / n
     norm_s, norm_t = optax.tree.norm(d_s), optax.tree.norm(dtheta_T)
     return Projection(inner=ip, cosine=ip / (norm_s * norm_t), A=a, ratio=ip / (eps * a),
                       norm_student=norm_s, norm_teacher=norm_t, eps=float(eps), n_examples=n)

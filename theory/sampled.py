@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from theory.core import Apply, Inputs, Params, batches
+from theory.core import Apply, Inputs, Params, _mean_over, batches
 from theory.losses import softmax_ce
 
 
@@ -53,14 +53,11 @@ def sampled_student_update(f: Apply, params_student: Params, params_teacher: Par
     if n_draws < 1:
         raise ValueError(f"n_draws must be >= 1, got {n_draws}")
     idx = softmax_ce(indices).indices
-    total, n = None, 0
-    for b, x in enumerate(batches(xs)):
-        g, count = _sampled_grad_sum(f, params_student, params_teacher, x, jax.random.fold_in(key, b), idx, n_draws)
-        total = g if total is None else optax.tree.add(total, g)
-        n += int(count)
-    if n == 0:
-        raise ValueError("xs holds no inputs")
-    return optax.tree.scale(-1.0 / n, total)
+    mean_grad, _ = _mean_over(
+        enumerate(batches(xs)),
+        lambda bx: _sampled_grad_sum(f, params_student, params_teacher, bx[1], jax.random.fold_in(key, bx[0]), idx,
+                                     n_draws))
+    return optax.tree.scale(-1.0, mean_grad)
 
 
 @partial(jax.jit, static_argnums=(0, 6, 7))
