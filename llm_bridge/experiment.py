@@ -89,7 +89,7 @@ class Config:
     student_sequences: int = 8000
     student_epochs: int = 1
     student_batch: int = 64
-    student_lr: float = 1e-3
+    student_lr: float = 1.5e-3
     # projection
     proj_sequences: int = 4096
     proj_grid: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
