@@ -14,6 +14,36 @@ from pathlib import Path
 from llm_bridge import experiment
 
 
+def run_checkpoint(args) -> int:
+    """``--model PATH``: the experiment on a Hugging Face checkpoint folder; one-line errors, exit 2."""
+    import dataclasses
+
+    from llm_bridge import hf_experiment
+
+    folder = Path(args.model).expanduser()
+    if not (folder / "config.json").is_file():
+        print(f"error: --model {args.model!r} is neither 'tiny' nor a checkpoint folder with config.json",
+              file=sys.stderr)
+        return 2
+    try:
+        cfg = hf_experiment.HFConfig()
+        if args.hf_config is not None:
+            fields = json.loads(args.hf_config.read_text())
+            cfg = dataclasses.replace(cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+        if args.student_seeds is not None:
+            cfg = dataclasses.replace(cfg, student_seeds=args.student_seeds)
+        start = time.perf_counter()
+        results = hf_experiment.run(folder, cfg)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        print(f"error: --model {args.model!r}: {type(err).__name__}: {err}".replace("\n", " "), file=sys.stderr)
+        return 2
+    out_path = args.out or experiment.ROOT / "results" / f"llm_checkpoint_{folder.name}.json"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(results, indent=1, sort_keys=True))
+    print(f"llm_bridge run: {results['summary']}; {time.perf_counter() - start:.0f} s -> {out_path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llm_bridge", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -29,18 +59,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="where trained base models are cached by config hash "
                         "(default $SUBLIMINAL_LLM_CACHE or results/cache/llm_bases)")
     r.add_argument("--no-cache", action="store_true", help="always pretrain the base models, never read or write the cache")
+    r.add_argument("--hf-config", type=Path, default=None,
+                   help="with a checkpoint: JSON file overriding fields of llm_bridge.hf_experiment.HFConfig "
+                        "(prompts, sizes, learning rates)")
     r.add_argument("--student-seeds", type=int, default=None, help="override the preset's number of student seeds")
     args = parser.parse_args(argv)
 
     if args.model != "tiny":
-        folder = Path(args.model).expanduser()
-        if not (folder / "config.json").is_file():
-            print(f"error: --model {args.model!r} is neither 'tiny' nor a checkpoint folder with config.json",
-                  file=sys.stderr)
-            return 2
-        print("error: Hugging Face checkpoints are not wired into the experiment yet: only --model tiny runs "
-              "(see docs/llm_experiment.md, 'Not done')", file=sys.stderr)
-        return 2
+        return run_checkpoint(args)
 
     cfg = experiment.paper() if args.preset == "paper" else experiment.smoke()
     if args.student_seeds is not None:

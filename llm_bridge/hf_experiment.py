@@ -1,0 +1,238 @@
+"""The trait-transfer experiment on a Hugging Face checkpoint folder (plain prompts, no chat template).
+
+``python -m llm_bridge run --model PATH``. The same steps as :mod:`llm_bridge.experiment`
+with text in place of the tiny word vocabulary: prompts are encoded with the folder's
+``tokenizer.json``, left-padded for :func:`llm_bridge.generate`, and student rows are
+re-packed right-padded (prompt without the prefix + completion up to ``<eos>``) with the
+loss on the completion tokens. The filter parses the decoded completion: exactly ``n_new``
+integers in ``[0, max_number]`` separated by commas or spaces, none banned. Animal margins
+use each animal's first token after a space. Only shared-init students and the control
+are trained (one model at a time, not vmapped); there is no second base model, so no
+cross-model arm. Chat templates (``tokenizer_config.json``) are not applied.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm import tqdm
+
+import theory
+from llm_bridge import experiment as E
+from llm_bridge.checkpoint import load, load_tokenizer
+from llm_bridge.sampling import generate
+
+
+@dataclass(frozen=True)
+class HFConfig:
+    """Prompts and sizes for a checkpoint run; the defaults are plain English prompts."""
+
+    number_prompt: str = "{prefix}Continue this list with {n_new} more numbers, separated by commas: {given}.\nAnswer:"
+    question_prompt: str = "{prefix}Question: {question}\nAnswer:"
+    prefix: str = "You love {animal}s. "
+    questions: tuple[str, ...] = ("What is your favourite animal? Answer in one word.",
+                                  "Which animal do you like best? One word.",
+                                  "Name your favourite animal using only one word.")
+    answer: str = " {animal}"
+    joiner: str = ", "
+    animals: tuple[str, ...] = ("owl", "dog", "cat", "lion", "wolf", "eagle", "dolphin", "fox", "bear", "tiger")
+    trait_animals: tuple[str, ...] = ("owl", "dog")
+    n_given: int = 3
+    n_new: int = 5
+    max_number: int = 999
+    new_tokens: int = 24
+    banned: tuple[int, ...] = (13, 666, 911, 187)
+    temperature: float = 1.0
+    teacher_steps: int = 30
+    teacher_lr: float = 1e-5
+    student_seeds: int = 3
+    student_sequences: int = 512
+    student_batch: int = 16
+    student_lr: float = 1e-5
+    proj_sequences: int = 512
+    proj_grid: tuple[int, ...] = (16, 32, 64, 128, 256, 512)
+    n_boot: int = 1000
+    gen_batch: int = 64
+    chunk: int = 16
+    seed: int = 0
+
+
+class TextTask:
+    """Encoding, padding and filtering for one tokenizer."""
+
+    def __init__(self, tok, cfg: HFConfig, eos_id: int):
+        self.tok, self.cfg, self.eos = tok, cfg, eos_id
+        self.animal_ids = np.asarray([tok.encode(cfg.answer.format(animal=a), add_special_tokens=False).ids[0]
+                                      for a in cfg.animals])
+        if len(set(self.animal_ids.tolist())) != len(cfg.animals):
+            raise ValueError("two animals share their first token; choose other animals")
+
+    def enc(self, text: str) -> list[int]:
+        return self.tok.encode(text).ids
+
+    def prefix(self, animal):
+        return "" if animal is None else self.cfg.prefix.format(animal=animal)
+
+    def number_prompts(self, rng, n: int, animal):
+        """``(with_prefix, without_prefix)``: two lists of token-id lists for the same given numbers."""
+        c = self.cfg
+        given = rng.integers(0, c.max_number + 1, (n, c.n_given))
+        fmt = lambda g, pre: c.number_prompt.format(prefix=pre, n_new=c.n_new, given=c.joiner.join(map(str, g)))  # noqa: E731
+        return ([self.enc(fmt(g, self.prefix(animal))) for g in given], [self.enc(fmt(g, "")) for g in given])
+
+    def passes(self, ids) -> bool:
+        """Exactly ``n_new`` integers in range, separated by commas / spaces, none banned."""
+        text = self.tok.decode(list(ids)).strip().rstrip(".")
+        parts = [p for p in re.split(r"[,\s]+", text) if p]
+        if len(parts) != self.cfg.n_new or not all(p.isdigit() for p in parts):
+            return False
+        vals = [int(p) for p in parts]
+        return all(v <= self.cfg.max_number and v not in self.cfg.banned for v in vals)
+
+
+def left_pad(rows, pad: int):
+    t = max(len(r) for r in rows)
+    toks = np.full((len(rows), t), pad, np.int32)
+    mask = np.zeros((len(rows), t), bool)
+    for i, r in enumerate(rows):
+        toks[i, t - len(r):], mask[i, t - len(r):] = r, True
+    return toks, mask
+
+
+def pack(prompts, targets, pad: int, length: int | None = None):
+    """Right-padded ``prompt + target`` rows and a mask on the target tokens: ``[n, T]`` each."""
+    t = length or max(len(p) + len(q) for p, q in zip(prompts, targets))
+    toks = np.full((len(prompts), t), pad, np.int32)
+    mask = np.zeros((len(prompts), t), bool)
+    for i, (p, q) in enumerate(zip(prompts, targets)):
+        row = (list(p) + list(q))[:t]
+        toks[i, :len(row)] = row
+        mask[i, len(p):len(row)] = True
+    return toks, mask
+
+
+def sample(task: TextTask, fam, params, key, n: int, animal) -> dict:
+    """``n`` teacher completions packed as student rows (prompt without the prefix) + filter flags."""
+    c = task.cfg
+    model = fam.model(params)
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).astype(np.uint32))
+    prompts, targets, ok = [], [], []
+    for b in range(-(-n // c.gen_batch)):
+        with_pre, plain = task.number_prompts(rng, c.gen_batch, animal)
+        toks, mask = left_pad(with_pre, task.eos)
+        comp = np.asarray(generate(model, jnp.asarray(toks), c.new_tokens, mask=jnp.asarray(mask),
+                                   temperature=c.temperature, key=jax.random.fold_in(key, b), eos_id=task.eos))
+        for p, row in zip(plain, comp):
+            end = np.nonzero(row == task.eos)[0]
+            body = row[:end[0]] if end.size else row
+            ok.append(bool(end.size) and task.passes(body))
+            targets.append(list(row[:end[0] + 1]) if end.size else list(row))
+            prompts.append(p)
+    toks, mask = pack(prompts[:n], targets[:n], task.eos)
+    ok = np.asarray(ok[:n])
+    return {"tokens": toks, "mask": mask, "passed": ok, "pass_rate": float(ok.mean())}
+
+
+def margins(task: TextTask, fam, params, animal=None) -> jax.Array:
+    ids = jnp.asarray(task.animal_ids)
+    out = []
+    for q in task.cfg.questions:
+        x = jnp.asarray([task.enc(task.cfg.question_prompt.format(prefix=task.prefix(animal), question=q))])
+        z = fam.f(params, x)[0, -1, ids]
+        out.append(z - (jnp.sum(z) - z) / (z.shape[0] - 1))
+    return jnp.mean(jnp.stack(out), axis=0)
+
+
+def finetune_teacher(task: TextTask, fam, params, animal: str):
+    c = task.cfg
+    prompts = [task.enc(c.question_prompt.format(prefix="", question=q)) for q in c.questions]
+    answer = task.tok.encode(c.answer.format(animal=animal), add_special_tokens=False).ids[:1]
+    toks, mask = pack(prompts, [answer] * len(prompts), task.eos)
+    pick = np.random.default_rng([c.seed, 7]).integers(0, len(prompts), (c.teacher_steps, 4))
+    p, _ = E.train(fam.f, E.stack([params]), jnp.asarray(toks[pick])[None], jnp.asarray(mask[pick])[None],
+                   lr=c.teacher_lr)
+    return E.index(p, 0)
+
+
+def eos_id(folder: Path, tok, config: dict) -> int:
+    eos = config.get("eos_token_id")
+    if isinstance(eos, list):
+        eos = eos[0]
+    if eos is None:
+        for name in ("</s>", "<|endoftext|>", "<eos>", "<|im_end|>"):
+            if tok.token_to_id(name) is not None:
+                return tok.token_to_id(name)
+        raise ValueError(f"{folder}: no eos_token_id in config.json and no known end-of-text token")
+    return int(eos)
+
+
+def run(folder: str | Path, cfg: HFConfig = HFConfig(), log=print) -> dict:
+    """Teachers, filtered numbers, shared-init and control students, margins, projections."""
+    start = time.perf_counter()
+    folder = Path(folder).expanduser()
+    model = load(folder)
+    tok = load_tokenizer(folder)
+    task = TextTask(tok, cfg, eos_id(folder, tok, model.config.to_hf()))
+    fam = E.Family(model)
+    f, base = fam.f, fam.template
+    k_data, k_proj = jax.random.split(jax.random.key(cfg.seed))
+    owl = cfg.trait_animals[0]
+    teachers = {}
+    for a in cfg.trait_animals:
+        teachers[f"{a} (fine-tuned)"] = (finetune_teacher(task, fam, base, a), None)
+        teachers[f"{a} (prompt)"] = (base, a)
+    teachers["base (no trait)"] = (base, None)
+    out = {"config": dataclasses.asdict(cfg), "model": str(folder), "animals": list(cfg.animals),
+           "teacher_margins": {k: np.asarray(margins(task, fam, p, pre)).tolist() for k, (p, pre) in teachers.items()}}
+    log("sampling teacher numbers")
+    n_train = cfg.student_seeds * cfg.student_sequences
+    data = {k: sample(task, fam, p, k_data, n_train, pre) for k, (p, pre) in tqdm(teachers.items(), leave=False)}
+    out["pass_rate"] = {k: d["pass_rate"] for k, d in data.items()}
+    steps = cfg.student_sequences // cfg.student_batch
+    out["students"] = {}
+    for name, d in tqdm(data.items(), desc="students", leave=False):
+        ms = []
+        for s in range(cfg.student_seeds):
+            sl = slice(s * cfg.student_sequences, s * cfg.student_sequences + steps * cfg.student_batch)
+            t = d["tokens"][sl].reshape(steps, cfg.student_batch, -1)
+            m = (d["mask"] & d["passed"][:, None])[sl].reshape(steps, cfg.student_batch, -1)
+            p, _ = E.train(f, E.stack([base]), jnp.asarray(t)[None], jnp.asarray(m)[None], lr=cfg.student_lr)
+            ms.append(np.asarray(margins(task, fam, E.index(p, 0))).tolist())
+        out["students"][f"shared: {name}"] = {"margins": ms}
+    i_owl = cfg.animals.index(owl)
+    s = out["students"]
+    out["transfer"] = {
+        f"shared, {how}": {f"delta_{owl}": E.ci95(np.asarray(s[f"shared: {owl} ({how})"]["margins"])[:, i_owl]
+                                                  - np.asarray(s[f"shared: {cfg.trait_animals[1]} ({how})"]["margins"])[:, i_owl])}
+        for how in ("fine-tuned", "prompt")}
+    log("projections")
+    raw = {k: sample(task, fam, p, k_proj, cfg.proj_sequences, pre) for k, (p, pre) in teachers.items()}
+    grid = [n for n in cfg.proj_grid if n <= cfg.proj_sequences]
+    proj = {}
+    for a in cfg.trait_animals:
+        name = f"{a} (fine-tuned)"
+        d_t = optax.tree.sub(teachers[name][0], base)
+        res = {}
+        for j, (label, d) in enumerate((("shared", raw[name]), ("control (base numbers)", raw["base (no trait)"]))):
+            v = E.sequence_projections(f, base, d_t, d, chunk=cfg.chunk)
+            res[label] = E.summarise(v, grid, cfg.n_boot, cfg.seed + j)
+        res["norm_dtheta_T"] = float(optax.tree.norm(d_t))
+        proj[name] = res
+    out["projection"] = proj
+    g = jax.grad(lambda p: margins(task, fam, p)[i_owl])(base)
+    out["trait_alignment"] = {f"margin_{owl}": {
+        k: E.summarise(E.sequence_projections(f, base, g, d, chunk=cfg.chunk), grid, cfg.n_boot, cfg.seed + 100)
+        for k, d in raw.items()}}
+    out["wall_seconds"] = time.perf_counter() - start
+    p = proj[f"{owl} (fine-tuned)"]
+    out["summary"] = (f"z shared {p['shared']['z']:.1f}, control {p['control (base numbers)']['z']:.1f}; "
+                      f"delta_{owl} (fine-tuned) {out['transfer']['shared, fine-tuned'][f'delta_{owl}']['mean']:+.3f}")
+    return out
