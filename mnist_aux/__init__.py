@@ -1,1 +1,8 @@
-"""mnist_aux: see README."""
+"""mnist_aux: the paper's MNIST auxiliary-logit experiment (section 6.2, Figure 10) in JAX.
+
+Modules, in data-flow order: ``data`` (validated IDX loading), ``configs`` (presets
+``paper`` and ``smoke``), ``model`` (the NNX MLP and its pure ``apply``), ``train`` (pure
+per-seed epochs), ``experiment`` (many seeds at once: vmap, chunks, sharding, results),
+``figures`` (``mnist_aux_fig10`` for paper_figs.py). Command line: ``python -m mnist_aux
+run --preset paper --seeds 100``. See docs/mnist_aux.md.
+"""
