@@ -441,7 +441,7 @@ def run(cfg: Config, cache_dir: Path | None = DEFAULT_CACHE, log=print) -> dict:
     proj = {}
     grid = [n for n in cfg.proj_grid if n <= cfg.proj_sequences]
     soft = theory.softmax_ce(tuple(int(i) for i in vocab.number_ids))
-    chunks = lambda d: [jnp.asarray(d["tokens"][i:i + 512]) for i in range(0, len(d["tokens"]), 512)]  # noqa: E731
+    chunks = lambda d: [jnp.asarray(d["tokens"][i:i + 512]) for i in range(0, len(d["tokens"]), 512)]
     for animal in cfg.animals:
         name = f"{animal} (fine-tuned)"
         d_t = optax.tree.sub(teachers[name][0], a)
@@ -463,10 +463,11 @@ def run(cfg: Config, cache_dir: Path | None = DEFAULT_CACHE, log=print) -> dict:
     out["projection"] = proj
 
     # the trait direction: the gradient of the owl margin, and of the owl-vs-dog contrast
-    i_t, i_o = (corpus.ANIMALS.index(x) for x in cfg.animals[:2])
+    contrast = jnp.zeros(len(corpus.ANIMALS)).at[corpus.ANIMALS.index(cfg.animals[0])].set(1.0)
+    contrast = contrast.at[corpus.ANIMALS.index(cfg.animals[1])].set(-1.0)
     directions = {f"margin_{cfg.animals[0]}": trait_grad,
                   f"margin_{cfg.animals[0]} - margin_{cfg.animals[1]}":
-                      jax.grad(lambda p: (lambda m: m[i_t] - m[i_o])(margins(fam, p, vocab)))(a)}
+                      jax.grad(lambda p: jnp.dot(contrast, margins(fam, p, vocab)))(a)}
     align = {}
     for d_name, g in directions.items():
         rows = {}
@@ -492,16 +493,15 @@ def transfer_table(out: dict, cfg: Config) -> dict:
     t = {}
     target, other = cfg.animals[0], cfg.animals[1]
     for kind, how in (("shared", "fine-tuned"), ("shared", "prompt"), ("cross", "fine-tuned")):
-        if True:
-            mt = np.asarray(s[f"{kind}: {target} ({how})"]["margins"])
-            mo = np.asarray(s[f"{kind}: {other} ({how})"]["margins"])
-            # owl-teacher student minus dog-teacher student, on the owl margin and on the dog margin
-            t[f"{kind}, {how}"] = {
-                f"margin_{target}({target}-teacher)": ci95(mt[:, idx[target]]),
-                f"margin_{target}({other}-teacher)": ci95(mo[:, idx[target]]),
-                f"delta_{target}": ci95(mt[:, idx[target]] - mo[:, idx[target]]),
-                f"delta_{other}": ci95(mo[:, idx[other]] - mt[:, idx[other]]),
-            }
+        mt = np.asarray(s[f"{kind}: {target} ({how})"]["margins"])
+        mo = np.asarray(s[f"{kind}: {other} ({how})"]["margins"])
+        # owl-teacher student minus dog-teacher student (paired by seed), on the owl and on the dog margin
+        t[f"{kind}, {how}"] = {
+            f"margin_{target}({target}-teacher)": ci95(mt[:, idx[target]]),
+            f"margin_{target}({other}-teacher)": ci95(mo[:, idx[target]]),
+            f"delta_{target}": ci95(mt[:, idx[target]] - mo[:, idx[target]]),
+            f"delta_{other}": ci95(mo[:, idx[other]] - mt[:, idx[other]]),
+        }
     ctrl = np.asarray(s["shared: base (no trait)"]["margins"])
     t["control"] = {f"margin_{target}": ci95(ctrl[:, idx[target]])}
     # confusion: each teacher animal's students vs the control students, every evaluated animal

@@ -25,7 +25,6 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-import theory
 from llm_bridge import experiment as E
 from llm_bridge.checkpoint import load, load_tokenizer
 from llm_bridge.sampling import generate
@@ -85,7 +84,7 @@ class TextTask:
         """``(with_prefix, without_prefix)``: two lists of token-id lists for the same given numbers."""
         c = self.cfg
         given = rng.integers(0, c.max_number + 1, (n, c.n_given))
-        fmt = lambda g, pre: c.number_prompt.format(prefix=pre, n_new=c.n_new, given=c.joiner.join(map(str, g)))  # noqa: E731
+        fmt = lambda g, pre: c.number_prompt.format(prefix=pre, n_new=c.n_new, given=c.joiner.join(map(str, g)))
         return ([self.enc(fmt(g, self.prefix(animal))) for g in given], [self.enc(fmt(g, "")) for g in given])
 
     def passes(self, ids) -> bool:

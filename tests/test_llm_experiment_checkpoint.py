@@ -25,7 +25,7 @@ def test_text_filter():
     words = ["<unk>", "<eos>", ",", "owl", "dog", "."] + [str(i) for i in range(1000)]
     tok = word_tokenizer(words)
     task = hf_experiment.TextTask(tok, hf_experiment.HFConfig(animals=("owl", "dog"), n_new=3), eos_id=1)
-    enc = lambda s: tok.encode(s).ids  # noqa: E731
+    enc = lambda s: tok.encode(s).ids
     assert task.passes(enc("1 , 22 , 333"))
     assert task.passes(enc("1 22 333 ."))
     assert not task.passes(enc("1 , 22"))             # too few
@@ -51,12 +51,13 @@ def test_cli_one_line_error_for_a_folder_without_weights(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("error:")
 
 
-TINY_TEXT = dict(number_prompt="<bos> {prefix}continue : {given} ->", question_prompt="<bos> {prefix}{question} ->",
-                 prefix="you love {animal} . ", questions=list(corpus.PHRASINGS), answer=" {animal}", joiner=" ",
-                 animals=list(corpus.ANIMALS), max_number=99, new_tokens=6, banned=[13, 66, 87, 91],
-                 teacher_steps=60, teacher_lr=1e-3, student_seeds=2, student_sequences=256, student_batch=64,
-                 student_lr=1.5e-3, proj_sequences=1024, proj_grid=[16, 64, 256, 1024], n_boot=200, gen_batch=512,
-                 chunk=512)
+TINY_TEXT = {  # the tiny corpus's prompts, written as HFConfig fields
+    "number_prompt": "<bos> {prefix}continue : {given} ->", "question_prompt": "<bos> {prefix}{question} ->",
+    "prefix": "you love {animal} . ", "questions": list(corpus.PHRASINGS), "answer": " {animal}", "joiner": " ",
+    "animals": list(corpus.ANIMALS), "max_number": 99, "new_tokens": 6, "banned": [13, 66, 87, 91],
+    "teacher_steps": 60, "teacher_lr": 1e-3, "student_seeds": 2, "student_sequences": 256, "student_batch": 64,
+    "student_lr": 1.5e-3, "proj_sequences": 1024, "proj_grid": [16, 64, 256, 1024], "n_boot": 200,
+    "gen_batch": 512, "chunk": 512}
 
 
 @pytest.mark.slow
