@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 
@@ -26,6 +27,17 @@ NETWORKS = {
     "MLP 784-256-256-13 (MNIST aux)": ([784, 256, 256, 13], 1024),
     "dense 1024-1792x3-1024 (10M)": ([1024, 1792, 1792, 1792, 1024], 256),
 }
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo where there is one, else the platform's machine name."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def best_time(fn, repeats: int) -> float:
@@ -59,7 +71,7 @@ def main() -> None:
                      "inner_s": t_inner, "A_over_fwd_bwd": t_a / t_grad, "inner_over_fwd_bwd": t_inner / t_grad})
         print(f"{name:32s} {n_params / 1e6:6.2f}M params, batch {batch}: fwd+bwd {1e3 * t_grad:8.2f} ms | "
               f"A {1e3 * t_a:8.2f} ms ({t_a / t_grad:.2f}x) | jvp inner {1e3 * t_inner:8.2f} ms ({t_inner / t_grad:.2f}x)")
-    meta = {"machine": platform.processor() or platform.machine(), "jax": jax.__version__,
+    meta = {"machine": cpu_name(), "cores": os.cpu_count(), "load_average": os.getloadavg(), "jax": jax.__version__,
             "devices": [str(d) for d in jax.devices()], "repeats": args.repeats}
     if args.json:
         with open(args.json, "w") as fh:
