@@ -16,13 +16,11 @@ preset with ``--quick``), computed once per process.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from dataclasses import dataclass
 
-import matplotlib.pyplot as plt
 import numpy as np
 
 from llm_bridge import experiment
+from theory.figures import Figure  # one registry record for every package's figures
 
 
 @functools.cache
@@ -71,19 +69,6 @@ def plot_trait_transfer(results: dict, ax) -> None:
     n = len(t[groups[0][0]][f"margin_{o}({o}-teacher)"]["values"])
     ax.set_title(f"Trait transfer through numbers; error bars: 95% CI over {n} student seeds", fontsize=9)
     ax.legend(fontsize=7)
-
-
-@dataclass(frozen=True)
-class Figure:
-    name: str
-    compute: Callable[[bool], dict]
-    draw: Callable[[dict, object], None]
-    size: tuple[float, float] = (6.4, 4.4)
-
-    def plot(self, results: dict):
-        fig, ax = plt.subplots(figsize=self.size)
-        self.draw(results, ax)
-        return fig
 
 
 FIGURES = [

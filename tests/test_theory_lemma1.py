@@ -158,8 +158,8 @@ def test_zero_branch_detected_when_teacher_moves_only_unobserved_outputs():
     loss = theory.softmax_kl([3, 4, 5])                 # the student imitates outputs 3..5 only
     d_t = jax.tree.map(jnp.zeros_like, p0)
     head = d_t["layers"][2]
-    head["kernel"].value = head["kernel"].value.at[:, :3].set(1.0)   # moves outputs 0..2 only
-    head["bias"].value = head["bias"].value.at[:3].set(1.0)
+    head["kernel"][...] = head["kernel"][...].at[:, :3].set(1.0)   # moves outputs 0..2 only
+    head["bias"][...] = head["bias"][...].at[:3].set(1.0)
     assert theory.theorem1_branch(f, p0, d_t, x, loss) == "zero"
     for eps in (1e-6, 1e-2, 1.0, 1e3):
         ip = theory.inner(theory.student_update(f, p0, theory.teacher_params(p0, d_t, eps), x, loss), d_t)

@@ -154,6 +154,8 @@ def plot_init_contrast(results: dict, ax) -> None:
 
 @dataclass(frozen=True)
 class Figure:
+    """One figure for paper_figs.py: ``compute(quick) -> results``, ``draw(results, ax)`` on one axes."""
+
     name: str
     compute: Callable[[bool], dict]
     draw: Callable[[dict, object], None]
