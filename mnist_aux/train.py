@@ -27,6 +27,7 @@ import numpy as np
 import optax
 from jax.extend.random import threefry2x32_p
 
+import theory
 from mnist_aux.configs import Config
 from mnist_aux.data import normalize
 from mnist_aux.model import apply, init_params
@@ -136,15 +137,8 @@ def teacher_epoch(cfg: Config, params, opt_state, shuffle_key, epoch, train_x, t
 # ------------------------------------------------------------------------ distillation
 
 
-def softmax_kl(student_logits: jax.Array, teacher_logits: jax.Array) -> jax.Array:
-    """``KL(softmax(teacher) || softmax(student))`` over the last axis, ``[..., k] -> [...]``.
-
-    The official script's ``F.kl_div(log_softmax(student), softmax(teacher))``; equal to
-    ``theory.losses.softmax_kl`` on the same logits (tests check it).
-    """
-    log_p = jax.nn.log_softmax(teacher_logits, axis=-1)
-    log_q = jax.nn.log_softmax(student_logits, axis=-1)
-    return jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
+# The official script's ``F.kl_div(log_softmax(student), softmax(teacher))``, over the last axis.
+_KL = theory.softmax_kl()
 
 
 def distill_loss(students, x: jax.Array, teacher_logits: jax.Array, n_aux: int) -> tuple[jax.Array, jax.Array]:
@@ -156,8 +150,8 @@ def distill_loss(students, x: jax.Array, teacher_logits: jax.Array, n_aux: int) 
     student's own gradient. Returns ``(sum, per-student mean KL [4])``.
     """
     y = jax.vmap(apply, in_axes=(0, None))(students, x)  # [4, B, 10 + m]
-    aux = softmax_kl(y[:2, :, 10:], teacher_logits[None, :, 10:])
-    full = softmax_kl(y[2:], teacher_logits[None])
+    aux = _KL.value(y[:2, :, 10:], teacher_logits[None, :, 10:])
+    full = _KL.value(y[2:], teacher_logits[None])
     per_student = jnp.concatenate([aux, full]).mean(axis=-1)
     return per_student.sum(), per_student
 
