@@ -18,7 +18,8 @@ class Config:
     """
 
     dataset: str = "mnist"  # "mnist" or "fashion_mnist"
-    hidden: int = 256  # width of both hidden layers
+    hidden: int = 256  # width of the hidden layers
+    depth: int = 2  # number of hidden layers (the paper's 2; other values for the depth sweep)
     n_aux: int = 3  # m, auxiliary logits after the 10 digit logits
     lr: float = 3e-4  # Adam, betas (0.9, 0.999), eps 1e-8, for the teacher and every student
     batch_size: int = 1024
@@ -35,7 +36,7 @@ class Config:
     def __post_init__(self):
         if self.dataset not in ("mnist", "fashion_mnist"):
             raise ValueError(f"dataset must be 'mnist' or 'fashion_mnist', got {self.dataset!r}")
-        for name in ("hidden", "n_aux", "batch_size", "n_train", "n_noise"):
+        for name in ("hidden", "depth", "n_aux", "batch_size", "n_train", "n_noise"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.teacher_epochs < 0 or self.distill_epochs < 0:

@@ -124,4 +124,10 @@ class Fig10:
         return plot_fig10(results)
 
 
-FIGURES = [Fig10()]
+def _figures() -> list:
+    from mnist_aux.dissect_figures import figures
+
+    return [Fig10(), *figures()]
+
+
+FIGURES = _figures()

@@ -1,5 +1,9 @@
 """The MNIST auxiliary-logit classifier: an MLP 784-256-256-(10+m) with ReLU.
 
+``depth`` (default 2, the paper's) sets the number of hidden layers, for the depth sweep;
+the layers are ``fc1 .. fc<depth>`` then ``out``, drawn in that order, so a depth-2 model
+is the same model with the same numbers as before the option existed.
+
 Paper section 6.2 and its official script: weights ~ N(0, 1/sqrt(d_in)) (standard
 deviation ``d_in ** -0.5``), biases 0; the first 10 outputs are the digit logits, the last
 ``m`` the auxiliary logits that no loss ever trains directly on digits.
@@ -20,29 +24,41 @@ Params = dict  # {"fc1": {"kernel": [784, h], "bias": [h]}, "fc2": ..., "out": {
 
 
 class MLP(nnx.Module):
-    """``x [batch, d_in] -> logits [batch, n_out]``; two ReLU hidden layers of width ``hidden``."""
+    """``x [batch, d_in] -> logits [batch, n_out]``; ``depth`` ReLU hidden layers of width ``hidden``."""
 
-    def __init__(self, d_in: int, hidden: int, n_out: int, *, rngs: nnx.Rngs):
+    def __init__(self, d_in: int, hidden: int, n_out: int, *, rngs: nnx.Rngs, depth: int = 2):
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1 hidden layer, got {depth}")
+
         def normal(fan_in: int):
             return nnx.initializers.normal(stddev=fan_in**-0.5)
 
-        self.fc1 = nnx.Linear(d_in, hidden, kernel_init=normal(d_in), rngs=rngs)
-        self.fc2 = nnx.Linear(hidden, hidden, kernel_init=normal(hidden), rngs=rngs)
+        self.depth = depth
+        for i in range(depth):
+            fan_in = d_in if i == 0 else hidden
+            setattr(self, f"fc{i + 1}", nnx.Linear(fan_in, hidden, kernel_init=normal(fan_in), rngs=rngs))
         self.out = nnx.Linear(hidden, n_out, kernel_init=normal(hidden), rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.out(jax.nn.relu(self.fc2(jax.nn.relu(self.fc1(x)))))
+        for i in range(self.depth):
+            x = jax.nn.relu(getattr(self, f"fc{i + 1}")(x))
+        return self.out(x)
 
 
 @functools.cache
-def _graphdef(d_in: int, hidden: int, n_out: int) -> nnx.GraphDef:
-    abstract = nnx.eval_shape(lambda: MLP(d_in, hidden, n_out, rngs=nnx.Rngs(0)))
+def _graphdef(d_in: int, hidden: int, n_out: int, depth: int = 2) -> nnx.GraphDef:
+    abstract = nnx.eval_shape(lambda: MLP(d_in, hidden, n_out, rngs=nnx.Rngs(0), depth=depth))
     return nnx.split(abstract)[0]
 
 
-def init_params(key: jax.Array, d_in: int = 784, hidden: int = 256, n_out: int = 13) -> Params:
+def init_params(key: jax.Array, d_in: int = 784, hidden: int = 256, n_out: int = 13, depth: int = 2) -> Params:
     """Fresh parameters from ``key`` (official init: kernels N(0, 1/sqrt(d_in)), biases 0)."""
-    return nnx.to_pure_dict(nnx.state(MLP(d_in, hidden, n_out, rngs=nnx.Rngs(params=key))))
+    return nnx.to_pure_dict(nnx.state(MLP(d_in, hidden, n_out, rngs=nnx.Rngs(params=key), depth=depth)))
+
+
+def depth_of(params: Params) -> int:
+    """The number of hidden layers of a parameter tree (its ``fc<i>`` entries)."""
+    return sum(1 for name in params if name.startswith("fc"))
 
 
 def apply(params: Params, x: jax.Array) -> jax.Array:
@@ -55,4 +71,4 @@ def apply(params: Params, x: jax.Array) -> jax.Array:
     """
     d_in, hidden = params["fc1"]["kernel"].shape[-2:]
     n_out = params["out"]["kernel"].shape[-1]
-    return nnx.merge(_graphdef(int(d_in), int(hidden), int(n_out)), params)(x)
+    return nnx.merge(_graphdef(int(d_in), int(hidden), int(n_out), depth_of(params)), params)(x)

@@ -216,7 +216,7 @@ def init_students(theta0, theta0_cross):
 
 def init_reference(cfg: Config, init_key: jax.Array):
     """The reference (shared) initialisation theta_0 of one seed."""
-    return init_params(init_key, 784, cfg.hidden, cfg.n_out)
+    return init_params(init_key, 784, cfg.hidden, cfg.n_out, depth=cfg.depth)
 
 
 # ------------------------------------------------------------------------------- cost
@@ -232,7 +232,7 @@ def flops_per_seed(cfg: Config) -> dict:
     ``eval``: the 6 x 10,000 test-image forward passes, not included in the others.
     """
     d, h, o = 784, cfg.hidden, cfg.n_out
-    fwd = 2 * (d * h + h * h + h * o)
+    fwd = 2 * (d * h + (cfg.depth - 1) * h * h + h * o)
     first_dx = 2 * d * h
     teacher_samples = cfg.teacher_epochs * cfg.n_train
     student_samples = 4 * cfg.distill_epochs * cfg.n_noise

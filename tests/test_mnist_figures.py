@@ -1,4 +1,4 @@
-"""The mnist_aux_fig10 figure is registered and plots a results dict without computing."""
+"""The MNIST figures are registered and plot a results dict without computing."""
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -22,7 +22,8 @@ def fake_results(n=5):
 
 def test_registered_with_paper_figs():
     assert "mnist_aux_fig10" in paper_figs.registered_figures()
-    assert [f.name for f in FIGURES] == ["mnist_aux_fig10"]
+    sweeps = ["reconcile", "width", "n_aux", "depth", "sigma", "inputs", "heads"]
+    assert [f.name for f in FIGURES] == ["mnist_aux_fig10"] + [f"mnist_sweep_{s}" for s in sweeps] + ["mnist_alignment"]
 
 
 def test_plot_from_results_only():

@@ -1,0 +1,265 @@
+"""Figures of the MNIST dissection: the reconciliation table, the six sweeps, the alignment.
+
+Registered with paper_figs.py through :data:`mnist_aux.figures.FIGURES`:
+
+``mnist_sweep_reconcile``  bars: loss x reduction x optimizer, shared vs cross-model init
+``mnist_sweep_<name>``     accuracy (95% CI) and Theorem 1's step-0 cosine along a sweep
+``mnist_alignment``        alignment of the student's updates over training; accuracy with
+                           and without each intervention
+
+Full mode (``python paper_figs.py``) runs what is missing at the paper's setting (the sweep
+caches make that a resume); quick mode (``--quick``) assembles the figure from the cached
+full-run points when they are all there, else runs the smoke setting on 3 seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+CHANCE = 0.1
+ROOT = Path(__file__).resolve().parent.parent
+QUICK_SEEDS = 3
+LOG_X = {"width", "n_aux"}
+ROLE_STYLE = {"student": ("C4", "shared init (or the point's init)"), "cross": ("C7", "cross-model init")}
+
+
+def _role(init: str) -> str:
+    return "cross" if init == "cross" else "student"
+
+
+def _err(summary: dict) -> tuple[float, list[list[float]]]:
+    m = summary["mean"]
+    return m, [[m - summary["ci95"][0]], [summary["ci95"][1] - m]]
+
+
+def _caption(results: dict) -> str:
+    n = sorted({s["accuracy_summary"]["n"] for p in results["points"] for s in p["students"]})
+    seeds = f"{n[0]}" if len(n) == 1 else f"{n[0]}-{n[-1]}"
+    return (f"{seeds} seeds per point; error bars: 95% CI of the mean (± 1.96 s.e.). Preset {results['preset']}. "
+            f"Command: {results.get('command') or 'python -m mnist_aux sweep ' + results['sweep']}")
+
+
+def plot_reconcile(results: dict) -> plt.Figure:
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(15, 5.4), gridspec_kw={"width_ratios": [1.6, 1]})
+    points = results["points"]
+    for i, p in enumerate(points):
+        for j, s in enumerate(p["students"]):
+            role = _role(s["init"])
+            m, e = _err(s["accuracy_summary"])
+            ax.bar(i + (j - 0.5) * 0.38, m, 0.36, yerr=e, capsize=3, color=ROLE_STYLE[role][0],
+                   alpha=1.0 if role == "student" else 0.5, label=ROLE_STYLE[role][1] if i == 0 else None)
+            if role == "student":
+                ax.text(i + (j - 0.5) * 0.38, e[1][0] + m + 0.01, f"{m:.0%}", ha="center", fontsize=7)
+    labels = []
+    for p in points:
+        lr = p["students"][0]["lr"]
+        labels.append(p["label"].replace(" / ", "\n") + f"\nlr {lr:.3g}")
+    ax.set_xticks(range(len(points)), labels, fontsize=7)
+    ax.axhline(CHANCE, ls=":", c="black", label="chance")
+    ax.set_ylabel("student test accuracy (aux-only distillation)")
+    ax.set_ylim(0, max(0.8, ax.get_ylim()[1]))
+    ax.legend(fontsize=8)
+    ax.yaxis.grid(True, alpha=0.3)
+    ax.set_title("loss / reduction / optimizer (SGD: rate tuned on the distillation loss)")
+    # right: SGD tuning curves
+    for k, (cell, t) in enumerate(sorted(results["sgd_tuning"].items())):
+        grid, loss = np.asarray(t["grid"]), np.asarray(t["mean_final_loss"])
+        ok = np.isfinite(loss)
+        rel = loss[ok] / loss[ok].min()
+        scale = 1.0 if cell.endswith("/mean") else 1.0 / results["base_config"]["batch_size"]
+        batchmean = cell.endswith("batchmean")
+        ax2.plot(grid[ok] / scale, rel, "x--" if batchmean else "o-", color=f"C{k // 2}", ms=8 if batchmean else 5,
+                 label=f"{cell} (chosen {t['chosen']:.3g})")
+    ax2.set_xscale("log")
+    ax2.set_yscale("log")
+    ax2.set_xlabel("SGD rate (batchmean rates x batch size)")
+    ax2.set_ylabel("final distillation loss / best")
+    ax2.set_title(f"SGD tuning on seeds {results['sgd_tuning'][next(iter(results['sgd_tuning']))]['seeds']}")
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.text(0.5, -0.02, _caption(results), ha="center", va="top", fontsize=8, wrap=True)
+    return fig
+
+
+def plot_line_sweep(results: dict) -> plt.Figure:
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
+    for role, (color, label) in ROLE_STYLE.items():
+        xs, acc, cos = [], [], []
+        for p in results["points"]:
+            for s in p["students"]:
+                if _role(s["init"]) == role:
+                    xs.append(float(p["x"]))
+                    acc.append(_err(s["accuracy_summary"]))
+                    cos.append(_err(s["theory_cosine_summary"]))
+        if not xs:
+            continue
+        if len(xs) == 1 and results["sweep"] == "sigma":  # the cross-model reference of the sigma sweep
+            m, e = acc[0]
+            ax.axhspan(m - e[0][0], m + e[1][0], color=color, alpha=0.25, label=f"{label} (reference)")
+            m, e = cos[0]
+            ax2.axhspan(m - e[0][0], m + e[1][0], color=color, alpha=0.25, label=f"{label} (reference)")
+            continue
+        for a, data in ((ax, acc), (ax2, cos)):
+            a.errorbar(xs, [d[0] for d in data], yerr=np.hstack([d[1] for d in data]), fmt="o-", color=color,
+                       capsize=3, label=label)
+    ax.axhline(CHANCE, ls=":", c="black", label="chance")
+    ax2.axhline(0, c="black", lw=0.8)
+    for a in (ax, ax2):
+        a.set_xlabel(results["x_label"])
+        if results["sweep"] in LOG_X:
+            a.set_xscale("log", base=2)
+            a.set_xticks([float(p["x"]) for p in results["points"]], [str(p["x"]) for p in results["points"]])
+        a.grid(True, alpha=0.3)
+        a.legend(fontsize=8)
+    ax.set_ylabel("student test accuracy (aux-only)")
+    ax2.set_ylabel("step-0 cosine(student update, θ_T − θ_0)")
+    ax.set_title(f"sweep: {results['title']}")
+    ax2.set_title("Theorem 1's leading order at each student's init")
+    fig.tight_layout()
+    fig.text(0.5, -0.02, _caption(results), ha="center", va="top", fontsize=8, wrap=True)
+    return fig
+
+
+def plot_bar_sweep(results: dict) -> plt.Figure:
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
+    labels = []
+    for i, p in enumerate(results["points"]):
+        labels.append(p["label"])
+        k = len(p["students"])
+        for j, s in enumerate(p["students"]):
+            role = _role(s["init"])
+            off = (j - (k - 1) / 2) * 0.38
+            for a, summ in ((ax, s["accuracy_summary"]), (ax2, s["theory_cosine_summary"])):
+                m, e = _err(summ)
+                a.bar(i + off, m, 0.36, yerr=e, capsize=3, color=ROLE_STYLE[role][0],
+                      alpha=1.0 if role == "student" else 0.5, label=ROLE_STYLE[role][1] if (i == 0 and a is ax) else None)
+            if role == "student":
+                m, e = _err(s["accuracy_summary"])
+                ax.text(i + off, m + e[1][0] + 0.01, f"{m:.0%}", ha="center", fontsize=7)
+    for a in (ax, ax2):
+        a.set_xticks(range(len(labels)), labels, rotation=25, ha="right", fontsize=8)
+        a.yaxis.grid(True, alpha=0.3)
+    ax.axhline(CHANCE, ls=":", c="black", label="chance")
+    ax2.axhline(0, c="black", lw=0.8)
+    ax.set_ylabel("student test accuracy (aux-only)")
+    ax2.set_ylabel("step-0 cosine(student update, θ_T − θ_0)")
+    ax.legend(fontsize=8)
+    ax.set_title(f"sweep: {results['title']}")
+    ax2.set_title("Theorem 1's leading order at each student's init")
+    fig.tight_layout()
+    fig.text(0.5, -0.02, _caption(results), ha="center", va="top", fontsize=8, wrap=True)
+    return fig
+
+
+def _band(ax, steps, values, color, label):
+    v = np.asarray(values)
+    m = v.mean(axis=0)
+    se = v.std(axis=0, ddof=1) / np.sqrt(v.shape[0]) if v.shape[0] > 1 else np.zeros_like(m)
+    ax.plot(steps, m, color=color, label=label, lw=1.2)
+    ax.fill_between(steps, m - 1.96 * se, m + 1.96 * se, color=color, alpha=0.2)
+
+
+def plot_alignment(results: dict) -> plt.Figure:
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+    arms = results["arms"]
+    for k, arm in enumerate(arms):
+        r = results["results"][arm]
+        steps, color = r["logged_steps"], f"C{k}"
+        _band(axes[0, 0], steps, r["series"]["cos_trait"], color, r["label"])
+        _band(axes[0, 1], steps, r["series"]["cos_disp"], color, r["label"])
+        _band(axes[1, 0], steps, r["series"]["kl"], color, r["label"])
+        acc = np.asarray(r["accuracy_by_epoch"])
+        m = acc.mean(axis=0)
+        se = acc.std(axis=0, ddof=1) / np.sqrt(acc.shape[0])
+        axes[1, 1].errorbar(np.arange(acc.shape[1]) + 0.04 * (k - 1.5), m, yerr=1.96 * se, fmt="o-", color=color,
+                            capsize=3, label=f"{r['label']}: {m[-1]:.0%}")
+    axes[0, 0].set_title("cosine(step's update, −∇ digit CE at the current student)")
+    axes[0, 1].set_title("cosine(step's update, θ_T − θ_0)")
+    axes[1, 0].set_title("aux-only distillation loss (KL) per step")
+    axes[1, 0].set_yscale("log")
+    axes[1, 1].set_title("digit test accuracy after each epoch")
+    axes[1, 1].axhline(CHANCE, ls=":", c="black", label="chance")
+    for a in axes.flat:
+        a.grid(True, alpha=0.3)
+        a.legend(fontsize=7)
+    for a in (axes[0, 0], axes[0, 1]):
+        a.axhline(0, c="black", lw=0.8)
+    for a in (axes[0, 0], axes[0, 1], axes[1, 0]):
+        a.set_xlabel("distillation step")
+    axes[1, 1].set_xlabel("epoch")
+    fig.tight_layout()
+    fig.text(0.5, -0.01, f"{len(results['seeds'])} seeds, preset {results.get('preset', '?')}; bands and bars: 95% CI of "
+             f"the mean. Trait gradient on the {results['probe']}; liminal weight {results['liminal_weight']}. "
+             f"Command: {results.get('command', 'python -m mnist_aux align')}", ha="center", va="top", fontsize=8, wrap=True)
+    return fig
+
+
+def _data():
+    from mnist_aux import data
+
+    return data.load("mnist", os.environ.get("SUBLIMINAL_MNIST_DIR"))
+
+
+@dataclass(frozen=True)
+class SweepFigure:
+    sweep: str
+
+    @property
+    def name(self) -> str:
+        return f"mnist_sweep_{self.sweep}"
+
+    def compute(self, quick: bool) -> dict:
+        from mnist_aux import sweeps
+
+        command = f"python paper_figs.py --only {self.name}" + (" --quick" if quick else "")
+        dataset = _data()
+        if quick:
+            try:  # the full run's points, when every one is cached
+                return sweeps.run_sweep(self.sweep, dataset, progress=False, cache_only=True, command=command)
+            except sweeps.MissingPoint:
+                return sweeps.run_sweep(self.sweep, dataset, preset="smoke", n_seeds=QUICK_SEEDS,
+                                        cache=ROOT / "results" / "quick" / "sweeps", progress=False, command=command)
+        return sweeps.run_sweep(self.sweep, dataset, command=command)
+
+    def plot(self, results: dict) -> plt.Figure:
+        if self.sweep == "reconcile":
+            return plot_reconcile(results)
+        if self.sweep in ("width", "n_aux", "depth", "sigma"):
+            return plot_line_sweep(results)
+        return plot_bar_sweep(results)
+
+
+@dataclass(frozen=True)
+class AlignmentFigure:
+    name: str = "mnist_alignment"
+
+    def compute(self, quick: bool) -> dict:
+        from mnist_aux import alignment
+        from mnist_aux.configs import paper, smoke
+
+        full = ROOT / "results" / f"{self.name}.json"
+        if quick and full.is_file():  # reuse the full run
+            return json.loads(full.read_text())
+        cfg, n = (smoke(), QUICK_SEEDS) if quick else (paper(), 10)
+        results = alignment.run(cfg, range(n), _data(), progress=False)
+        results["preset"] = "smoke" if quick else "paper"
+        results["command"] = f"python paper_figs.py --only {self.name}" + (" --quick" if quick else "")
+        return results
+
+    def plot(self, results: dict) -> plt.Figure:
+        return plot_alignment(results)
+
+
+def figures() -> list:
+    from mnist_aux.sweeps import SWEEPS
+
+    return [SweepFigure(name) for name in SWEEPS] + [AlignmentFigure()]

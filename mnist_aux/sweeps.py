@@ -1,0 +1,263 @@
+"""Named sweeps over the MNIST experiment, cached point by point so an interrupted sweep resumes.
+
+``python -m mnist_aux sweep NAME`` runs one of :data:`SWEEPS`:
+
+=========== ==================================================================================
+reconcile   loss {KL, MSE} x reduction {mean, batchmean} x optimizer {Adam 3e-4, SGD tuned},
+            shared vs cross-model init (the paper's ">50%" vs Jiang et al.'s 27.1%)
+width       hidden width 64 ... 2048
+n_aux       number of auxiliary logits m, 1 ... 30
+depth       1 ... 4 hidden layers
+sigma       student init = theta_0 + sigma * std * noise, sigma 0 ... 1, with Theorem 1's
+            leading-order inner product on the same seeds
+inputs      distillation inputs: uniform, gaussian, blurred gaussian, low-rank, MNIST, Fashion-MNIST
+heads       re-initialise the hidden layers but keep the output head, and the reverse
+=========== ==================================================================================
+
+Every point is one :func:`mnist_aux.dissect.run` (all seeds at once, vmapped). Its result
+is written atomically to ``results/sweeps/<key>.json`` where ``key`` hashes everything that
+determines its numbers (config, distillation setting, students, learning rates, seeds,
+pairing, the data files' checksums); a point whose file exists is read instead of run, so
+re-running an interrupted sweep computes only what is missing, and points shared by two
+sweeps (the paper's setting appears in most) are computed once. The assembled sweep goes
+to ``results/mnist_sweep_<NAME>.json``, which ``paper_figs.py`` plots.
+
+SGD's "tuned rate" (reconcile) is chosen without looking at digits: for each loss and
+reduction, a grid of rates is run on separate tuning seeds and the rate with the lowest
+final-epoch distillation loss (the student's own objective) is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from tqdm import tqdm
+
+from mnist_aux import dissect
+from mnist_aux.configs import PRESETS, Config
+from mnist_aux.data import Dataset
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / "results" / "sweeps"
+TUNE_SEEDS = tuple(range(1000, 1004))  # SGD rate tuning only; disjoint from the evaluation seeds
+SGD_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)  # per-example-mean rates; batchmean's are / batch_size
+
+
+@dataclass(frozen=True)
+class Point:
+    """One run of :func:`mnist_aux.dissect.run` in a sweep."""
+
+    label: str  # what the figure's axis calls it
+    x: float | str  # the swept value
+    cfg: Config
+    spec: dissect.Distill
+    inits: tuple[str, ...]
+    lrs: tuple[float, ...] | None = None
+    seeds: tuple[int, ...] | None = None  # default: the sweep's seeds
+
+    def describe(self, seeds, data_source: dict, pairing_seed: int) -> dict:
+        files = {k: v.get("sha256") for k, v in sorted(data_source.get("files", {}).items())}
+        return {"config": self.cfg.to_dict(), "distill": asdict(self.spec), "inits": list(self.inits),
+                "lrs": list(self.lrs) if self.lrs else None, "seeds": [int(s) for s in seeds],
+                "pairing_seed": pairing_seed, "data_files": files}
+
+
+class MissingPoint(LookupError):
+    """A point is not in the cache and the sweep runs with ``cache_only``."""
+
+
+def point_key(description: dict) -> str:
+    return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:20]
+
+
+@dataclass
+class Context:
+    """What a sweep's body needs: the base config, seeds, data, cache and progress bar."""
+
+    base: Config
+    seeds: tuple[int, ...]
+    data: Dataset
+    fashion: Dataset | None = None
+    cache: Path = CACHE
+    recompute: bool = False
+    cache_only: bool = False
+    pairing_seed: int = 0
+    progress: bool = True
+    computed: list = field(default_factory=list)  # keys computed in this call (tests count them)
+    bar: object = None
+
+    def point(self, p: Point) -> dict:
+        """The point's result: from the cache, else computed and cached (atomic write)."""
+        seeds = p.seeds or self.seeds
+        desc = p.describe(seeds, self.data.source, self.pairing_seed)
+        key = point_key(desc)
+        path = self.cache / f"{key}.json"
+        if self.bar is not None:
+            self.bar.set_postfix_str(p.label)
+        if path.is_file() and not self.recompute:
+            result = json.loads(path.read_text())["result"]
+        elif self.cache_only:
+            raise MissingPoint(f"{p.label}: no cached result {path}")
+        else:
+            images = None
+            if p.spec.inputs == "mnist":
+                images = self.data.train_x
+            elif p.spec.inputs == "fashion_mnist":
+                if self.fashion is None:
+                    from mnist_aux import data
+                    self.fashion = data.load("fashion_mnist")
+                images = self.fashion.train_x
+            result = dissect.run(p.cfg, p.spec, p.inits, seeds, self.data, lrs=p.lrs, images=images,
+                                 pairing_seed=self.pairing_seed)
+            if images is not None and p.spec.inputs == "fashion_mnist":
+                result["distill_data"] = self.fashion.source
+            self.cache.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps({"key": key, "point": desc, "result": result}, indent=1, sort_keys=True))
+            tmp.replace(path)
+            self.computed.append(key)
+        if self.bar is not None:
+            self.bar.update(1)
+        return {"label": p.label, "x": p.x, "key": key, **result}
+
+
+@dataclass(frozen=True)
+class Sweep:
+    name: str
+    title: str
+    x_label: str
+    n_points: int
+    seeds: int  # default number of seeds
+    body: Callable[[Context], dict]
+    doc: str = ""
+
+
+# ------------------------------------------------------------------------- the sweeps
+
+
+def _pair(ctx: Context, label, x, cfg=None, spec=None, inits=("shared", "cross")) -> dict:
+    return ctx.point(Point(label, x, cfg or ctx.base, spec or dissect.Distill(lr=ctx.base.lr), tuple(inits)))
+
+
+def reconcile(ctx: Context) -> dict:
+    """The 8 cells of loss x reduction x optimizer, each with shared and cross-model students."""
+    cells, tuning = [], {}
+    for loss in dissect.LOSSES:
+        for reduction in dissect.REDUCTIONS:
+            scale = 1.0 if reduction == "mean" else 1.0 / ctx.base.batch_size
+            grid = tuple(g * scale for g in SGD_GRID)
+            spec = dissect.Distill(loss=loss, reduction=reduction, optimizer="sgd", lr=grid[0])
+            tune = ctx.point(Point(f"tune SGD {loss}/{reduction}", "tune", ctx.base, spec, ("shared",) * len(grid),
+                                   lrs=grid, seeds=TUNE_SEEDS))
+            final = np.array([np.nan_to_num(np.mean(s["final_loss"]), nan=np.inf) for s in tune["students"]])
+            best = float(grid[int(np.argmin(final))])
+            tuning[f"{loss}/{reduction}"] = {"grid": list(grid), "mean_final_loss": [float(v) for v in final],
+                                             "chosen": best, "seeds": list(TUNE_SEEDS)}
+            for optimizer, lr in (("adam", 3e-4), ("sgd", best)):
+                spec = dissect.Distill(loss=loss, reduction=reduction, optimizer=optimizer, lr=lr)
+                cells.append(ctx.point(Point(f"{loss} / {reduction} / {optimizer}", f"{loss}/{reduction}/{optimizer}",
+                                             ctx.base, spec, ("shared", "cross"))))
+    return {"points": cells, "sgd_tuning": tuning}
+
+
+WIDE_SEEDS = {1024: 6, 2048: 4}  # the widest points cost 7x / 22x the paper's width per seed: fewer seeds
+
+
+def width(ctx: Context) -> dict:
+    points = []
+    for h in (64, 128, 256, 512, 1024, 2048):
+        n = min(WIDE_SEEDS.get(h, len(ctx.seeds)), len(ctx.seeds))
+        points.append(ctx.point(Point(f"width {h}", h, ctx.base.replace(hidden=h), dissect.Distill(lr=ctx.base.lr),
+                                      ("shared", "cross"), seeds=ctx.seeds[:n])))
+    return {"points": points, "note": f"seeds per width: {len(ctx.seeds)} except {WIDE_SEEDS} (cost)"}
+
+
+def n_aux(ctx: Context) -> dict:
+    return {"points": [_pair(ctx, f"m = {m}", m, ctx.base.replace(n_aux=m)) for m in (1, 2, 3, 5, 10, 30)]}
+
+
+def depth(ctx: Context) -> dict:
+    return {"points": [_pair(ctx, f"depth {d}", d, ctx.base.replace(depth=d)) for d in (1, 2, 3, 4)]}
+
+
+SIGMAS = (0.0, 0.05, 0.1, 0.2, 0.4, 0.7, 1.0)
+
+
+def sigma(ctx: Context) -> dict:
+    points = [_pair(ctx, "sigma 0 (shared)", 0.0)]  # also gives the cross-model reference
+    points += [_pair(ctx, f"sigma {s}", s, inits=(f"sigma={s}",)) for s in SIGMAS[1:]]
+    return {"points": points}
+
+
+def inputs(ctx: Context) -> dict:
+    return {"points": [_pair(ctx, name, name, spec=dissect.Distill(lr=ctx.base.lr, inputs=name)) for name in dissect.INPUTS]}
+
+
+def heads(ctx: Context) -> dict:
+    points = [_pair(ctx, "shared init", "shared")]
+    points += [_pair(ctx, label, init, inits=(init,)) for label, init in
+               (("re-init hidden, keep head", "cross_hidden"), ("keep hidden, re-init head", "cross_head"))]
+    return {"points": points}
+
+
+SWEEPS = {s.name: s for s in (
+    Sweep("reconcile", "KL vs MSE, batchmean vs mean, Adam vs SGD", "loss / reduction / optimizer", 12, 25, reconcile),
+    Sweep("width", "hidden width", "hidden width", 6, 10, width),
+    Sweep("n_aux", "number of auxiliary logits m", "m (auxiliary logits)", 6, 10, n_aux),
+    Sweep("depth", "number of hidden layers", "hidden layers", 4, 10, depth),
+    Sweep("sigma", "student init = theta_0 + sigma * std * noise", "sigma", len(SIGMAS), 10, sigma),
+    Sweep("inputs", "distillation input distribution", "inputs", len(dissect.INPUTS), 10, inputs),
+    Sweep("heads", "which layers the student shares with the teacher's init", "student init", 3, 10, heads),
+)}
+
+
+def run_sweep(name: str, data: Dataset, *, preset: str = "paper", n_seeds: int | None = None, first_seed: int = 0,
+              cache: Path = CACHE, recompute: bool = False, progress: bool = True, fashion: Dataset | None = None,
+              command: str | None = None, cache_only: bool = False) -> dict:
+    """Run (or resume) sweep ``name``; return the assembled results dict.
+
+    ``cache_only``: never compute; raise :class:`MissingPoint` if a point is not cached.
+    """
+    if name not in SWEEPS:
+        raise ValueError(f"unknown sweep {name!r}; known: {', '.join(SWEEPS)}")
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    sweep = SWEEPS[name]
+    n = sweep.seeds if n_seeds is None else n_seeds
+    if n < 2:
+        raise ValueError("a sweep needs >= 2 seeds (cross-model students use another seed's init)")
+    start = time.perf_counter()
+    ctx = Context(PRESETS[preset](), tuple(range(first_seed, first_seed + n)), data, fashion=fashion, cache=cache,
+                  recompute=recompute, cache_only=cache_only, progress=progress)
+    with tqdm(total=sweep.n_points, desc=f"sweep {name}", unit="point", disable=not progress) as ctx.bar:
+        body = sweep.body(ctx)
+    return {"sweep": name, "title": sweep.title, "x_label": sweep.x_label, "preset": preset, "base_config": ctx.base.to_dict(),
+            "seeds": list(ctx.seeds), "data": data.source, "command": command, "points_computed": len(ctx.computed),
+            "wall_seconds": time.perf_counter() - start, **body}
+
+
+def summary_rows(results: dict) -> list[dict]:
+    """One row per (point, student): label, init, mean accuracy, 95% CI, theory cosine mean."""
+    rows = []
+    for p in results["points"]:
+        for s in p["students"]:
+            a, c = s["accuracy_summary"], s["theory_cosine_summary"]
+            rows.append({"point": p["label"], "x": p["x"], "init": s["init"], "lr": s["lr"], "n": a["n"],
+                         "mean": a["mean"], "ci95": a["ci95"], "cosine": c["mean"], "cosine_ci95": c["ci95"],
+                         "final_loss": float(np.mean(s["final_loss"]))})
+    return rows
+
+
+def table(results: dict) -> str:
+    lines = [f"| point | student | accuracy (mean, {len(results['seeds'])} seeds) | 95% CI | step-0 cosine |",
+             "| --- | --- | --- | --- | --- |"]
+    for r in summary_rows(results):
+        lines.append(f"| {r['point']} | {r['init']} | {r['mean']:.3f} | [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] | "
+                     f"{r['cosine']:+.4f} |")
+    return "\n".join(lines)
