@@ -32,6 +32,8 @@ def run_checkpoint(args) -> int:
             cfg = dataclasses.replace(cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
         if args.student_seeds is not None:
             cfg = dataclasses.replace(cfg, student_seeds=args.student_seeds)
+        if args.chat_template is not None:
+            cfg = dataclasses.replace(cfg, chat_template=args.chat_template)
         start = time.perf_counter()
         results = hf_experiment.run(folder, cfg)
     except (OSError, ValueError, KeyError, TypeError) as err:
@@ -63,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="with a checkpoint: JSON file overriding fields of llm_bridge.hf_experiment.HFConfig "
                         "(prompts, sizes, learning rates)")
     r.add_argument("--student-seeds", type=int, default=None, help="override the preset's number of student seeds")
+    r.add_argument("--chat-template", choices=("auto", "none"), default=None,
+                   help="with a checkpoint: 'auto' (default) renders prompts with the folder's chat template where "
+                        "it has one (tokenizer_config.json or chat_template.jinja), 'none' uses plain text prompts")
     args = parser.parse_args(argv)
 
     if args.model != "tiny":

@@ -346,7 +346,8 @@ def load_tokenizer(folder: str | Path):
 
 
 HUB_FILES = ["config.json", "generation_config.json", "model.safetensors", "model-*.safetensors",
-             "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
+             "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+             "chat_template.jinja"]
 
 
 def download(repo_id: str, *, revision: str | None = None, cache_dir: str | Path | None = None) -> Path:

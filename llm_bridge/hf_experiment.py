@@ -1,21 +1,41 @@
-"""The trait-transfer experiment on a Hugging Face checkpoint folder (plain prompts, no chat template).
+"""The trait-transfer experiment on a Hugging Face checkpoint folder, with its chat template where it has one.
 
 ``python -m llm_bridge run --model PATH``. The same steps as :mod:`llm_bridge.experiment`
 with text in place of the tiny word vocabulary: prompts are encoded with the folder's
 ``tokenizer.json``, left-padded for :func:`llm_bridge.generate`, and student rows are
-re-packed right-padded (prompt without the prefix + completion up to ``<eos>``) with the
-loss on the completion tokens. The filter parses the decoded completion: exactly ``n_new``
-integers in ``[0, max_number]`` separated by commas or spaces, none banned. Animal margins
-use each animal's first token after a space. Only shared-init students and the control
-are trained (one model at a time, not vmapped); there is no second base model, so no
-cross-model arm. Chat templates (``tokenizer_config.json``) are not applied.
+re-packed right-padded (prompt without the trait + completion up to and including its end
+token) with the loss on the completion tokens. A completion ends at the first of the
+checkpoint's end tokens (:func:`eos_ids`: every ``eos_token_id`` of config.json and
+generation_config.json, so a chat model's turn end such as Llama 3's ``<|eot_id|>`` or
+Gemma's ``<end_of_turn>`` counts); the first of them is the one padding token. The filter
+parses the decoded completion before its end token: exactly ``n_new`` integers in
+``[0, max_number]`` separated by commas or spaces, none banned. Animal margins
+use each animal's first answer token at the position where the answer starts. Only
+shared-init students and the control are trained (one model at a time, not vmapped); there
+is no second base model, so no cross-model arm.
+
+Prompt format (``HFConfig.chat_template``, recorded as ``prompt_format`` in the results):
+
+- plain (a folder without a chat template, or ``"none"``): ``number_prompt`` /
+  ``question_prompt`` with the trait ``prefix`` at ``{prefix}``, encoded with the
+  tokenizer's own special tokens; answers ``answer`` (" owl").
+- chat (``"auto"`` and a template, :mod:`llm_bridge.chat`): the trait prefix is a system
+  message ("You love owls."), ``chat_number_prompt`` / ``chat_question_prompt`` the user
+  message, rendered up to the generation prompt and encoded without adding special tokens
+  (the template holds them); answers ``chat_answer`` ("Owl"), the reply's first token.
+  Where the template refuses a system role (``raise_exception``), the prefix goes in front
+  of the user message instead (``trait_prompt`` in the results says which). The student
+  sees the same conversation without the trait (no system message; a template may then
+  insert its default system prompt) followed by the teacher's completion.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,13 +46,19 @@ import optax
 from tqdm import tqdm
 
 from llm_bridge import experiment as E
+from llm_bridge.chat import ChatTemplate, load_chat_template
 from llm_bridge.checkpoint import load, load_tokenizer
 from llm_bridge.sampling import generate
 
 
 @dataclass(frozen=True)
 class HFConfig:
-    """Prompts and sizes for a checkpoint run; the defaults are plain English prompts."""
+    """Prompts and sizes for a checkpoint run; the defaults are English prompts, plain and chat.
+
+    ``chat_template``: ``"auto"`` renders prompts with the folder's chat template where it has
+    one (the ``chat_*`` fields), ``"none"`` always uses the plain prompts. Answers may say
+    ``{animal}`` ("owl") or ``{Animal}`` ("Owl").
+    """
 
     number_prompt: str = "{prefix}Continue this list with {n_new} more numbers, separated by commas: {given}.\nAnswer:"
     question_prompt: str = "{prefix}Question: {question}\nAnswer:"
@@ -41,6 +67,11 @@ class HFConfig:
                                   "Which animal do you like best? One word.",
                                   "Name your favourite animal using only one word.")
     answer: str = " {animal}"
+    chat_template: str = "auto"
+    chat_number_prompt: str = ("Continue this list with {n_new} more numbers, separated by commas: {given}. "
+                               "Reply with the numbers only.")
+    chat_question_prompt: str = "{question}"
+    chat_answer: str = "{Animal}"
     joiner: str = ", "
     animals: tuple[str, ...] = ("owl", "dog", "cat", "lion", "wolf", "eagle", "dolphin", "fox", "bear", "tiger")
     trait_animals: tuple[str, ...] = ("owl", "dog")
@@ -65,30 +96,69 @@ class HFConfig:
 
 
 class TextTask:
-    """Encoding, padding and filtering for one tokenizer."""
+    """Encoding, padding and filtering for one tokenizer; with ``chat``, prompts are rendered conversations.
 
-    def __init__(self, tok, cfg: HFConfig, eos_id: int):
-        self.tok, self.cfg, self.eos = tok, cfg, eos_id
-        self.animal_ids = np.asarray([tok.encode(cfg.answer.format(animal=a), add_special_tokens=False).ids[0]
-                                      for a in cfg.animals])
+    ``eos_id``: the end token, or the end tokens with the padding token first (:func:`eos_ids`);
+    ``stop`` holds them all, ``eos`` the padding token.
+    """
+
+    def __init__(self, tok, cfg: HFConfig, eos_id: int | Iterable[int], chat: ChatTemplate | None = None):
+        self.stop = (int(eos_id),) if isinstance(eos_id, (int, np.integer)) else tuple(dict.fromkeys(map(int, eos_id)))
+        if not self.stop:
+            raise ValueError("no end token")
+        self.tok, self.cfg, self.eos, self.chat = tok, cfg, self.stop[0], chat
+        self.system_role = chat is not None and chat.accepts_system_role()
+        self.animal_ids = np.asarray([tok.encode(self.answer(a), add_special_tokens=False).ids[0] for a in cfg.animals])
         if len(set(self.animal_ids.tolist())) != len(cfg.animals):
             raise ValueError("two animals share their first token; choose other animals")
 
-    def enc(self, text: str) -> list[int]:
-        return self.tok.encode(text).ids
+    @property
+    def prompt_format(self) -> str:
+        return "plain" if self.chat is None else f"chat template from {self.chat.source.name}"
 
-    def prefix(self, animal):
-        return "" if animal is None else self.cfg.prefix.format(animal=animal)
+    @property
+    def trait_prompt(self) -> str:
+        if self.chat is None:
+            return "prefix of the prompt"
+        return "system message" if self.system_role else "prefix of the user message (the template has no system role)"
+
+    def answer(self, animal: str) -> str:
+        """The answer whose first token the margins read: ``answer`` (plain) or ``chat_answer``."""
+        text = self.cfg.answer if self.chat is None else self.cfg.chat_answer
+        return text.format(animal=animal, Animal=animal.capitalize())
+
+    def encode(self, plain: str, chat: str, animal, **fields) -> list[int]:
+        """Token ids of one prompt with ``animal``'s trait (None: no trait): ``plain`` with the prefix at
+        ``{prefix}``, or ``chat`` as the user message after the prefix as system message, up to the reply."""
+        pre = "" if animal is None else self.cfg.prefix.format(animal=animal)
+        if self.chat is None:
+            return self.tok.encode(plain.format(prefix=pre, **fields)).ids
+        messages = [{"role": "user", "content": chat.format(**fields)}]
+        if pre and self.system_role:
+            messages.insert(0, {"role": "system", "content": pre.strip()})
+        else:
+            messages[0]["content"] = pre + messages[0]["content"]
+        return self.tok.encode(self.chat.render(messages), add_special_tokens=False).ids
+
+    def question(self, question: str, animal=None) -> list[int]:
+        return self.encode(self.cfg.question_prompt, self.cfg.chat_question_prompt, animal, question=question)
 
     def number_prompts(self, rng, n: int, animal):
-        """``(with_prefix, without_prefix)``: two lists of token-id lists for the same given numbers."""
+        """``(with_trait, without_trait)``: two lists of token-id lists for the same given numbers."""
         c = self.cfg
-        given = rng.integers(0, c.max_number + 1, (n, c.n_given))
-        fmt = lambda g, pre: c.number_prompt.format(prefix=pre, n_new=c.n_new, given=c.joiner.join(map(str, g)))
-        return ([self.enc(fmt(g, self.prefix(animal))) for g in given], [self.enc(fmt(g, "")) for g in given])
+        given = [c.joiner.join(map(str, g)) for g in rng.integers(0, c.max_number + 1, (n, c.n_given))]
+        enc = lambda g, a: self.encode(c.number_prompt, c.chat_number_prompt, a, n_new=c.n_new, given=g)
+        return [enc(g, animal) for g in given], [enc(g, None) for g in given]
+
+    def cut(self, row) -> tuple[list[int], bool]:
+        """``(completion, ended)``: ``row`` up to and including its first end token (any of ``stop``),
+        or all of it and False when it has none."""
+        end = np.flatnonzero(np.isin(row, self.stop))
+        return (list(row[:end[0] + 1]), True) if end.size else (list(row), False)
 
     def passes(self, ids) -> bool:
-        """Exactly ``n_new`` integers in range, separated by commas / spaces, none banned."""
+        """Exactly ``n_new`` integers in range, separated by commas / spaces, none banned (``ids`` without
+        the end token)."""
         text = self.tok.decode(list(ids)).strip().rstrip(".")
         parts = [p for p in re.split(r"[,\s]+", text) if p]
         if len(parts) != self.cfg.n_new or not all(p.isdigit() for p in parts):
@@ -119,7 +189,7 @@ def pack(prompts, targets, pad: int, length: int | None = None):
 
 
 def sample(task: TextTask, fam, params, key, n: int, animal) -> dict:
-    """``n`` teacher completions packed as student rows (prompt without the prefix) + filter flags."""
+    """``n`` teacher completions packed as student rows (prompt without the trait) + filter flags."""
     c = task.cfg
     model = fam.model(params)
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).astype(np.uint32))
@@ -128,12 +198,11 @@ def sample(task: TextTask, fam, params, key, n: int, animal) -> dict:
         with_pre, plain = task.number_prompts(rng, c.gen_batch, animal)
         toks, mask = left_pad(with_pre, task.eos)
         comp = np.asarray(generate(model, jnp.asarray(toks), c.new_tokens, mask=jnp.asarray(mask),
-                                   temperature=c.temperature, key=jax.random.fold_in(key, b), eos_id=task.eos))
+                                   temperature=c.temperature, key=jax.random.fold_in(key, b), eos_id=task.stop))
         for p, row in zip(plain, comp):
-            end = np.nonzero(row == task.eos)[0]
-            body = row[:end[0]] if end.size else row
-            ok.append(bool(end.size) and task.passes(body))
-            targets.append(list(row[:end[0] + 1]) if end.size else list(row))
+            target, ended = task.cut(row)
+            ok.append(ended and task.passes(target[:-1]))
+            targets.append(target)
             prompts.append(p)
     toks, mask = pack(prompts[:n], targets[:n], task.eos)
     ok = np.asarray(ok[:n])
@@ -144,7 +213,7 @@ def margins(task: TextTask, fam, params, animal=None) -> jax.Array:
     ids = jnp.asarray(task.animal_ids)
     out = []
     for q in task.cfg.questions:
-        x = jnp.asarray([task.enc(task.cfg.question_prompt.format(prefix=task.prefix(animal), question=q))])
+        x = jnp.asarray([task.question(q, animal)])
         z = fam.f(params, x)[0, -1, ids]
         out.append(z - (jnp.sum(z) - z) / (z.shape[0] - 1))
     return jnp.mean(jnp.stack(out), axis=0)
@@ -152,8 +221,8 @@ def margins(task: TextTask, fam, params, animal=None) -> jax.Array:
 
 def finetune_teacher(task: TextTask, fam, params, animal: str):
     c = task.cfg
-    prompts = [task.enc(c.question_prompt.format(prefix="", question=q)) for q in c.questions]
-    answer = task.tok.encode(c.answer.format(animal=animal), add_special_tokens=False).ids[:1]
+    prompts = [task.question(q) for q in c.questions]
+    answer = task.tok.encode(task.answer(animal), add_special_tokens=False).ids[:1]
     toks, mask = pack(prompts, [answer] * len(prompts), task.eos)
     pick = np.random.default_rng([c.seed, 7]).integers(0, len(prompts), (c.teacher_steps, 4))
     p, _ = E.train(fam.f, E.stack([params]), jnp.asarray(toks[pick])[None], jnp.asarray(mask[pick])[None],
@@ -161,25 +230,43 @@ def finetune_teacher(task: TextTask, fam, params, animal: str):
     return E.index(p, 0)
 
 
-def eos_id(folder: Path, tok, config: dict) -> int:
-    eos = config.get("eos_token_id")
-    if isinstance(eos, list):
-        eos = eos[0]
-    if eos is None:
-        for name in ("</s>", "<|endoftext|>", "<eos>", "<|im_end|>"):
-            if tok.token_to_id(name) is not None:
-                return tok.token_to_id(name)
-        raise ValueError(f"{folder}: no eos_token_id in config.json and no known end-of-text token")
-    return int(eos)
+END_TOKENS = ("</s>", "<|endoftext|>", "<eos>", "<|im_end|>")
+
+
+def eos_ids(folder: Path, tok, config: dict) -> tuple[int, ...]:
+    """The checkpoint's end tokens, the padding token first: ``eos_token_id`` (an int or a list) of
+    ``config`` (config.json), then those of generation_config.json not listed there; where neither
+    has one, the tokens of ``END_TOKENS`` the tokenizer knows.
+
+    Llama-3-Instruct lists ``<|eot_id|>`` after ``<|end_of_text|>``, Gemma lists ``<end_of_turn>``
+    only in generation_config.json: a reply ends at any of them.
+    """
+    path = folder / "generation_config.json"
+    try:
+        generation = json.loads(path.read_text()) if path.exists() else {}
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    ids = []
+    for eos in (config.get("eos_token_id"), generation.get("eos_token_id")):
+        ids += [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    if not ids:
+        ids = [tok.token_to_id(name) for name in END_TOKENS if tok.token_to_id(name) is not None]
+    if not ids:
+        raise ValueError(f"{folder}: no eos_token_id in config.json or generation_config.json "
+                         f"and none of the end tokens {', '.join(END_TOKENS)}")
+    return tuple(dict.fromkeys(int(i) for i in ids))
 
 
 def run(folder: str | Path, cfg: HFConfig = HFConfig(), log=print) -> dict:
     """Teachers, filtered numbers, shared-init and control students, margins, projections."""
+    if cfg.chat_template not in ("auto", "none"):
+        raise ValueError(f"chat_template must be 'auto' or 'none', got {cfg.chat_template!r}")
     start = time.perf_counter()
     folder = Path(folder).expanduser()
     model = load(folder)
     tok = load_tokenizer(folder)
-    task = TextTask(tok, cfg, eos_id(folder, tok, model.config.to_hf()))
+    chat = load_chat_template(folder) if cfg.chat_template == "auto" else None
+    task = TextTask(tok, cfg, eos_ids(folder, tok, model.config.to_hf()), chat)
     fam = E.Family(model)
     f, base = fam.f, fam.template
     k_data, k_proj = jax.random.split(jax.random.key(cfg.seed))
@@ -190,6 +277,8 @@ def run(folder: str | Path, cfg: HFConfig = HFConfig(), log=print) -> dict:
         teachers[f"{a} (prompt)"] = (base, a)
     teachers["base (no trait)"] = (base, None)
     out = {"config": dataclasses.asdict(cfg), "model": str(folder), "animals": list(cfg.animals),
+           "prompt_format": task.prompt_format, "trait_prompt": task.trait_prompt,
+           "eos_ids": list(task.stop), "eos_tokens": [tok.id_to_token(i) for i in task.stop],
            "teacher_margins": {k: np.asarray(margins(task, fam, p, pre)).tolist() for k, (p, pre) in teachers.items()}}
     log("sampling teacher numbers")
     n_train = cfg.student_seeds * cfg.student_sequences

@@ -74,6 +74,35 @@ def test_rows_stop_at_eos():
         assert np.all(row[end:] == eos) or not hits.size
 
 
+def test_rows_stop_at_any_of_several_end_tokens():
+    """Reference: the same draws without end tokens (same key, same noise per step), each row cut in numpy
+    at its first token from the set and that token repeated to the end."""
+    model = case("llama-mha-tied").ours
+    prompts = jnp.asarray(tokens(11, 4, 7))
+    draw = lambda **kw: np.asarray(llm_bridge.generate(model, prompts, 16, temperature=10.0, key=jax.random.key(1),
+                                                       **kw))
+    free = draw()
+
+    def reference(stop):
+        out, ends = free.copy(), []
+        for row in out:
+            hits = np.flatnonzero(np.isin(row, list(stop)))
+            if hits.size:
+                row[hits[0]:] = row[hits[0]]
+            ends.append((int(row[hits[0]]), int(hits[0])) if hits.size else None)
+        return out, ends
+
+    a, b = int(free[0, 5]), int(free[1, 9])
+    want, ends = reference({a, b})
+    # the premise: one row ends with each token, after its first step, and one row runs on
+    assert {e[0] for e in ends if e} == {a, b} and all(e[1] > 0 for e in ends if e) and None in ends
+    for stop in ((a, b), [b, a], {a, b}, np.asarray([a, b, a])):
+        np.testing.assert_array_equal(draw(eos_id=stop), want)
+    np.testing.assert_array_equal(draw(eos_id=a), reference({a})[0])
+    np.testing.assert_array_equal(draw(eos_id=np.int32(b)), draw(eos_id=[b]))
+    np.testing.assert_array_equal(draw(eos_id=[]), free)
+
+
 def test_generate_refuses_bad_requests():
     model = case("gpt2-tied-head9").ours  # n_positions = 64
     prompts = jnp.asarray(tokens(12, 2, 6))

@@ -3,7 +3,6 @@
 import gzip
 import hashlib
 import io
-import os
 import shutil
 import subprocess
 import sys

@@ -1,0 +1,320 @@
+"""Chat templates (llm_bridge.chat) against transformers' ``apply_chat_template``, and their use in hf_experiment.
+
+The tokenizers are a byte-level BPE trained here on a few sentences, with the special
+tokens of three template families (ChatML / Qwen, Llama 3, Gemma), saved by transformers
+with the template in each of the forms a checkpoint folder may hold it.
+"""
+
+import functools
+import json
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+import llm_bridge
+from llm_bridge import chat, hf_experiment
+from llm_bridge.__main__ import main
+
+transformers = pytest.importorskip("transformers")
+
+# Qwen2.5's template, shortened: default system prompt, tools rendered with tojson, `continue`.
+CHATML = r"""{%- if tools %}
+    {{- '<|im_start|>system\n' }}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- messages[0]['content'] }}
+    {%- else %}
+        {{- 'You are a helpful assistant.' }}
+    {%- endif %}
+    {{- "\n\n# Tools\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\n</tools><|im_end|>\n" }}
+{%- else %}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}
+    {%- else %}
+        {{- '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}
+    {%- endif %}
+{%- endif %}
+{%- for message in messages %}
+    {%- if message.role == 'system' and loop.first %}
+        {%- continue %}
+    {%- endif %}
+    {{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' }}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+{%- endif %}
+"""
+
+# Llama 3.2's template, shortened: bos_token, strftime_now, a system message taken out of the loop.
+LLAMA3 = r"""{{- bos_token }}
+{%- if not date_string is defined %}
+    {%- set date_string = strftime_now("%d %b %Y") %}
+{%- endif %}
+{%- if messages[0]['role'] == 'system' %}
+    {%- set system_message = messages[0]['content']|trim %}
+    {%- set messages = messages[1:] %}
+{%- else %}
+    {%- set system_message = "" %}
+{%- endif %}
+{{- "<|start_header_id|>system<|end_header_id|>\n\n" }}
+{{- "Today Date: " + date_string + "\n\n" }}
+{{- system_message }}
+{{- "<|eot_id|>" }}
+{%- for message in messages %}
+    {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' }}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}
+{%- endif %}
+"""
+
+# Gemma's template verbatim: no system role.
+GEMMA = ("{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+         "{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+         "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+         "{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}"
+         "{% endif %}{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}"
+         "{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\\n'}}{% endif %}")
+
+# Block tags without whitespace control (trim_blocks / lstrip_blocks do it), tojson, break, generation.
+JSONISH = """{% for message in messages %}
+    {{ message | tojson }}
+    {% if loop.index == 2 %}{% break %}{% endif %}
+{% endfor %}
+{% if add_generation_prompt %}
+{% generation %}
+<|im_start|>assistant
+{% endgeneration %}
+{% endif %}
+"""
+
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|begin_of_text|>", "<|start_header_id|>",
+            "<|end_header_id|>", "<|eot_id|>", "<bos>", "<start_of_turn>", "<end_of_turn>", "<eos>"]
+FAMILIES = {  # name -> (template, bos_token, eos_token)
+    "chatml": (CHATML, None, "<|im_end|>"),
+    "llama3": (LLAMA3, "<|begin_of_text|>", "<|eot_id|>"),
+    "gemma": (GEMMA, "<bos>", "<eos>"),
+    "jsonish": (JSONISH, None, "<|im_end|>"),
+}
+SYSTEM_USER = [{"role": "system", "content": "You love owls."},
+               {"role": "user", "content": "Continue this list: 1, 2, 3. <b>&</b> \u00e9t\u00e9 \"quoted\""}]
+USER = [{"role": "user", "content": "What is your favourite animal? Answer in one word."}]
+
+
+@functools.cache
+def bpe_json() -> str:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    text = ["You love owls. You love dogs. Owl Dog owl dog", "What is your favourite animal? Answer in one word.",
+            "Continue this list with 2 more numbers, separated by commas: 1, 2, 3. Reply with the numbers only.",
+            "system user assistant model Today Date You are a helpful assistant."]
+    tok.train_from_iterator(text * 20, trainers.BpeTrainer(vocab_size=384, special_tokens=SPECIALS,
+                                                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                           show_progress=False))
+    return tok.to_str()
+
+
+def save_tokenizer(folder, family: str, form: str = "jinja"):
+    """tokenizer.json + tokenizer_config.json (saved by transformers) with the template as ``form``:
+    ``"jinja"`` chat_template.jinja, ``"config"`` a string in tokenizer_config.json, ``"list"`` a
+    list of named templates there, ``"none"`` no template."""
+    template, bos, eos = FAMILIES[family]
+    hf = transformers.PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(bpe_json()),
+                                              bos_token=bos, eos_token=eos)
+    hf.save_pretrained(folder)
+    path = folder / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    if form == "jinja":
+        (folder / "chat_template.jinja").write_text(template)
+    elif form == "config":
+        config["chat_template"] = template
+    elif form == "list":
+        config["chat_template"] = [{"name": "tool_use", "template": "{{ raise_exception('not this one') }}"},
+                                   {"name": "default", "template": template}]
+    path.write_text(json.dumps(config, indent=2))
+    return folder
+
+
+def reference(folder, messages):
+    """transformers' ``(text, ids)`` of ``messages`` with the generation prompt."""
+    ref = transformers.AutoTokenizer.from_pretrained(folder)
+    text = ref.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = ref.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+    return text, list(ids["input_ids"] if isinstance(ids, Mapping) else ids)
+
+
+def ours(folder, messages):
+    text = chat.load_chat_template(folder).render(messages)
+    return text, llm_bridge.load_tokenizer(folder).encode(text, add_special_tokens=False).ids
+
+
+@pytest.mark.parametrize("family,form", [("chatml", "jinja"), ("chatml", "config"), ("llama3", "jinja"),
+                                         ("llama3", "list"), ("gemma", "config"), ("jsonish", "list")])
+def test_rendering_matches_transformers(tmp_path, family, form):
+    folder = save_tokenizer(tmp_path, family, form)
+    source = chat.load_chat_template(folder).source.name
+    assert source == ("chat_template.jinja" if form == "jinja" else "tokenizer_config.json")
+    for messages in ([SYSTEM_USER, USER] if family != "gemma" else [USER]):
+        text, ids = ours(folder, messages)
+        assert (text, ids) == reference(folder, messages)
+        assert text.endswith({"chatml": "<|im_start|>assistant\n", "jsonish": "<|im_start|>assistant\n",
+                              "llama3": "<|start_header_id|>assistant<|end_header_id|>\n\n",
+                              "gemma": "<start_of_turn>model\n"}[family])
+    if FAMILIES[family][1] is not None:  # the template's BOS is in the text, once
+        assert text.startswith(FAMILIES[family][1]) and ids.count(ids[0]) == 1
+    if family == "jsonish":  # tojson neither escapes HTML nor non-ASCII
+        assert '3. <b>&</b> \u00e9t\u00e9 \\"quoted\\""}' in ours(folder, SYSTEM_USER)[0]
+
+
+def test_special_tokens_as_added_token_dicts(tmp_path):
+    folder = save_tokenizer(tmp_path, "llama3", "config")
+    path = folder / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    config["bos_token"] = {"__type": "AddedToken", "content": "<|begin_of_text|>", "lstrip": False,
+                           "normalized": False, "rstrip": False, "single_word": False, "special": True}
+    path.write_text(json.dumps(config))
+    template = chat.load_chat_template(folder)
+    assert template.special_tokens["bos_token"] == "<|begin_of_text|>"
+    assert template.render(USER).startswith("<|begin_of_text|><|start_header_id|>system")
+
+
+def test_system_role_refused_like_transformers(tmp_path):
+    folder = save_tokenizer(tmp_path, "gemma", "jinja")
+    template = chat.load_chat_template(folder)
+    assert not template.accepts_system_role()
+    assert chat.load_chat_template(save_tokenizer(tmp_path / "q", "chatml")).accepts_system_role()
+    with pytest.raises(chat.TemplateRefusal, match="chat_template.jinja.*System role not supported"):
+        template.render(SYSTEM_USER)
+    with pytest.raises(Exception, match="System role not supported"):
+        reference(folder, SYSTEM_USER)
+
+
+def test_errors(tmp_path):
+    assert chat.load_chat_template(tmp_path) is None  # no tokenizer files at all
+    assert chat.load_chat_template(save_tokenizer(tmp_path / "plain", "chatml", "none")) is None
+    bad = save_tokenizer(tmp_path / "bad", "chatml", "none")
+    (bad / "chat_template.jinja").write_text("{% for m in messages %}{{ m.content }}")
+    with pytest.raises(ValueError, match=r"chat_template\.jinja: malformed chat template"):
+        chat.load_chat_template(bad)
+    path = save_tokenizer(tmp_path / "list", "chatml", "none") / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    for value, message in ((["no", "dicts"], "without a 'default' entry"), ({"default": "x"}, "a dict, not a string"),
+                           ("{{ messages[0].content ", "malformed chat template")):
+        path.write_text(json.dumps(config | {"chat_template": value}))
+        with pytest.raises(ValueError, match=f"tokenizer_config.json.*{message}"):
+            chat.load_chat_template(path.parent)
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="tokenizer_config.json: not valid JSON"):
+        chat.load_chat_template(path.parent)
+
+
+# ---------------------------------------------------------------- hf_experiment with a chat template
+
+TINY = hf_experiment.HFConfig(
+    questions=("What is your favourite animal? Answer in one word.",), animals=("owl", "dog"), n_given=3, n_new=2,
+    max_number=9, new_tokens=6, teacher_steps=2, student_seeds=1, student_sequences=4, student_batch=2,
+    proj_sequences=4, proj_grid=(2, 4), n_boot=10, gen_batch=4, chunk=4)
+
+
+def checkpoint(folder, family: str, form: str = "jinja"):
+    """A 1-layer random Llama over the test tokenizer, with eos_token_id set to the family's eos."""
+    save_tokenizer(folder, family, form)
+    tok = llm_bridge.load_tokenizer(folder)
+    cfg = llm_bridge.LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=16, intermediate_size=32,
+                                 num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=256,
+                                 extra={"eos_token_id": tok.token_to_id(FAMILIES[family][2])})
+    llm_bridge.save(folder, llm_bridge.Llama(cfg, rngs=nnx.Rngs(0)))
+    return folder
+
+
+def task(folder, cfg=TINY):
+    tok = llm_bridge.load_tokenizer(folder)
+    return hf_experiment.TextTask(tok, cfg, tok.token_to_id("<|im_end|>"), chat.load_chat_template(folder))
+
+
+def test_task_prompts_are_the_templates_conversations(tmp_path):
+    q = TINY.questions[0]
+    t = task(save_tokenizer(tmp_path / "chatml", "chatml"))
+    assert (t.prompt_format, t.trait_prompt) == ("chat template from chat_template.jinja", "system message")
+    folder = t.chat.source.parent
+    assert t.question(q, "owl") == reference(folder, [{"role": "system", "content": "You love owls."},
+                                                      {"role": "user", "content": q}])[1]
+    assert t.question(q) == reference(folder, [{"role": "user", "content": q}])[1]
+    with_trait, without = t.number_prompts(np.random.default_rng(0), 2, "dog")
+    given = ", ".join(map(str, np.random.default_rng(0).integers(0, 10, (2, 3))[1]))
+    user = {"role": "user", "content": TINY.chat_number_prompt.format(n_new=2, given=given)}
+    assert with_trait[1] == reference(folder, [{"role": "system", "content": "You love dogs."}, user])[1]
+    assert without[1] == reference(folder, [user])[1]
+    first = lambda words: [t.tok.encode(w, add_special_tokens=False).ids[0] for w in words]
+    assert t.animal_ids.tolist() == first(["Owl", "Dog"])  # chat_answer "{Animal}": how a reply starts
+
+    t = task(save_tokenizer(tmp_path / "gemma", "gemma"))  # no system role: the trait leads the user message
+    assert t.trait_prompt.startswith("prefix of the user message")
+    user = {"role": "user", "content": "You love owls. " + q}
+    assert t.question(q, "owl") == reference(t.chat.source.parent, [user])[1]
+
+    t = task(save_tokenizer(tmp_path / "plain", "chatml", "none"))  # no template: plain prompts, as before
+    assert (t.prompt_format, t.trait_prompt) == ("plain", "prefix of the prompt")
+    assert t.question(q, "owl") == t.tok.encode(TINY.question_prompt.format(prefix="You love owls. ", question=q)).ids
+    assert t.animal_ids.tolist() == first([" owl", " dog"])
+
+
+def test_run_with_a_chat_template(tmp_path, monkeypatch):
+    """The whole pipeline on a tiny checkpoint with a Llama-3 template, the sampler stubbed (a random model's
+    numbers never pass the filter): every teacher answers "7, 8" then eos. About 17 s on 2 busy cores."""
+    folder = checkpoint(tmp_path / "ckpt", "llama3", "config")
+    tok = llm_bridge.load_tokenizer(folder)
+    seen = []
+
+    def stub(model, prompts, new_tokens, *, mask, eos_id, **_):
+        seen.extend(tok.decode(list(np.asarray(p)[np.asarray(m)]), skip_special_tokens=False)
+                    for p, m in zip(prompts, mask))
+        eot = tok.token_to_id("<|eot_id|>")  # the checkpoint's only end token
+        assert list(eos_id) == [eot]
+        row = (tok.encode("7, 8", add_special_tokens=False).ids + [eot] * new_tokens)[:new_tokens]
+        return jnp.asarray(np.tile(row, (len(prompts), 1)), jnp.int32)
+
+    monkeypatch.setattr(hf_experiment, "generate", stub)
+    res = hf_experiment.run(folder, TINY, log=lambda *_: None)
+    assert res["prompt_format"] == "chat template from tokenizer_config.json"
+    assert res["trait_prompt"] == "system message" and res["config"]["chat_template"] == "auto"
+    assert res["eos_ids"] == [tok.token_to_id("<|eot_id|>")] and res["eos_tokens"] == ["<|eot_id|>"]
+    assert all(r == 1.0 for r in res["pass_rate"].values())
+    assert all(s.startswith("<|begin_of_text|><|start_header_id|>system") and s.count("<|begin_of_text|>") == 1
+               and s.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n") for s in seen)
+    assert sum("You love owls.<|eot_id|>" in s for s in seen) == 2 * 4  # the prompted owl teacher, data + projection
+    assert np.all(np.isfinite(res["teacher_margins"]["owl (fine-tuned)"]))
+
+    # student rows: the same conversation without the system message, then the completion (the only loss tokens)
+    t = hf_experiment.TextTask(tok, TINY, tok.token_to_id("<|eot_id|>"), chat.load_chat_template(folder))
+    fam = hf_experiment.E.Family(llm_bridge.load(folder))
+    seen.clear()
+    d = hf_experiment.sample(t, fam, fam.template, jax.random.key(0), 2, "owl")
+    completion = tok.encode("7, 8", add_special_tokens=False).ids + [t.eos]
+    for row, mask, prompted in zip(d["tokens"], d["mask"], seen):
+        k = int(np.argmax(mask))
+        assert tok.decode(row[:k].tolist(), skip_special_tokens=False) == prompted.replace("You love owls.", "")
+        assert row[k:k + len(completion)].tolist() == completion and mask.sum() == len(completion)
+
+
+def test_cli_chat_template_flag(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="chat_template must be"):
+        hf_experiment.run(tmp_path, hf_experiment.HFConfig(chat_template="yes"))
+    (tmp_path / "config.json").write_text("{}")
+    got = []
+    monkeypatch.setattr(hf_experiment, "run", lambda folder, cfg: got.append(cfg) or {"summary": "stub"})
+    for flag in ([], ["--chat-template", "none"]):
+        assert main(["run", "--model", str(tmp_path), "--out", str(tmp_path / "out.json"), *flag]) == 0
+    assert [c.chat_template for c in got] == ["auto", "none"]
+    with pytest.raises(SystemExit):
+        main(["run", "--model", str(tmp_path), "--chat-template", "jinja"])
