@@ -66,10 +66,18 @@ def plot_reconcile(results: dict) -> plt.Figure:
     ax.set_xticks(range(len(points)), labels, fontsize=7)
     ax.axhline(CHANCE, ls=":", c="black", label="chance")
     ax.set_ylabel("student test accuracy (aux-only distillation)")
-    ax.set_ylim(0, max(0.8, ax.get_ylim()[1]))
+    ax.set_ylim(0, max(1.0, ax.get_ylim()[1]))
     ax.legend(fontsize=8)
     ax.yaxis.grid(True, alpha=0.3)
     ax.set_title("loss / reduction / optimizer (SGD: rate tuned on the distillation loss)")
+    effects = results.get("factor_effects", {})
+    if effects:
+        text = "paired effect on the shared-init student (mean over the other settings, 95% CI):\n" + "\n".join(
+            f"{name} {e['contrast']}: {e['mean_over_settings']['mean']:+.1%} "
+            f"[{e['mean_over_settings']['ci95'][0]:+.1%}, {e['mean_over_settings']['ci95'][1]:+.1%}]"
+            for name, e in effects.items())
+        ax.text(0.01, 0.98, text, transform=ax.transAxes, va="top", fontsize=7.5,
+                bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "0.7"})
     # right: SGD tuning curves
     for k, (cell, t) in enumerate(sorted(results["sgd_tuning"].items())):
         grid, loss = np.asarray(t["grid"]), np.asarray(t["mean_final_loss"])
