@@ -10,7 +10,9 @@ Pipeline (``python -m llm_bridge run --model tiny``):
    well-formed lists without banned numbers and reports the pass rate.
 4. Students (next-token cross-entropy on the sampled tokens only, vmapped over seeds and
    arms): from base A (shared init), from base B (cross-model), and on base A's own
-   numbers (control).
+   numbers (control). Optional soft-label arm (``Config.soft_students``): students from base
+   A distilled on the fine-tuned teachers' (and, as its control, the base's) softmax over
+   the number tokens at the same positions of the same rows (:func:`train_soft`).
 5. Trait metric: per student, the logit margin ``logit_a - mean_{b != a} logit_b`` of each
    animal at the answer position, averaged over the question phrasings; 95% CIs over seeds.
 6. Projection (Theorem 1): ``dtheta_T = theta_teacher - theta_A``; per sequence i the
@@ -50,6 +52,8 @@ from llm_bridge.sampling import generate
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE = ROOT / "results" / "cache" / "llm_bases"
+SOFT = "soft (number tokens)"  # the soft-label students' kind, as in "soft (number tokens): owl (fine-tuned)"
+SOFT_EVAL_ROWS = 512  # rows on which the soft students' fit to their teacher is measured
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,11 @@ class Config:
     student_epochs: int = 1
     student_batch: int = 64
     student_lr: float = 1.5e-3
+    # the optional soft-label arm: shared-init students distilled on the number-token softmax.
+    # Its own rate: at student_lr Adam's steps overshoot the small number-softmax KL (it rises
+    # during training, the control's too); at 3e-4 it falls. Chosen on that KL, not on margins.
+    soft_students: bool = True
+    soft_lr: float = 3e-4
     # projection
     proj_sequences: int = 4096
     proj_grid: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -169,6 +178,52 @@ def train(f, params, tokens, mask, *, lr):
         return p, losses
 
     return jax.vmap(one)(params, tokens, mask)
+
+
+def soft_label_loss(f, params, teacher, tokens, mask, loss: theory.losses.ImitationLoss) -> jax.Array:
+    """Mean soft-label loss ``loss.value(f(params, x)[t], f(teacher, x)[t])`` over the target positions.
+
+    ``tokens, mask [B, T]``; position t counts where ``mask[:, t + 1]`` does (the position that
+    predicts a target token, as in :func:`llm_bridge.functional.next_token_loss`). With
+    ``theory.softmax_kl(vocab.number_ids)`` it is the distillation loss of eq. (S) on the
+    number logits: ``KL(softmax(z_numbers) || softmax(y_numbers))``, both renormalised over
+    the number tokens. The teacher's logits are constants.
+    """
+    z = jax.lax.stop_gradient(f(teacher, tokens))[:, :-1].astype(jnp.float32)
+    y = f(params, tokens)[:, :-1].astype(jnp.float32)
+    w = mask[:, 1:].astype(jnp.float32)
+    return jnp.sum(loss.value(y, z) * w) / jnp.sum(w)
+
+
+@partial(jax.jit, static_argnames=("f", "lr", "loss"))
+def train_soft(f, params, teachers, tokens, mask, *, lr, loss: theory.losses.ImitationLoss):
+    """Adam on :func:`soft_label_loss` (soft-label distillation), vmapped over a leading model axis.
+
+    The soft-label twin of :func:`train` (same optimizer, same batches): student ``params``
+    and ``teachers`` stacked ``[M, ...]``; ``tokens, mask [M, steps, batch, T]``; the teacher
+    labels every counted position of the rows (its logits on the same rows, one forward per
+    step). Returns ``(params, losses [M, steps])``, each loss before its step.
+    """
+    opt = optax.adam(lr)
+
+    def one(p, teacher, toks, msk):
+        def step(carry, batch):
+            p, s = carry
+            value, g = jax.value_and_grad(soft_label_loss, argnums=1)(f, p, teacher, batch[0], batch[1], loss)
+            u, s = opt.update(g, s, p)
+            return (optax.apply_updates(p, u), s), value
+
+        (p, _), losses = jax.lax.scan(step, (p, opt.init(p)), (toks, msk))
+        return p, losses
+
+    return jax.vmap(one)(params, teachers, tokens, mask)
+
+
+@partial(jax.jit, static_argnames=("f", "loss"))
+def soft_fit(f, params, teachers, tokens, mask, *, loss: theory.losses.ImitationLoss) -> jax.Array:
+    """``[M]``: :func:`soft_label_loss` of each stacked student ``[M, ...]`` against its teacher on
+    its own rows ``tokens, mask [M, n, T]`` (how well each student imitates its teacher)."""
+    return jax.vmap(lambda p, t, x, m: soft_label_loss(f, p, t, x, m, loss))(params, teachers, tokens, mask)
 
 
 def base_key(cfg: Config, seed: int) -> str:
@@ -408,27 +463,67 @@ def run(cfg: Config, cache_dir: Path | None = DEFAULT_CACHE, log=print) -> dict:
         if name.endswith("(fine-tuned)"):  # cross-model arms for the fine-tuned teachers only (time)
             arms.append(("cross", name, b))
     steps = cfg.student_epochs * cfg.student_sequences // cfg.student_batch
-    inits, toks, masks = [], [], []
-    for arm_i, (kind, name, init) in enumerate(arms):
-        d = data[name]
-        for s in range(cfg.student_seeds):
+    orders = []  # seed s's rows and their order, shared by every arm (paired seeds)
+    for s in range(cfg.student_seeds):
+        rng = np.random.default_rng([cfg.seed, 11, s])
+        order = np.concatenate([rng.permutation(cfg.student_sequences) for _ in range(cfg.student_epochs)])
+        orders.append(order[:steps * cfg.student_batch].reshape(steps, cfg.student_batch))
+
+    def student_rows(name):
+        """``(tokens, mask) [seeds, steps, batch, T]``: teacher ``name``'s filtered rows, seed by seed."""
+        d, toks, masks = data[name], [], []
+        for s, order in enumerate(orders):
             sl = slice(s * cfg.student_sequences, (s + 1) * cfg.student_sequences)
-            rng = np.random.default_rng([cfg.seed, 11, s])
-            order = np.concatenate([rng.permutation(cfg.student_sequences) for _ in range(cfg.student_epochs)])
-            order = order[:steps * cfg.student_batch].reshape(steps, cfg.student_batch)
-            inits.append(init)
             toks.append(d["tokens"][sl][order])
             masks.append((d["mask"] & d["passed"][:, None])[sl][order])
+        return np.stack(toks), np.stack(masks)
+
+    inits, toks, masks = [], [], []
+    for kind, name, init in arms:
+        t, m = student_rows(name)
+        inits += [init] * cfg.student_seeds
+        toks.append(t)
+        masks.append(m)
     log(f"training {len(inits)} students ({len(arms)} arms x {cfg.student_seeds} seeds, {steps} steps)")
-    students, _ = train(f, stack(inits), jnp.asarray(np.stack(toks)), jnp.asarray(np.stack(masks)),
+    students, _ = train(f, stack(inits), jnp.asarray(np.concatenate(toks)), jnp.asarray(np.concatenate(masks)),
                         lr=cfg.student_lr)
     m_all = np.asarray(jax.vmap(lambda p: margins(fam, p, vocab))(students))
     m_all = m_all.reshape(len(arms), cfg.student_seeds, len(corpus.ANIMALS))
     m_base = {"A": np.asarray(margins(fam, a, vocab)).tolist(), "B": np.asarray(margins(fam, b, vocab)).tolist()}
     out["base_margins"] = m_base
     out["students"] = {f"{kind}: {name}": {"margins": m_all[i].tolist()} for i, (kind, name, _) in enumerate(arms)}
-    out["transfer"] = transfer_table(out, cfg)
     timings["students"] = time.perf_counter() - start - sum(timings.values())
+
+    # the soft-label arm: shared-init students distilled on the teacher's softmax over the
+    # number tokens at the same positions of the same rows (a teacher that sees the row as
+    # the student does, so fine-tuned teachers and the base only; soft labels over all
+    # tokens would carry the trait through the animal logits)
+    if cfg.soft_students:
+        soft_arms = [n for n in teachers if not n.endswith("(prompt)")]
+        soft_loss = theory.softmax_kl(tuple(int(i) for i in vocab.number_ids))
+        log(f"training {len(soft_arms) * cfg.student_seeds} soft-label students ({len(soft_arms)} arms x "
+            f"{cfg.student_seeds} seeds, {steps} steps)")
+        toks, masks = (jnp.asarray(np.concatenate(x)) for x in zip(*(student_rows(n) for n in soft_arms)))
+        init = stack([a] * (len(soft_arms) * cfg.student_seeds))
+        labels = stack([teachers[n][0] for n in soft_arms for _ in range(cfg.student_seeds)])
+        soft, soft_losses = train_soft(f, init, labels, toks, masks, lr=cfg.soft_lr, loss=soft_loss)
+        # the fit to the teacher on fixed rows (each student's first training rows), before and after
+        k = min(SOFT_EVAL_ROWS, steps * cfg.student_batch)
+        fixed = [x.reshape(x.shape[0], -1, x.shape[-1])[:, :k] for x in (toks, masks)]
+        kl = [np.asarray(soft_fit(f, p, labels, *fixed, loss=soft_loss)) for p in (init, soft)]
+        # jitted: 4x faster than the eager vmap above, which stays as it is so the hard arms' numbers do not move
+        m_soft = np.asarray(jax.jit(jax.vmap(lambda p: margins(fam, p, vocab)))(soft))
+        shape = (len(soft_arms), cfg.student_seeds)
+        m_soft, soft_losses = m_soft.reshape(shape + (-1,)), np.asarray(soft_losses).reshape(shape + (steps,))
+        kl = [x.reshape(shape) for x in kl]
+        for i, n in enumerate(soft_arms):
+            out["students"][f"{SOFT}: {n}"] = {"margins": m_soft[i].tolist(), "loss": soft_losses[i].tolist(),
+                                               "kl_before": kl[0][i].tolist(), "kl_after": kl[1][i].tolist()}
+        out["soft_loss"] = (f"KL(teacher || student) of the softmaxes over the number tokens, mean over target "
+                            f"positions: 'loss' per step on its batch before the step, 'kl_before' / 'kl_after' "
+                            f"on each student's first {k} training rows at base A / after training")
+        timings["soft_students"] = time.perf_counter() - start - sum(timings.values())
+    out["transfer"] = transfer_table(out, cfg)
 
     # projection (Theorem 1) and trait-gradient alignment. The theorem is about the teacher's
     # own distribution, so the main sets are unfiltered draws; the filter conditions the data
@@ -492,7 +587,9 @@ def transfer_table(out: dict, cfg: Config) -> dict:
     s = out["students"]
     t = {}
     target, other = cfg.animals[0], cfg.animals[1]
-    for kind, how in (("shared", "fine-tuned"), ("shared", "prompt"), ("cross", "fine-tuned")):
+    pairs = [("shared", "fine-tuned"), ("shared", "prompt"), ("cross", "fine-tuned")]
+    soft = f"{SOFT}: base (no trait)" in s
+    for kind, how in pairs + ([(SOFT, "fine-tuned")] if soft else []):
         mt = np.asarray(s[f"{kind}: {target} ({how})"]["margins"])
         mo = np.asarray(s[f"{kind}: {other} ({how})"]["margins"])
         # owl-teacher student minus dog-teacher student (paired by seed), on the owl and on the dog margin
@@ -509,6 +606,12 @@ def transfer_table(out: dict, cfg: Config) -> dict:
         f"{kind}, {a} (fine-tuned)": (np.asarray(s[f"{kind}: {a} (fine-tuned)"]["margins"]).mean(0)
                                       - ctrl.mean(0)).tolist()
         for kind in ("shared", "cross") for a in cfg.animals}
+    if soft:  # the soft arm against its own control (the base as soft teacher)
+        soft_ctrl = np.asarray(s[f"{SOFT}: base (no trait)"]["margins"])
+        t[f"{SOFT} control"] = {f"margin_{target}": ci95(soft_ctrl[:, idx[target]])}
+        t["confusion_vs_control"] |= {
+            f"{SOFT}, {a} (fine-tuned)": (np.asarray(s[f"{SOFT}: {a} (fine-tuned)"]["margins"]).mean(0)
+                                          - soft_ctrl.mean(0)).tolist() for a in cfg.animals}
     return t
 
 
@@ -518,11 +621,11 @@ def summary_line(out: dict) -> str:
     p = out["projection"][owl]
     tr = out["transfer"]
     d = f"delta_{cfg['animals'][0]}"
+    arms = [("shared", "shared, fine-tuned"), ("cross", "cross, fine-tuned"), ("soft", f"{SOFT}, fine-tuned")]
     return (f"z shared {p['shared']['z']:.1f}, cross {p['cross-model']['z']:.1f}, control "
-            f"{p['control (base numbers)']['z']:.1f}; transfer (owl-dog teacher, nats): shared "
-            f"{tr['shared, fine-tuned'][d]['mean']:+.3f} [{tr['shared, fine-tuned'][d]['lo']:+.3f}, "
-            f"{tr['shared, fine-tuned'][d]['hi']:+.3f}], cross {tr['cross, fine-tuned'][d]['mean']:+.3f} "
-            f"[{tr['cross, fine-tuned'][d]['lo']:+.3f}, {tr['cross, fine-tuned'][d]['hi']:+.3f}]")
+            f"{p['control (base numbers)']['z']:.1f}; transfer (owl-dog teacher, nats): "
+            + ", ".join(f"{label} {tr[k][d]['mean']:+.3f} [{tr[k][d]['lo']:+.3f}, {tr[k][d]['hi']:+.3f}]"
+                        for label, k in arms if k in tr))
 
 
 def cache_dir_from_env() -> Path:

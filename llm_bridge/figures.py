@@ -7,7 +7,8 @@
 ``llm_trait_transfer``
     owl margin of the students (95% CIs over student seeds) trained on owl-teacher and
     dog-teacher numbers, for shared init (fine-tuned and prompted teachers), cross-model,
-    and the control.
+    the soft-label students (number tokens, shared init; where the results have them), and
+    the controls.
 
 Both come from one run of :func:`llm_bridge.experiment.run` (the tiny default; the smoke
 preset with ``--quick``), computed once per process.
@@ -54,6 +55,9 @@ def plot_trait_transfer(results: dict, ax) -> None:
     groups = [("shared, fine-tuned", "shared init\nfine-tuned teacher"),
               ("shared, prompt", "shared init\nprompted teacher"),
               ("cross, fine-tuned", "cross-model\nfine-tuned teacher")]
+    soft = f"{experiment.SOFT}, fine-tuned"
+    if soft in t:  # results written before the soft-label arm existed have none
+        groups.append((soft, "shared init, soft labels\n(number tokens)"))
     width = 0.38
     for j, (teacher, color) in enumerate(((o, "C0"), (animals[1], "C1"))):
         key = f"margin_{o}({teacher}-teacher)"
@@ -64,6 +68,12 @@ def plot_trait_transfer(results: dict, ax) -> None:
     c = t["control"][f"margin_{o}"]
     ax.axhspan(c["lo"], c["hi"], color="grey", alpha=0.25, label="control (base numbers), 95% CI")
     ax.axhline(c["mean"], color="grey", lw=1)
+    if soft in t:
+        cs = t[f"{experiment.SOFT} control"][f"margin_{o}"]
+        x = len(groups) - 1
+        ax.fill_between([x - width, x + width], cs["lo"], cs["hi"], color="k", alpha=0.15, lw=0)
+        ax.hlines(cs["mean"], x - width, x + width, colors="k", linestyles=":",
+                  label="soft control (base as soft teacher), 95% CI")
     ax.set_xticks(range(len(groups)), [g[1] for g in groups], fontsize=8)
     ax.set_ylabel(f"{o} margin (nats): logit_{o} − mean other animals")
     n = len(t[groups[0][0]][f"margin_{o}({o}-teacher)"]["values"])

@@ -8,11 +8,15 @@ import dataclasses
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
+import theory
 from llm_bridge import corpus, experiment
 from llm_bridge.__main__ import main
+from llm_bridge.llama import Llama
 
 
 def test_filter_keeps_well_formed_drops_banned_and_malformed():
@@ -64,6 +68,37 @@ def test_base_models_are_cached_by_config_hash(tmp_path):
     other = dataclasses.replace(TINY, base_lr=1e-2)
     assert experiment.base_key(other, 0) != experiment.base_key(TINY, 0)
     assert len(list(tmp_path.iterdir())) == 2
+
+
+def test_soft_label_distillation_fits_the_teacher_on_the_number_softmax():
+    """train_soft / soft_fit against a per-position numpy KL of the number softmaxes (both
+    renormalised over the number tokens, at the target positions only); a student that is its
+    own teacher starts at loss 0; distillation moves the student toward the teacher."""
+    mcfg = experiment.model_config(dataclasses.replace(TINY, layers=1))
+    fam = experiment.Family(Llama(mcfg, rngs=nnx.Rngs(0)))
+    teacher = nnx.split(Llama(mcfg, rngs=nnx.Rngs(1)), nnx.Param, ...)[1]
+    vocab = corpus.Vocab(TINY.n_numbers)
+    tokens = np.random.default_rng(0).integers(0, vocab.size, (8, 10)).astype(np.int32)
+    mask = np.zeros(tokens.shape, bool)
+    mask[1:, 5:] = True  # row 0 has no targets and counts for nothing
+    loss = theory.softmax_kl(vocab.number_ids)
+    init, teachers = experiment.stack([fam.template, teacher]), experiment.stack([teacher, teacher])
+    steps = 12  # the same batch every step: losses[:, 0] is the loss at init on these rows
+    rows = [jnp.asarray(np.broadcast_to(x, (2, steps) + x.shape)) for x in (tokens, mask)]
+    trained, losses = experiment.train_soft(fam.f, init, teachers, *rows, lr=1e-2, loss=loss)
+    fixed = [x[:, 0] for x in rows]
+    before = np.asarray(experiment.soft_fit(fam.f, init, teachers, *fixed, loss=loss))
+    after = np.asarray(experiment.soft_fit(fam.f, trained, teachers, *fixed, loss=loss))
+
+    logits = jax.jit(jax.vmap(fam.f, (0, None)))(init, jnp.asarray(tokens))  # [student, teacher]
+    y, z = np.asarray(logits, np.float64)[..., vocab.number_ids]
+    log_q = y - np.log(np.exp(y).sum(-1, keepdims=True))
+    log_p = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    kl = (np.exp(log_p) * (log_p - log_q)).sum(-1)[:, :-1]
+    np.testing.assert_allclose(before[0], kl[mask[:, 1:]].mean(), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(losses[:, 0]), before, rtol=1e-5, atol=1e-7)
+    assert abs(before[1]) < 1e-6
+    assert after[0] < 0.5 * before[0], (before, after)
 
 
 def test_cli_refuses_a_bad_model_path(tmp_path, capsys):
@@ -121,3 +156,32 @@ def test_smoke_trait_alignment_signs(smoke_run):
     assert a["dog (fine-tuned)"]["z"] < 0
     assert a["owl (fine-tuned)"]["z"] - a["dog (fine-tuned)"]["z"] > 2
     assert abs(a["base (no trait)"]["z"]) < 3
+
+
+def test_smoke_soft_label_students(smoke_run):
+    """The soft-label arm (number tokens, shared init): every seed trained and measured; the base
+    as its own soft teacher starts at loss 0 and stays near the base; the owl-vs-dog contrast has
+    the teachers' signs. Measured on the smoke run (soft_lr 3e-4): the KL to the fine-tuned
+    teachers falls from 0.016-0.023 to 0.005-0.008 (ratio 0.28-0.37), the control's rises from
+    0 to 0.001-0.003; delta_owl per seed +0.053 / +0.022, delta_dog +0.074 / +0.086."""
+    cfg, s = smoke_run["config"], smoke_run["students"]
+    n, steps = cfg["student_seeds"], cfg["student_sequences"] // cfg["student_batch"]
+    for name in ("owl (fine-tuned)", "dog (fine-tuned)", "base (no trait)"):
+        arm = s[f"{experiment.SOFT}: {name}"]
+        assert np.asarray(arm["margins"]).shape == (n, len(corpus.ANIMALS))
+        assert np.asarray(arm["loss"]).shape == (n, steps) and np.isfinite(arm["loss"]).all()
+        assert len(arm["kl_before"]) == len(arm["kl_after"]) == n
+    assert not any(k.startswith(experiment.SOFT) and "prompt" in k for k in s)
+    ctrl = s[f"{experiment.SOFT}: base (no trait)"]
+    assert max(abs(x) for x in ctrl["kl_before"]) < 1e-6 and max(abs(x[0]) for x in ctrl["loss"]) < 1e-6
+    # measured: at most 0.05 from base A's margins (the hard-label control students: 0.13)
+    dev = np.abs(np.asarray(ctrl["margins"]) - np.asarray(smoke_run["base_margins"]["A"]))
+    assert dev.max() < 0.2, dev
+    assert max(ctrl["kl_after"]) < 0.01
+    for name in ("owl (fine-tuned)", "dog (fine-tuned)"):  # the fine-tuned teachers' number softmax differs
+        arm = s[f"{experiment.SOFT}: {name}"]
+        assert min(arm["kl_before"]) > 0.005
+        assert all(after < 0.6 * before for before, after in zip(arm["kl_before"], arm["kl_after"]))  # it fits
+    t = smoke_run["transfer"][f"{experiment.SOFT}, fine-tuned"]
+    assert t["delta_owl"]["mean"] > 0 and min(t["delta_dog"]["values"]) > 0.02, t
+    assert "soft" in smoke_run["summary"]
