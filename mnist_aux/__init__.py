@@ -5,4 +5,10 @@ Modules, in data-flow order: ``data`` (validated IDX loading), ``configs`` (pres
 per-seed epochs), ``experiment`` (many seeds at once: vmap, chunks, sharding, results),
 ``figures`` (``mnist_aux_fig10`` for paper_figs.py). Command line: ``python -m mnist_aux
 run --preset paper --seeds 100``. See docs/mnist_aux.md.
+
+Dissection (docs/mnist_dissect.md): ``dissect`` (one teacher, K students of any loss,
+reduction, optimizer, init and input distribution), ``sweeps`` (named sweeps cached point
+by point: ``python -m mnist_aux sweep NAME``), ``alignment`` (step-by-step alignment with
+the projection ablations and liminal training: ``python -m mnist_aux align``) and
+``dissect_figures``.
 """

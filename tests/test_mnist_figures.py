@@ -1,7 +1,11 @@
 """The MNIST figures are registered and plot a results dict without computing."""
 
+import json
+
 import matplotlib.pyplot as plt
 import numpy as np
+import pytest
+from conftest import REPO
 
 import paper_figs
 from mnist_aux import experiment, train
@@ -24,6 +28,16 @@ def test_registered_with_paper_figs():
     assert "mnist_aux_fig10" in paper_figs.registered_figures()
     sweeps = ["reconcile", "width", "n_aux", "depth", "sigma", "inputs", "heads"]
     assert [f.name for f in FIGURES] == ["mnist_aux_fig10"] + [f"mnist_sweep_{s}" for s in sweeps] + ["mnist_alignment"]
+
+
+@pytest.mark.parametrize("fig", FIGURES[1:], ids=lambda f: f.name)
+def test_dissection_figures_plot_their_committed_results(fig):
+    """The sweep and alignment figures draw from the results files in git, computing nothing."""
+    path = REPO / "results" / f"{fig.name}.json"
+    assert path.is_file(), f"{path} missing: run `python paper_figs.py --only {fig.name}`"
+    figure = fig.plot(json.loads(path.read_text()))
+    assert figure.axes and all(ax.has_data() for ax in figure.axes)
+    plt.close(figure)
 
 
 def test_plot_from_results_only():
