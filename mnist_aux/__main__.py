@@ -42,6 +42,25 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def write_json(results: dict, out: Path) -> None:
+    """Write ``results`` to ``out`` atomically (a temporary file, then a rename)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=1, sort_keys=True))
+    tmp.replace(out)
+
+
+def _load_mnist(args: argparse.Namespace):
+    """MNIST for ``sweep`` / ``align`` (None after printing the error)."""
+    from mnist_aux import data
+
+    try:
+        return data.load("mnist", args.data_dir, allow_download=not args.no_download)
+    except data.DataError as err:
+        print(f"mnist_aux: error: {err}", file=sys.stderr)
+        return None
+
+
 def _run(args: argparse.Namespace) -> int:
     # Imported here so `--help` and `presets` answer without starting JAX.
     from mnist_aux import data, experiment
@@ -59,10 +78,7 @@ def _run(args: argparse.Namespace) -> int:
                              pairing_seed=args.pairing_seed, progress=not args.no_progress, command=command)
     results["preset"] = args.preset
     out = Path(args.out) if args.out else default_out(args.preset, cfg.dataset)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=1, sort_keys=True))
-    tmp.replace(out)
+    write_json(results, out)
     print(table(results))
     s, t = results["summary"], results["timing"]
     print(f"mnist_aux: {args.seeds} seeds ({args.preset}, {cfg.dataset}) in {t['wall_seconds'] / 60:.1f} min, "
@@ -75,10 +91,8 @@ def _run(args: argparse.Namespace) -> int:
 def _sweep(args: argparse.Namespace) -> int:
     from mnist_aux import data, sweeps
 
-    try:
-        dataset = data.load("mnist", args.data_dir, allow_download=not args.no_download)
-    except data.DataError as err:
-        print(f"mnist_aux: error: {err}", file=sys.stderr)
+    dataset = _load_mnist(args)
+    if dataset is None:
         return 2
     command = "python -m mnist_aux " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     cache = Path(args.cache) if args.cache else sweeps.CACHE
@@ -89,10 +103,7 @@ def _sweep(args: argparse.Namespace) -> int:
         print(f"mnist_aux: error: {err}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else ROOT / "results" / f"mnist_sweep_{args.name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=1, sort_keys=True))
-    tmp.replace(out)
+    write_json(results, out)
     print(sweeps.table(results))
     print(f"mnist_aux: sweep {args.name}: {len(results['points'])} points ({results['points_computed']} computed, "
           f"the rest from {cache}) in {results['wall_seconds'] / 60:.1f} min -> {out}")
@@ -100,12 +111,10 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _align(args: argparse.Namespace) -> int:
-    from mnist_aux import alignment, data
+    from mnist_aux import alignment
 
-    try:
-        dataset = data.load("mnist", args.data_dir, allow_download=not args.no_download)
-    except data.DataError as err:
-        print(f"mnist_aux: error: {err}", file=sys.stderr)
+    dataset = _load_mnist(args)
+    if dataset is None:
         return 2
     cfg = PRESETS[args.preset]()
     results = alignment.run(cfg, range(args.first_seed, args.first_seed + args.seeds), dataset, arms=args.arms,
@@ -113,10 +122,7 @@ def _align(args: argparse.Namespace) -> int:
     results["preset"] = args.preset
     results["command"] = "python -m mnist_aux " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     out = Path(args.out) if args.out else ROOT / "results" / "mnist_alignment.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=1, sort_keys=True))
-    tmp.replace(out)
+    write_json(results, out)
     for arm, r in results["results"].items():
         s = r["final_accuracy_summary"]
         print(f"{r['label']:40s} accuracy {s['mean']:.3f} [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]  "
