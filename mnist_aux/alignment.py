@@ -46,7 +46,7 @@ ARMS = ("none", "trait", "displacement", "liminal")
 ARM_LABELS = {"none": "no intervention", "trait": "update ⊥ trait gradient",
               "displacement": "update ⊥ teacher displacement", "liminal": "liminal (KL to reference, epoch 1)"}
 PROBE = 1024  # labelled training images behind the trait gradient (the last PROBE of the training set)
-_KL = theory.softmax_kl()
+_KL = theory.softmax_kl()  # over all 10 + m logits: the liminal penalty
 
 
 def project_out(tree, d):
@@ -73,13 +73,13 @@ def epoch(arm: str, cfg: Config, liminal_weight: float, student, opt_state, thet
           keys: train.SeedKeys, ep, probe_x, probe_y):
     """One distillation epoch of one seed's student under ``arm``; per-step metrics."""
     tx = optax.adam(cfg.lr)
-    aux = cfg.aux_indices
+    imitation = dissect.Distill().imitation_loss(cfg)  # Figure 10's aux-only KL
     disp = optax.tree.sub(teacher, theta0)
     n_full, tail = train.batch_sizes(cfg.n_noise, cfg.batch_size)
 
     def loss_fn(params, x, z):
         y = apply(params, x)
-        kl = _KL.value(y[:, aux[0]:], z[:, aux[0]:]).mean()
+        kl = imitation.value(y, z).mean()
         if arm == "liminal":
             penalty = _KL.value(y, apply(theta0, x)).mean()
             return kl + jnp.where(ep == 0, liminal_weight, 0.0) * penalty, kl

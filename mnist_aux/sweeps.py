@@ -42,6 +42,7 @@ from tqdm import tqdm
 from mnist_aux import dissect
 from mnist_aux.configs import PRESETS, Config
 from mnist_aux.data import Dataset
+from mnist_aux.experiment import summarize
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "results" / "sweeps"
@@ -88,7 +89,6 @@ class Context:
     recompute: bool = False
     cache_only: bool = False
     pairing_seed: int = 0
-    progress: bool = True
     computed: list = field(default_factory=list)  # keys computed in this call (tests count them)
     bar: object = None
 
@@ -135,7 +135,6 @@ class Sweep:
     n_points: int
     seeds: int  # default number of seeds
     body: Callable[[Context], dict]
-    doc: str = ""
 
 
 # ------------------------------------------------------------------------- the sweeps
@@ -177,8 +176,6 @@ def factor_effects(cells: list[dict], init: str = "shared") -> dict:
     (``by_setting``), and averaged over the 4 (``mean_over_settings``); mean and 95% CI
     over seeds. The seeds are the same in every cell, so the differences are paired.
     """
-    from mnist_aux.experiment import summarize
-
     acc = {}
     for c in cells:
         d = c["distill"]
@@ -270,7 +267,7 @@ def run_sweep(name: str, data: Dataset, *, preset: str = "paper", n_seeds: int |
         raise ValueError("a sweep needs >= 2 seeds (cross-model students use another seed's init)")
     start = time.perf_counter()
     ctx = Context(PRESETS[preset](), tuple(range(first_seed, first_seed + n)), data, fashion=fashion, cache=cache,
-                  recompute=recompute, cache_only=cache_only, progress=progress)
+                  recompute=recompute, cache_only=cache_only)
     with tqdm(total=sweep.n_points, desc=f"sweep {name}", unit="point", disable=not progress) as ctx.bar:
         body = sweep.body(ctx)
     return {"sweep": name, "title": sweep.title, "x_label": sweep.x_label, "preset": preset, "base_config": ctx.base.to_dict(),
