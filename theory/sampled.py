@@ -141,3 +141,19 @@ def samples_for_positive(values: jax.Array | np.ndarray, confidence: float = 0.9
         if np.mean(means > 0) >= confidence:
             return SampleSize(int(n), mean, std, method, confidence)
     return SampleSize(None, mean, std, method, confidence)
+
+
+def sign_curve(values: jax.Array | np.ndarray, grid: Sequence[int], n_boot: int, seed: int) -> list[float]:
+    """Bootstrap ``P(mean of n resampled values > 0)`` for each n of ``grid``: how the sign of the
+    hard-label inner product firms up with the number of samples (the curve behind
+    :func:`samples_for_positive`'s bootstrap answer). ``values [N]``; returns ``[len(grid)]``.
+    """
+    rng = np.random.default_rng(seed)
+    v = np.asarray(values, np.float64).reshape(-1)
+    out = []
+    for n in grid:
+        # one vectorised draw while it fits in memory (2**24 indices), else row by row: same stream
+        means = v[rng.integers(0, v.size, (n_boot, n))].mean(axis=1) if n * n_boot <= 2 ** 24 else \
+            np.asarray([v[rng.integers(0, v.size, n)].mean() for _ in range(n_boot)])
+        out.append(float(np.mean(means > 0)))
+    return out

@@ -1,0 +1,102 @@
+"""The shared statistics convention (theory.stats) and results writer (theory.results)."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from theory import results, stats, sign_curve
+
+
+def test_mean_ci_is_the_student_t_interval():
+    v = np.array([1.0, 2.0, 4.0, 7.0, 11.0])
+    s = stats.mean_ci(v)
+    sem = v.std(ddof=1) / math.sqrt(5)
+    assert s["n"] == 5 and s["mean"] == pytest.approx(5.0) and s["sem"] == pytest.approx(sem)
+    # t_{0.975, 4} = 2.7764451... (table value), wider than the normal 1.96
+    assert s["ci95"][1] - s["mean"] == pytest.approx(2.7764451052 * sem, rel=1e-9)
+    assert stats.half_width(v) == pytest.approx(2.7764451052 * sem, rel=1e-9)
+
+
+def test_mean_ci_of_one_value_has_no_interval_and_empty_input_is_refused():
+    s = stats.mean_ci([3.0])
+    assert s["mean"] == 3.0 and all(math.isnan(x) for x in s["ci95"])
+    with pytest.raises(ValueError):
+        stats.mean_ci([])
+
+
+def test_nested_ci_is_over_outer_means():
+    v = np.array([[1.0, 3.0], [2.0, 2.0], [10.0, 12.0]])
+    s = stats.nested_mean_ci(v)
+    assert s["per_outer"] == [2.0, 2.0, 11.0] and s["n"] == 3 and s["inner_n"] == 2
+    assert s == stats.mean_ci([2.0, 2.0, 11.0]) | {"per_outer": [2.0, 2.0, 11.0], "inner_n": 2}
+    with pytest.raises(ValueError):
+        stats.nested_mean_ci([1.0, 2.0])
+
+
+def test_sign_curve_rises_with_n_for_a_positive_mean():
+    rng = np.random.default_rng(0)
+    v = rng.normal(0.2, 1.0, 2000)
+    curve = sign_curve(v, [4, 64, 1024], 400, 0)
+    assert curve[0] < curve[1] < curve[2] and curve[2] > 0.99
+    assert sign_curve(v, [4, 64], 400, 0) == curve[:2]  # same seed, same draws
+
+
+def test_write_json_is_atomic_and_leaves_no_temporary(tmp_path):
+    out = tmp_path / "a" / "b.json"
+    results.write_json(out, {"x": 1})
+    assert json.loads(out.read_text()) == {"x": 1}
+    assert sorted(p.name for p in out.parent.iterdir()) == ["b.json"]
+
+
+def test_prepare_output_refuses_a_directory_and_an_unwritable_folder(tmp_path):
+    with pytest.raises(results.OutputError, match="is a directory"):
+        results.prepare_output(tmp_path)
+    assert list(tmp_path.iterdir()) == []  # no stray temporary file
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(results.OutputError, match="cannot create"):
+        results.prepare_output(blocker / "sub" / "x.json")
+    if os.geteuid() != 0:  # root writes anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        with pytest.raises(results.OutputError, match="cannot write"):
+            results.prepare_output(ro / "x.json")
+
+
+def test_atomic_dir_publishes_complete_folders_only(tmp_path):
+    final = tmp_path / "entry"
+    with pytest.raises(RuntimeError):
+        with results.atomic_dir(final) as tmp:
+            (tmp / "config.json").write_text("{}")
+            raise RuntimeError("killed while saving")
+    assert list(tmp_path.iterdir()) == []
+    final.mkdir()
+    (final / "config.json").write_text("broken")  # a broken earlier entry is replaced
+    with results.atomic_dir(final) as tmp:
+        (tmp / "config.json").write_text("{}")
+        (tmp / "model.safetensors").write_text("w")
+    assert sorted(p.name for p in final.iterdir()) == ["config.json", "model.safetensors"]
+    assert [p.name for p in tmp_path.iterdir()] == ["entry"]
+
+
+def test_read_json_treats_a_truncated_entry_as_missing(tmp_path, capsys):
+    p = tmp_path / "x.json"
+    p.write_text('{"a": [1, 2')
+    assert results.read_json(p) is None and "broken cache entry" in capsys.readouterr().err
+    assert results.read_json(tmp_path / "absent.json") is None
+
+
+def test_shown_paths_are_relative_to_the_working_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert results.shown(tmp_path / "results" / "x.json") == os.path.join("results", "x.json")
+    assert results.shown("~/data") == "~/data"
+    assert results.shown("/elsewhere/data") == "/elsewhere/data"
+
+
+def test_provenance_records_versions_and_machine():
+    p = results.provenance("python -m x")
+    assert p["command"] == "python -m x" and p["versions"]["jax"] and p["machine"]["cpu_count"] >= 1

@@ -1,0 +1,183 @@
+"""The one results convention of the project: where results go, how they are written, what they record.
+
+mnist_aux and llm_bridge both import theory and never each other, so the shared pieces live here:
+
+- :func:`prepare_output` checks an output path *before* any computation (a 50-minute run is
+  not lost to a typo): not a directory, its folder creatable and writable.
+- :func:`write_json` writes atomically: a temporary file in the same folder, then a rename,
+  so a reader sees the old file or the new one, never half of one, and an interrupted write
+  leaves nothing behind.
+- :func:`atomic_dir` does the same for a cache entry that is a folder (a saved model).
+- :func:`provenance` is what every results file records besides seeds and config: the
+  command, the commit, package versions, the CPU.
+- :func:`shown` is how a path appears in a results file or caption: relative to the working
+  folder when inside it, else as the user gave it, never resolved to a machine's absolute path.
+
+Results folders are resolved from the working directory (``results/`` by default, or a
+flag), never from a package's file location, so a non-editable install writes beside the user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+
+class OutputError(ValueError):
+    """An output path that cannot be written; the message is one line naming the path."""
+
+
+def results_dir(flag: str | os.PathLike | None = None) -> Path:
+    """The results folder: ``flag`` when given, else ``results/`` under the working directory."""
+    return Path(flag).expanduser() if flag is not None else Path("results")
+
+
+def prepare_output(path: str | os.PathLike) -> Path:
+    """Check that ``path`` can receive a file, creating its folder; returns it as a ``Path``.
+
+    Raises :class:`OutputError` (one line) when ``path`` is a directory, or its folder cannot
+    be created or written. Call it before the computation whose result goes there.
+    """
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise OutputError(f"output {str(path)!r} is a directory; give a file path")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"cannot create the folder of output {str(path)!r}: {err.strerror or err}") from None
+    try:
+        with tempfile.NamedTemporaryFile(dir=p.parent, prefix=f".{p.name}.", suffix=".probe"):
+            pass
+    except OSError as err:
+        raise OutputError(f"cannot write into the folder of output {str(path)!r}: {err.strerror or err}") from None
+    return p
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (temporary file in the same folder, fsync, rename)."""
+    p = prepare_output(path)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return p
+
+
+def dumps(results: dict) -> str:
+    """The project's JSON layout for result files (sorted keys, so equal results give equal bytes)."""
+    return json.dumps(results, indent=1, sort_keys=True)
+
+
+def write_json(path: str | os.PathLike, results: dict) -> Path:
+    """Write ``results`` as JSON to ``path`` atomically; see :func:`write_text`."""
+    return write_text(path, dumps(results))
+
+
+def read_json(path: str | os.PathLike) -> dict | None:
+    """A cache entry's JSON, or ``None`` (with a warning on stderr) when it is unreadable or truncated."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        print(f"warning: ignoring broken cache entry {shown(path)} ({type(err).__name__}); recomputing",
+              file=sys.stderr)
+        return None
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike):
+    """Build a folder under a temporary name beside ``final``, then rename it into place.
+
+    ``with atomic_dir(d) as tmp: save(tmp, ...)``: readers see ``d`` complete or not at all; an
+    exception (or a kill) leaves at most a hidden ``.d.*.tmp`` folder, which the next call ignores.
+    An existing ``d`` (e.g. a broken entry) is replaced.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def shown(path: str | os.PathLike | None) -> str | None:
+    """``path`` as results files and captions record it: relative to the working folder when inside
+    it, else as given (``~`` kept unexpanded), never made absolute."""
+    if path is None:
+        return None
+    p = Path(path)
+    if p.is_absolute():
+        with contextlib.suppress(ValueError, OSError):
+            return os.path.relpath(p, Path.cwd()) if p.is_relative_to(Path.cwd()) else str(path)
+    return str(path)
+
+
+def _git(*args: str) -> str | None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(["git", "-C", here, *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def versions() -> dict:
+    """Python and package versions, and the git commit of this checkout (``None`` when installed
+    from a wheel), with whether the checkout has uncommitted changes to the project's code."""
+    import flax
+    import jax
+    import numpy as np
+    import optax
+
+    commit = _git("rev-parse", "HEAD") or None
+    dirty = None
+    if commit is not None:
+        status = _git("status", "--porcelain", "--", "../theory", "../mnist_aux", "../llm_bridge")
+        dirty = None if status is None else bool(status)
+    return {"python": sys.version.split()[0], "jax": jax.__version__, "jaxlib": jax.lib.__version__,
+            "flax": flax.__version__, "optax": optax.__version__, "numpy": np.__version__, "git_commit": commit,
+            "uncommitted_changes": dirty}
+
+
+def machine() -> dict:
+    """The CPU, core count, JAX devices and the load average (a busy machine explains slow timings)."""
+    import jax
+
+    cpu = platform.processor()
+    with contextlib.suppress(OSError, StopIteration):
+        with open("/proc/cpuinfo") as fh:
+            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
+            "devices": [str(d) for d in jax.devices()], "load_average": list(os.getloadavg())}
+
+
+def provenance(command: str | None = None) -> dict:
+    """What every results file records besides its seeds and config: command, versions, machine."""
+    return {"command": command, "versions": versions(), "machine": machine()}
+
+
+def command_line(prog: str, argv: list[str] | None = None) -> str:
+    """``prog`` followed by the arguments as a shell would need them (for a results file's "command")."""
+    import shlex
+
+    return " ".join([prog] + [shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)])
