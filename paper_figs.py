@@ -1,14 +1,18 @@
 """Regenerate every figure of subliminal-verify into figures/ (PNG and PDF).
 
 Each figure is drawn from its saved results file (results/NAME.json) when that file
-exists; otherwise the computation behind it runs first and its results are saved, so a
-second call only re-plots. Figures are registered by the packages themselves: each of
-``theory.figures``, ``mnist_aux.figures`` and ``llm_bridge.figures`` that exists exposes
-``FIGURES``, a list of objects with
+exists; otherwise the computation behind it runs first and its results are saved
+(atomically), so a second call only re-plots. Figures are registered by the packages
+themselves: ``theory.figures``, ``mnist_aux.figures`` and ``llm_bridge.figures`` each expose
+``FIGURES``, a list of objects following ``theory.figures.FigureSpec``:
 
     name     str, the figure's file stem (figures/NAME.png, figures/NAME.pdf)
-    compute  callable(quick: bool) -> dict, JSON-serialisable results with seeds and config
-    plot     callable(results: dict) -> matplotlib.figure.Figure, no computation inside
+    results  str, the results file's stem (results/RESULTS.json); figures may share one
+    compute  callable(quick, results_dir) -> dict, JSON-serialisable results with seeds and config
+    plot     callable(results) -> matplotlib.figure.Figure, no computation inside
+
+The results and figures folders are ``results/`` and ``figures/`` under the working
+directory (or ``--results-dir`` / ``--figures-dir``), never inside an installed package.
 
 Usage:
     python paper_figs.py                  # every figure, computing only what is missing
@@ -33,7 +37,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent
+from theory import results  # noqa: E402
+
 REGISTRIES = ("theory.figures", "mnist_aux.figures", "llm_bridge.figures")
 
 
@@ -54,23 +59,19 @@ def registered_figures() -> dict:
     return figures
 
 
-def _show(path: Path) -> str:
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
-
-
-def load_or_compute(fig, results_dir: Path, quick: bool, recompute: bool) -> tuple[dict, str]:
-    """Results for ``fig``: the saved file if present, else computed and saved atomically."""
-    path = results_dir / f"{fig.name}.json"
+def load_or_compute(fig, results_dir: Path, quick: bool, recompute: bool, done: dict) -> tuple[dict, str]:
+    """Results for ``fig``: computed this call already (a shared file), the saved file, or computed and saved."""
+    if fig.results in done:
+        return done[fig.results], f"shares {fig.results}.json"
+    path = results_dir / f"{fig.results}.json"
     if path.exists() and not recompute:
-        return json.loads(path.read_text()), f"from {_show(path)}"
+        return json.loads(path.read_text()), f"from {results.shown(path)}"
     start = time.perf_counter()
-    results = fig.compute(quick)
-    results.setdefault("wall_seconds", time.perf_counter() - start)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=1, sort_keys=True))
-    tmp.replace(path)
-    return results, f"computed in {time.perf_counter() - start:.0f} s -> {_show(path)}"
+    out = fig.compute(quick, results_dir)
+    out.setdefault("wall_seconds", time.perf_counter() - start)
+    results.write_json(path, out)
+    done[fig.results] = out
+    return out, f"computed in {time.perf_counter() - start:.0f} s -> {results.shown(path)}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="small presets for whatever must be computed; writes results/quick/ and figures/quick/")
     parser.add_argument("--recompute", action="store_true", help="recompute even where saved results exist")
     parser.add_argument("--list", action="store_true", help="list the registered figures and exit")
+    parser.add_argument("--results-dir", type=Path, default=Path("results"),
+                        help="folder of the results files (default: results/ under the working directory)")
+    parser.add_argument("--figures-dir", type=Path, default=Path("figures"),
+                        help="folder the figures are written to (default: figures/ under the working directory)")
     args = parser.parse_args(argv)
 
     figures = registered_figures()
@@ -92,21 +97,26 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown figure(s) {unknown}; registered: {list(figures)}")
 
-    results_dir = ROOT / "results" / ("quick" if args.quick else "")
-    figures_dir = ROOT / "figures" / ("quick" if args.quick else "")
-    figures_dir.mkdir(parents=True, exist_ok=True)
-    written = []
+    results_dir = args.results_dir / ("quick" if args.quick else "")
+    figures_dir = args.figures_dir / ("quick" if args.quick else "")
+    try:
+        for folder in (results_dir, figures_dir):
+            results.prepare_output(folder / "probe.json")
+    except results.OutputError as err:
+        print(f"paper_figs: error: {err}", file=sys.stderr)
+        return 2
+    written, done = [], {}
     for name in (bar := tqdm(names, desc="figures", unit="fig")):
         bar.set_postfix_str(name)
-        results, source = load_or_compute(figures[name], results_dir, args.quick, args.recompute)
-        fig = figures[name].plot(results)
+        data, source = load_or_compute(figures[name], results_dir, args.quick, args.recompute, done)
+        fig = figures[name].plot(data)
         fig.savefig(figures_dir / f"{name}.png", dpi=150, bbox_inches="tight")
         # no creation date, so regenerating from the same results rewrites the same bytes
         fig.savefig(figures_dir / f"{name}.pdf", bbox_inches="tight", metadata={"CreationDate": None})
         plt.close(fig)
-        written.append(f"{figures_dir.relative_to(ROOT)}/{name}.{{png,pdf}}  ({source})")
+        written.append(f"{results.shown(figures_dir / name)}.{{png,pdf}}  ({source})")
     print("\n".join(["wrote:"] + [f"  {w}" for w in written]))
-    print(f"paper_figs: {len(written)} figure(s) written to {figures_dir.relative_to(ROOT)}/")
+    print(f"paper_figs: {len(written)} figure(s) written to {results.shown(figures_dir)}/")
     return 0
 
 

@@ -225,7 +225,11 @@ class SweepFigure:
     def name(self) -> str:
         return f"mnist_sweep_{self.sweep}"
 
-    def compute(self, quick: bool) -> dict:
+    @property
+    def results(self) -> str:
+        return self.name
+
+    def compute(self, quick: bool, results_dir: Path | None = None) -> dict:
         from mnist_aux import sweeps
 
         command = f"python paper_figs.py --only {self.name}" + (" --quick" if quick else "")
@@ -250,7 +254,11 @@ class SweepFigure:
 class AlignmentFigure:
     name: str = "mnist_alignment"
 
-    def compute(self, quick: bool) -> dict:
+    @property
+    def results(self) -> str:
+        return self.name
+
+    def compute(self, quick: bool, results_dir: Path | None = None) -> dict:
         from mnist_aux import alignment
         from mnist_aux.configs import paper, smoke
 

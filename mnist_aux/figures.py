@@ -9,6 +9,8 @@ Plotting reads only the results dict (``python -m mnist_aux run`` writes the sam
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import os
 from dataclasses import dataclass
 
@@ -108,7 +110,11 @@ class Fig10:
 
     name: str = "mnist_aux_fig10"
 
-    def compute(self, quick: bool) -> dict:
+    @property
+    def results(self) -> str:
+        return self.name
+
+    def compute(self, quick: bool, results_dir: Path | None = None) -> dict:
         from mnist_aux import data, experiment
         from mnist_aux.configs import paper, smoke
 

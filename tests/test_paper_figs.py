@@ -11,11 +11,12 @@ from theory import demo
 
 class FakeFigure:
     name = "fake"
+    results = "fake"
 
     def __init__(self):
         self.calls = 0
 
-    def compute(self, quick):
+    def compute(self, quick, results_dir):
         self.calls += 1
         return {"config": {"seed": 0, "quick": quick}, "value": 3}
 
@@ -27,12 +28,35 @@ class FakeFigure:
 
 def test_results_are_computed_once_then_reused(tmp_path):
     fig = FakeFigure()
-    r1, how1 = paper_figs.load_or_compute(fig, tmp_path, quick=True, recompute=False)
-    r2, how2 = paper_figs.load_or_compute(fig, tmp_path, quick=True, recompute=False)
+    r1, how1 = paper_figs.load_or_compute(fig, tmp_path, quick=True, recompute=False, done={})
+    r2, how2 = paper_figs.load_or_compute(fig, tmp_path, quick=True, recompute=False, done={})
     assert fig.calls == 1 and r1["value"] == r2["value"] == 3
     assert json.loads((tmp_path / "fake.json").read_text())["config"] == {"seed": 0, "quick": True}
-    paper_figs.load_or_compute(fig, tmp_path, quick=True, recompute=True)
+    paper_figs.load_or_compute(fig, tmp_path, quick=True, recompute=True, done={})
     assert fig.calls == 2
+
+
+def test_figures_sharing_a_results_file_compute_it_once(tmp_path):
+    first, second = FakeFigure(), FakeFigure()
+    second.name = "fake_second"
+    done = {}
+    paper_figs.load_or_compute(first, tmp_path, quick=True, recompute=True, done=done)
+    r, how = paper_figs.load_or_compute(second, tmp_path, quick=True, recompute=True, done=done)
+    assert first.calls == 1 and second.calls == 0 and r["value"] == 3 and "shares" in how
+
+
+def test_results_go_under_the_working_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert paper_figs.main(["--only", "theorem1_demo", "--quick"]) == 0
+    assert (tmp_path / "results" / "quick" / "theorem1_demo.json").is_file()
+    assert (tmp_path / "figures" / "quick" / "theorem1_demo.png").is_file()
+
+
+def test_an_unwritable_results_folder_is_one_line_before_any_work(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert paper_figs.main(["--only", "theorem1_demo", "--results-dir", str(blocker)]) == 2
+    assert "error" in capsys.readouterr().err
 
 
 def test_every_theory_figure_is_registered(capsys):

@@ -16,7 +16,8 @@ All computations run in float64 and record their seeds and configuration.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -152,14 +153,42 @@ def plot_init_contrast(results: dict, ax) -> None:
                  f"{results['config']['eps']:g})", fontsize=9)
 
 
-@dataclass(frozen=True)
-class Figure:
-    """One figure for paper_figs.py: ``compute(quick) -> results``, ``draw(results, ax)`` on one axes."""
+class FigureSpec(Protocol):
+    """The one figure protocol of paper_figs.py, for every package's ``FIGURES`` list.
+
+    name       the file stem of the figure (figures/NAME.png and .pdf)
+    results    the stem of the results file it is drawn from (results/RESULTS.json); several
+               figures may share one file, which is then computed once
+    compute    ``compute(quick, results_dir) -> dict``: runs the computation (``quick``: a small
+               preset) and returns JSON-ready results with seeds and config; ``results_dir`` is
+               the folder being filled, for computations that reuse other saved results
+    plot       ``plot(results) -> matplotlib Figure``: draws, computes nothing
+    """
 
     name: str
-    compute: Callable[[bool], dict]
+    results: str
+
+    def compute(self, quick: bool, results_dir: Path) -> dict: ...
+
+    def plot(self, results: dict) -> plt.Figure: ...
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A :class:`FigureSpec` drawn on one axes: ``draw(results, ax)``; ``compute(quick)``."""
+
+    name: str
+    compute_fn: Callable[[bool], dict]
     draw: Callable[[dict, object], None]
     size: tuple[float, float] = (6.4, 4.4)
+    results_name: str | None = None  # the shared results file's stem, when not ``name``
+
+    @property
+    def results(self) -> str:
+        return self.results_name or self.name
+
+    def compute(self, quick: bool, results_dir: Path) -> dict:
+        return self.compute_fn(quick)
 
     def plot(self, results: dict):
         fig, ax = plt.subplots(figsize=self.size)
