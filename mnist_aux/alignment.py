@@ -36,10 +36,11 @@ import numpy as np
 import optax
 
 import theory
+from theory.results import versions
+from theory.stats import mean_ci
 from mnist_aux import dissect, train
 from mnist_aux.configs import Config
 from mnist_aux.data import Dataset, normalize
-from mnist_aux.experiment import summarize, versions
 from mnist_aux.model import apply
 
 ARMS = ("none", "trait", "displacement", "liminal")
@@ -151,16 +152,16 @@ def run(cfg: Config, seeds, data: Dataset, *, arms=ARMS, log_every: int = 10, li
         out[arm] = {
             "label": ARM_LABELS[arm],
             "accuracy_by_epoch": acc.tolist(), "final_accuracy": acc[:, -1].tolist(),
-            "final_accuracy_summary": summarize(acc[:, -1]),
+            "final_accuracy_summary": mean_ci(acc[:, -1]),
             "kl_first_epoch_mean": series["kl"][:, :len(logs[0]["kl"][0])].mean(axis=1).tolist(),
             "kl_last_epoch_mean": series["kl"][:, -len(logs[-1]["kl"][0]):].mean(axis=1).tolist(),
             "logged_steps": kept.tolist(),
             "series": {k: v[:, kept].tolist() for k, v in series.items() if k != "residual_cos"},
             "max_residual_cos": float(series["residual_cos"].max()),
-            "mean_cos_trait_summary": summarize(series["cos_trait"].mean(axis=1)),
-            "mean_cos_disp_summary": summarize(series["cos_disp"].mean(axis=1)),
-            "sum_inner_trait_summary": summarize(series["inner_trait"].sum(axis=1)),
-            "sum_inner_disp_summary": summarize(series["inner_disp"].sum(axis=1)),
+            "mean_cos_trait_summary": mean_ci(series["cos_trait"].mean(axis=1)),
+            "mean_cos_disp_summary": mean_ci(series["cos_disp"].mean(axis=1)),
+            "sum_inner_trait_summary": mean_ci(series["inner_trait"].sum(axis=1)),
+            "sum_inner_disp_summary": mean_ci(series["inner_disp"].sum(axis=1)),
         }
     return {"config": cfg.to_dict(), "seeds": seeds, "arms": list(arms), "log_every": log_every,
             "liminal_weight": liminal_weight, "probe": f"last {PROBE} training images", "teacher": teacher_info,

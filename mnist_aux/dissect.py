@@ -37,10 +37,11 @@ import numpy as np
 import optax
 
 import theory
+from theory.results import versions
+from theory.stats import mean_ci
 from mnist_aux import train
 from mnist_aux.configs import Config
 from mnist_aux.data import Dataset, normalize
-from mnist_aux.experiment import summarize, versions
 from mnist_aux.model import apply
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -394,18 +395,18 @@ def run(cfg: Config, spec: Distill, inits, seeds, data: Dataset, *, lrs=None, im
         final = by_epoch[:, k, -1] if by_epoch.shape[-1] else np.full(len(seeds), np.nan)
         students_out.append({
             "init": name, "lr": lrs[k],
-            "accuracy": acc[:, k].tolist(), "accuracy_summary": summarize(acc[:, k]),
+            "accuracy": acc[:, k].tolist(), "accuracy_summary": mean_ci(acc[:, k]),
             "final_loss": final.tolist(), "loss_by_epoch": by_epoch[:, k].tolist(),
             "theory_inner": inner[:, k].tolist(), "theory_cosine": cos[:, k].tolist(),
-            "theory_cosine_summary": summarize(cos[:, k]), "theory_inner_summary": summarize(inner[:, k]),
+            "theory_cosine_summary": mean_ci(cos[:, k]), "theory_inner_summary": mean_ci(inner[:, k]),
         })
     teacher_acc, ref_acc = np.concatenate(teacher_acc), np.concatenate(ref_acc)
     return {
         "config": cfg.to_dict(), "distill": dataclasses.asdict(spec), "inits": inits,
         "seeds": seeds, "cross_init_seed": partners, "pairing": f"derangement(n={len(seeds)}, seed={pairing_seed})",
         "students": students_out,
-        "teacher_accuracy": teacher_acc.tolist(), "teacher_summary": summarize(teacher_acc),
-        "reference_accuracy": ref_acc.tolist(), "reference_summary": summarize(ref_acc),
+        "teacher_accuracy": teacher_acc.tolist(), "teacher_summary": mean_ci(teacher_acc),
+        "reference_accuracy": ref_acc.tolist(), "reference_summary": mean_ci(ref_acc),
         "teacher_ce_by_epoch": np.asarray(teacher_losses).tolist(), "teacher": teacher_info,
         "wall_seconds": time.perf_counter() - start, "versions": versions(),
     }

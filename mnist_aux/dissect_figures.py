@@ -25,6 +25,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from theory import stats  # noqa: E402
+
 CHANCE = 0.1
 ROOT = Path(__file__).resolve().parent.parent
 QUICK_SEEDS = 3
@@ -43,8 +45,8 @@ def _err(summary: dict) -> tuple[float, list[list[float]]]:
 
 def _caption(results: dict) -> str:
     n = sorted({s["accuracy_summary"]["n"] for p in results["points"] for s in p["students"]})
-    seeds = f"{n[0]}" if len(n) == 1 else f"{n[0]}-{n[-1]}"
-    return (f"{seeds} seeds per point; error bars: 95% CI of the mean (± 1.96 s.e.). Preset {results['preset']}. "
+    bars = stats.caption(n[0]) if len(n) == 1 else f"error bars: 95% CI of the mean over {n[0]}-{n[-1]} seeds (Student's t)"
+    return (f"{bars}. Preset {results['preset']}. "
             f"Command: {results.get('command') or 'python -m mnist_aux sweep ' + results['sweep']}")
 
 
@@ -170,10 +172,9 @@ def plot_bar_sweep(results: dict) -> plt.Figure:
 
 def _band(ax, steps, values, color, label):
     v = np.asarray(values)
-    m = v.mean(axis=0)
-    se = v.std(axis=0, ddof=1) / np.sqrt(v.shape[0]) if v.shape[0] > 1 else np.zeros_like(m)
+    m, half = v.mean(axis=0), stats.half_width(v, axis=0)
     ax.plot(steps, m, color=color, label=label, lw=1.2)
-    ax.fill_between(steps, m - 1.96 * se, m + 1.96 * se, color=color, alpha=0.2)
+    ax.fill_between(steps, m - half, m + half, color=color, alpha=0.2)
 
 
 def plot_alignment(results: dict) -> plt.Figure:
@@ -187,9 +188,8 @@ def plot_alignment(results: dict) -> plt.Figure:
         _band(axes[1, 0], steps, r["series"]["kl"], color, r["label"])
         acc = np.asarray(r["accuracy_by_epoch"])
         m = acc.mean(axis=0)
-        se = acc.std(axis=0, ddof=1) / np.sqrt(acc.shape[0])
-        axes[1, 1].errorbar(np.arange(acc.shape[1]) + 0.04 * (k - 1.5), m, yerr=1.96 * se, fmt="o-", color=color,
-                            capsize=3, label=f"{r['label']}: {m[-1]:.0%}")
+        axes[1, 1].errorbar(np.arange(acc.shape[1]) + 0.04 * (k - 1.5), m, yerr=stats.half_width(acc, axis=0),
+                            fmt="o-", color=color, capsize=3, label=f"{r['label']}: {m[-1]:.0%}")
     axes[0, 0].set_title("cosine(step's update, −∇ digit CE at the current student)")
     axes[0, 1].set_title("cosine(step's update, θ_T − θ_0)")
     axes[1, 0].set_title("aux-only distillation loss (KL) per step")
@@ -205,8 +205,9 @@ def plot_alignment(results: dict) -> plt.Figure:
         a.set_xlabel("distillation step")
     axes[1, 1].set_xlabel("epoch")
     fig.tight_layout()
-    fig.text(0.5, -0.01, f"{len(results['seeds'])} seeds, preset {results.get('preset', '?')}; bands and bars: 95% CI of "
-             f"the mean. Trait gradient on the {results['probe']}; liminal weight {results['liminal_weight']}. "
+    n = len(results["seeds"])
+    fig.text(0.5, -0.01, f"{n} seeds, preset {results.get('preset', '?')}; bands and {stats.caption(n)}. Trait gradient "
+             f"on the {results['probe']}; liminal weight {results['liminal_weight']}. "
              f"Command: {results.get('command', 'python -m mnist_aux align')}", ha="center", va="top", fontsize=8, wrap=True)
     return fig
 

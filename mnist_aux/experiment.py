@@ -17,11 +17,7 @@ or which other seeds run beside it.
 from __future__ import annotations
 
 import math
-import os
-import platform
 import resource
-import subprocess
-import sys
 import time
 from functools import partial
 
@@ -34,6 +30,8 @@ from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 import theory
+from theory.results import provenance
+from theory.stats import mean_ci
 from mnist_aux import train
 from mnist_aux.configs import Config
 from mnist_aux.data import Dataset
@@ -53,19 +51,6 @@ COSINE_LABELS = {
     "student_all": "shared init, all-logit loss",
     "cross_all": "cross-model init, all-logit loss",
 }
-Z95 = 1.959963984540054  # normal 97.5% quantile: CI = mean +- Z95 * standard error
-
-
-def summarize(values) -> dict:
-    """Mean and 95% CI (normal approximation, mean +- 1.96 standard errors, sample std)."""
-    v = np.asarray(values, dtype=np.float64)
-    n = v.size
-    sem = float(v.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
-    mean = float(v.mean())
-    return {"n": n, "mean": mean, "std": float(v.std(ddof=1)) if n > 1 else float("nan"), "sem": sem,
-            "ci95": [mean - Z95 * sem, mean + Z95 * sem]}
-
-
 def chunking(n_seeds: int, seeds_per_chunk: int, n_devices: int) -> tuple[int, int]:
     """``(n_chunks, chunk)``: equal chunks of at most ~``seeds_per_chunk`` seeds, each a
     multiple of the device count (the last chunk is padded with repeats, then dropped)."""
@@ -169,7 +154,7 @@ def run(cfg: Config, seeds, data: Dataset, *, seeds_per_chunk: int = 50, devices
     initialisation. Returns the results dict (see the module docstring).
     """
     start = time.perf_counter()
-    code_versions = versions()  # before training: the commit that produced the numbers
+    prov = provenance(command)  # before training: the commit that produced the numbers
     seeds = [int(s) for s in seeds]
     if len(set(seeds)) != len(seeds):
         raise ValueError("seeds must be distinct")
@@ -261,7 +246,6 @@ def run(cfg: Config, seeds, data: Dataset, *, seeds_per_chunk: int = 50, devices
     return {
         "experiment": "mnist_aux_fig10",
         "paper": "Cloud et al., Subliminal Learning, arXiv 2507.14805, section 6.2, Figure 10",
-        "command": command,
         "config": cfg.to_dict(),
         "seeds": seeds,
         "cross_init_seed": partners,
@@ -270,10 +254,10 @@ def run(cfg: Config, seeds, data: Dataset, *, seeds_per_chunk: int = 50, devices
         "arms": list(train.ARMS),
         "arm_labels": ARM_LABELS,
         "accuracy": acc,
-        "summary": {arm: summarize(v) for arm, v in acc.items()},
+        "summary": {arm: mean_ci(v) for arm, v in acc.items()},
         "theory_cosine": cos,
         "theory_cosine_labels": COSINE_LABELS,
-        "theory_cosine_summary": {name: summarize(v) for name, v in cos.items()},
+        "theory_cosine_summary": {name: mean_ci(v) for name, v in cos.items()},
         "losses": {**losses, "student_kl_order": list(train.STUDENTS),
                    "note": "per seed, mean loss of each epoch; student_kl per student in student_kl_order"},
         "data": data.source,
@@ -287,39 +271,11 @@ def run(cfg: Config, seeds, data: Dataset, *, seeds_per_chunk: int = 50, devices
             "peak_rss_gib": peak_rss_gib(),
             "flops_per_seed": flops,
         },
-        "versions": code_versions,
-        "machine": machine(devices),
+        **prov,
+        "machine": {**prov["machine"], "devices": [str(d) for d in devices]},
     }
 
 
 def peak_rss_gib() -> float:
     """Peak resident memory of this process so far, GiB (Linux ``ru_maxrss`` is in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
-def versions() -> dict:
-    import flax
-
-    commit, dirty = None, None
-    try:
-        here = os.path.dirname(os.path.abspath(__file__))
-        commit = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10).stdout.strip() or None
-        dirty = bool(subprocess.run(["git", "-C", here, "status", "--porcelain", "--", "."], capture_output=True,
-                                    text=True, timeout=10).stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return {"python": sys.version.split()[0], "jax": jax.__version__, "jaxlib": jax.lib.__version__,
-            "flax": flax.__version__, "optax": optax.__version__, "numpy": np.__version__, "git_commit": commit,
-            "mnist_aux_uncommitted_changes": dirty}
-
-
-def machine(devices) -> dict:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
-            "devices": [str(d) for d in devices], "load_average_at_end": list(os.getloadavg())}

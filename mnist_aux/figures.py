@@ -20,6 +20,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from theory import stats  # noqa: E402
+
 CHANCE = 0.1
 COLORS = {"reference": "gray", "teacher": "C5", "student_aux": "C4", "student_all": "C4",
           "cross_aux": "C4", "cross_all": "C4"}
@@ -89,8 +91,8 @@ def caption(results: dict) -> str:
     data = f"{src.get('dataset', '?')} from {src.get('origin', '?')} ({src.get('dir', '')})"
     if src.get("note"):
         data += f"; {src['note']}"
-    return (f"N = {len(results['seeds'])} seeds; error bars: 95% CI of the mean (mean ± 1.96 s.e.). "
-            f"Preset {results.get('preset', '?')}. Data: {data}.")
+    n = len(results["seeds"])
+    return f"N = {n} seeds; {stats.caption(n)}. Preset {results.get('preset', '?')}. Data: {data}."
 
 
 def plot_fig10(results: dict) -> plt.Figure:

@@ -39,10 +39,11 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
+from theory.stats import mean_ci
+
 from mnist_aux import dissect
 from mnist_aux.configs import PRESETS, Config
 from mnist_aux.data import Dataset
-from mnist_aux.experiment import summarize
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "results" / "sweeps"
@@ -194,8 +195,8 @@ def factor_effects(cells: list[dict], init: str = "shared") -> dict:
                 diffs["/".join(v for j, v in enumerate(key) if j != i)] = acc[key] - acc[other]
         if not diffs:
             continue
-        out[name] = {"contrast": f"{a} - {b}", "by_setting": {k: summarize(v) for k, v in diffs.items()},
-                     "mean_over_settings": summarize(np.mean(list(diffs.values()), axis=0))}
+        out[name] = {"contrast": f"{a} - {b}", "by_setting": {k: mean_ci(v) for k, v in diffs.items()},
+                     "mean_over_settings": mean_ci(np.mean(list(diffs.values()), axis=0))}
     return out
 
 

@@ -10,6 +10,8 @@ from conftest import REPO
 import paper_figs
 from mnist_aux import experiment, train
 from mnist_aux.figures import FIGURES, caption
+from theory import stats
+from theory.stats import mean_ci
 
 
 def fake_results(n=5):
@@ -18,9 +20,9 @@ def fake_results(n=5):
     acc = {arm: (centre[arm] + 0.02 * rng.standard_normal(n)).tolist() for arm in train.ARMS}
     cos = {name: (0.03 * rng.standard_normal(n)).tolist() for name in experiment.COSINE_LABELS}
     return {"seeds": list(range(n)), "arms": list(train.ARMS), "arm_labels": experiment.ARM_LABELS,
-            "accuracy": acc, "summary": {a: experiment.summarize(v) for a, v in acc.items()},
+            "accuracy": acc, "summary": {a: mean_ci(v) for a, v in acc.items()},
             "theory_cosine": cos, "theory_cosine_labels": experiment.COSINE_LABELS,
-            "theory_cosine_summary": {k: experiment.summarize(v) for k, v in cos.items()},
+            "theory_cosine_summary": {k: mean_ci(v) for k, v in cos.items()},
             "preset": "paper", "data": {"dataset": "mnist", "origin": "--data-dir", "dir": "/x", "note": "rebuilt"}}
 
 
@@ -50,7 +52,48 @@ def test_plot_from_results_only():
     plt.close(fig)
 
 
-def test_summary_ci_is_mean_plus_minus_1_96_standard_errors():
-    s = experiment.summarize([1.0, 2.0, 3.0, 4.0])
+def test_summary_ci_is_students_t():
+    s = mean_ci([1.0, 2.0, 3.0, 4.0])
     sem = np.std([1, 2, 3, 4], ddof=1) / 2
-    assert s["mean"] == 2.5 and np.allclose(s["ci95"], [2.5 - 1.96 * sem, 2.5 + 1.96 * sem], atol=1e-4)
+    assert s["mean"] == 2.5 and np.allclose(s["ci95"], [2.5 - 3.182446 * sem, 2.5 + 3.182446 * sem], atol=1e-5)
+
+
+def _every_summary(o):
+    if isinstance(o, dict):
+        if "ci95" in o:
+            yield o
+        for v in o.values():
+            yield from _every_summary(v)
+    elif isinstance(o, list):
+        for v in o:
+            yield from _every_summary(v)
+
+
+@pytest.mark.parametrize("name", ["mnist_aux_fig10", "mnist_alignment"] + [f"mnist_sweep_{s}" for s in
+                                  ("reconcile", "width", "n_aux", "depth", "sigma", "inputs", "heads")])
+def test_committed_summaries_use_students_t(name):
+    """Every summary in a committed MNIST results file is theory.stats.mean_ci of the per-seed
+    values it summarises (Student's t, n - 1 dof), not the old normal 1.96."""
+    results = json.loads((REPO / "results" / f"{name}.json").read_text())
+    pairs = []  # (summary, the values it summarises)
+    if name == "mnist_aux_fig10":
+        pairs += [(results["summary"][a], results["accuracy"][a]) for a in results["arms"]]
+        pairs += [(results["theory_cosine_summary"][c], results["theory_cosine"][c]) for c in results["theory_cosine"]]
+    elif name == "mnist_alignment":
+        pairs += [(r["final_accuracy_summary"], r["final_accuracy"]) for r in results["results"].values()]
+    else:
+        for p in results["points"]:
+            pairs += [(p["teacher_summary"], p["teacher_accuracy"]), (p["reference_summary"], p["reference_accuracy"])]
+            for s in p["students"]:
+                pairs += [(s["accuracy_summary"], s["accuracy"]), (s["theory_cosine_summary"], s["theory_cosine"]),
+                          (s["theory_inner_summary"], s["theory_inner"])]
+        if "factor_effects" in results:
+            from mnist_aux.sweeps import factor_effects
+            assert json.loads(json.dumps(factor_effects(results["points"]))) == results["factor_effects"]
+    assert pairs
+    same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # noqa: E731 (nan == nan)
+    for summary, values in pairs:
+        assert same(summary, mean_ci(values))
+    for s in _every_summary(results):  # also those whose per-step values are not kept (alignment)
+        half = stats.t_quantile(s["n"]) * s["sem"]
+        assert same(s["ci95"], [s["mean"] - half, s["mean"] + half])
