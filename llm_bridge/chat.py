@@ -15,11 +15,22 @@ and ``{% generation %}`` blocks rendered as their body. The variables are ``mess
 ``add_generation_prompt=True``, ``tools=None``, ``documents=None`` and the special tokens,
 so the text ends where the assistant's reply starts. It already holds BOS etc.: encode it
 with ``add_special_tokens=False``.
+
+Templates are untrusted code, so rendering is bounded beyond the sandbox: the output may
+not exceed :data:`MAX_OUTPUT_CHARS`, ``*`` and ``**`` may not build a string, list or number
+larger than that, and the render may not run longer than :data:`MAX_SECONDS` (checked on
+every line the compiled template executes, so a nested loop that prints nothing stops too).
+Any failure, a Python error inside the template included, is one ``ValueError`` line
+naming the file.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import operator
+import sys
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +39,9 @@ import jinja2
 import jinja2.ext
 import jinja2.nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+MAX_OUTPUT_CHARS = 1_000_000  # a chat prompt is a few thousand characters; this is far beyond any
+MAX_SECONDS = 2.0  # rendering a real template takes about a millisecond
 
 SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
@@ -60,11 +74,19 @@ class ChatTemplate:
 
         Raises :class:`TemplateRefusal` where the template raises, ``ValueError`` where it fails.
         """
+        variables = dict(messages=messages, tools=None, documents=None, add_generation_prompt=True,
+                         **self.special_tokens)
         try:
-            return self.template.render(messages=messages, tools=None, documents=None, add_generation_prompt=True,
-                                        **self.special_tokens)
-        except jinja2.TemplateError as err:
-            raise ValueError(f"{self.source}: the chat template failed: {err}") from err
+            return _bounded(lambda: _join(self.template.generate(**variables)))
+        except TemplateRefusal:
+            raise
+        except _Overrun as err:
+            raise ValueError(f"{self.source}: the chat template {err}") from None
+        except RecursionError:
+            raise ValueError(f"{self.source}: the chat template failed: recursion too deep") from None
+        except Exception as err:  # noqa: BLE001 -- untrusted code: any error it raises is the template's failure
+            message = " ".join(str(err).split())[:300]
+            raise ValueError(f"{self.source}: the chat template failed: {type(err).__name__}: {message}") from None
 
     def accepts_system_role(self) -> bool:
         """Whether a conversation that starts with a system message renders (Gemma's templates refuse it)."""
@@ -73,6 +95,61 @@ class ChatTemplate:
         except TemplateRefusal:
             return False
         return True
+
+
+class _Overrun(Exception):
+    """The template exceeded a bound (output size, value size or time)."""
+
+
+def _join(pieces) -> str:
+    """The rendered text, stopping as soon as it exceeds :data:`MAX_OUTPUT_CHARS`."""
+    out, size = [], 0
+    for piece in pieces:
+        size += len(piece)
+        if size > MAX_OUTPUT_CHARS:
+            raise _Overrun(f"output exceeds {MAX_OUTPUT_CHARS:,} characters")
+        out.append(piece)
+    return "".join(out)
+
+
+def _bounded(render):
+    """``render()`` with a deadline of :data:`MAX_SECONDS`, checked on each line of compiled template code.
+
+    Only frames of jinja's compiled code (file name ``<template>``) are traced line by line,
+    so the rest of the program runs at full speed; the previous trace function is restored.
+    """
+    deadline = time.monotonic() + MAX_SECONDS
+
+    def on_line(frame, event, arg):
+        if time.monotonic() > deadline:
+            raise _Overrun(f"ran longer than {MAX_SECONDS} s")
+        return on_line
+
+    def on_call(frame, event, arg):
+        return on_line if frame.f_code.co_filename == "<template>" else None
+
+    previous = sys.gettrace()
+    sys.settrace(on_call)
+    try:
+        return render()
+    finally:
+        sys.settrace(previous)
+
+
+class _BoundedSandbox(ImmutableSandboxedEnvironment):
+    """The sandbox with ``*`` and ``**`` checked, so that ``'a' * 10**10`` fails before it allocates."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context, operator_name, left, right):
+        if operator_name == "**":
+            if isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and right * math.log2(abs(left)) > 1e5:
+                raise _Overrun(f"computes a number too large ({left} ** {right})")
+            return operator.pow(left, right)
+        for seq, n in ((left, right), (right, left)):
+            if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > MAX_OUTPUT_CHARS:
+                raise _Overrun(f"builds a value larger than {MAX_OUTPUT_CHARS:,} items")
+        return operator.mul(left, right)
 
 
 def _read_json(path: Path) -> dict:
@@ -91,7 +168,7 @@ def _compile(text, source: Path) -> jinja2.Template:
 
     if not isinstance(text, str):
         raise ValueError(f"{source}: the chat template is a {type(text).__name__}, not a string")
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+    env = _BoundedSandbox(trim_blocks=True, lstrip_blocks=True,
                                         extensions=[_Generation, jinja2.ext.loopcontrols])
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
@@ -102,12 +179,22 @@ def _compile(text, source: Path) -> jinja2.Template:
         raise ValueError(f"{source}: malformed chat template (line {err.lineno}): {err.message}") from err
 
 
+def compile_template(text, source: Path, special_tokens: dict[str, str]) -> ChatTemplate:
+    """A :class:`ChatTemplate` of template text read from ``source`` (a GGUF file's ``tokenizer.chat_template``)."""
+    return ChatTemplate(Path(source), _compile(text, Path(source)), dict(special_tokens))
+
+
 def load_chat_template(folder: str | Path) -> ChatTemplate | None:
-    """The chat template of a checkpoint folder, or None where it has none (then prompts stay plain text).
+    """The chat template of a checkpoint folder or GGUF file, or None where it has none (then prompts stay
+    plain text).
 
     A template that does not parse, a list without a ``"default"`` entry or unreadable JSON
     raise ``ValueError`` naming the file.
     """
+    from llm_bridge import gguf
+
+    if gguf.is_gguf(folder):
+        return gguf.load_chat_template(folder)
     folder = Path(folder).expanduser()
     config_path = folder / "tokenizer_config.json"
     config = _read_json(config_path)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.flax import save_file
 
 from llm_bridge.gpt2 import GPT2, GPT2Config
@@ -147,11 +148,20 @@ Model = GPT2 | GPTNeoX | Llama
 
 
 def config_from_hf(cfg: Mapping) -> Config:
-    """The config dataclass of a config.json dict, chosen by its ``model_type``."""
+    """The config dataclass of a config.json dict, chosen by its ``model_type``.
+
+    Every size (an ``int`` field of the dataclass: widths, head and layer counts, vocabulary)
+    that the dict sets must be a positive integer; ``ValueError`` otherwise.
+    """
     model_type = cfg.get("model_type")
     if model_type not in FAMILIES:
         raise ValueError(f"model_type {model_type!r} is not supported; supported: {sorted(FAMILIES)}")
-    return FAMILIES[model_type].config.from_hf(dict(cfg))
+    config_type = FAMILIES[model_type].config
+    for field in dataclasses.fields(config_type):
+        value = cfg.get(field.name)
+        if "int" in str(field.type) and value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
+            raise ValueError(f"config {field.name}={value!r}: must be a positive integer")
+    return config_type.from_hf(dict(cfg))
 
 
 def _family(config: Config) -> Family:
@@ -228,6 +238,8 @@ def from_hf_weights(config: Config, weights: Mapping[str, object], *, dtype=jnp.
         if key not in weights:
             raise KeyError(f"checkpoint has no tensor {key!r} (needed for parameter {path})")
         x = jnp.asarray(weights[key])
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise ValueError(f"checkpoint tensor {key!r} has dtype {x.dtype}; weights must be floating point")
         x = x.T if transpose else x
         if x.shape != expected[path].shape:
             raise ValueError(f"checkpoint tensor {key!r} has shape {tuple(weights[key].shape)}; parameter {path} "
@@ -255,11 +267,39 @@ def to_hf_weights(model: Model) -> dict[str, jax.Array]:
             for key, path, transpose in _entries(model.config, params)}
 
 
+def _read_config(path: Path) -> dict:
+    """A JSON object file; a missing folder, a missing file and unparsable JSON each say so naming the path
+    (an unreadable file keeps its own ``PermissionError``, never called corrupt)."""
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"{path.parent}: no such folder")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path.parent} has no {path.name}")
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    return value
+
+
+def _weight_map(index: Path) -> dict[str, str]:
+    """The ``weight_map`` of a shard index; every shard must be a plain file name inside the folder."""
+    weight_map = _read_config(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ValueError(f"{index}: has no weight_map of tensor name -> shard file name")
+    for name in set(weight_map.values()):
+        if Path(name).name != name or name in ("", ".", "..") or "\\" in name:
+            raise ValueError(f"{index}: shard {name!r} is not a file name inside the folder; refused")
+    return weight_map
+
+
 def _weight_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder")
     index = folder / "model.safetensors.index.json"
     if index.exists():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return [folder / name for name in sorted(set(weight_map.values()))]
+        return [folder / name for name in sorted(set(_weight_map(index).values()))]
     if (folder / "model.safetensors").exists():
         return [folder / "model.safetensors"]
     pickled = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
@@ -275,27 +315,40 @@ def read_safetensors(folder: str | Path) -> dict[str, jax.Array]:
     folder = Path(folder).expanduser()
     out: dict[str, jax.Array] = {}
     for path in _weight_files(folder):
-        with safe_open(path, framework="flax") as f:
-            for key in f.keys():  # noqa: SIM118 (safe_open is not a dict)
-                if key in out:
-                    raise ValueError(f"tensor {key!r} appears in more than one shard ({path.name})")
-                out[key] = f.get_tensor(key)
+        try:
+            with safe_open(path, framework="flax") as f:
+                for key in f.keys():  # noqa: SIM118 (safe_open is not a dict)
+                    if key in out:
+                        raise ValueError(f"tensor {key!r} appears in more than one shard ({path.name})")
+                    out[key] = f.get_tensor(key)
+        except SafetensorError as err:  # OSErrors (missing, permission denied) stay what they are
+            raise ValueError(f"{path}: not a valid safetensors file (truncated or corrupt?): {err}") from None
     index = folder / "model.safetensors.index.json"
     if index.exists():
-        listed = set(json.loads(index.read_text())["weight_map"])
+        listed = set(_weight_map(index))
         if listed != set(out):
             raise ValueError(f"{index.name} and the shards disagree on {sorted(listed ^ set(out))[:5]}")
     return out
 
 
 def load(folder: str | Path, *, dtype=jnp.float32) -> Model:
-    """The model of a local Hugging Face checkpoint folder (config.json + safetensors).
+    """The model of a local Hugging Face checkpoint folder (config.json + safetensors), of a GGUF
+    file (``*.gguf``, see :mod:`llm_bridge.gguf`), or of a named model (``"smollm2"``).
 
     The family comes from ``config.json``'s ``model_type`` (gpt2, gpt_neox, llama, qwen2);
     the config dataclass is ``model.config``.
     """
+    from llm_bridge import gguf
+
+    if gguf.is_gguf(folder):
+        return gguf.load(folder, dtype=dtype)
     folder = Path(folder).expanduser()
-    config = config_from_hf(json.loads((folder / "config.json").read_text()))
+    path = folder / "config.json"
+    raw = _read_config(path)
+    try:
+        config = config_from_hf(raw)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{path}: {err}") from None
     return from_hf_weights(config, read_safetensors(folder), dtype=dtype)
 
 
@@ -335,14 +388,25 @@ def save(folder: str | Path, model: Model, *, max_shard_size: int | None = None)
 
 
 def load_tokenizer(folder: str | Path):
-    """The ``tokenizers.Tokenizer`` of a checkpoint folder's ``tokenizer.json``."""
+    """The ``tokenizers.Tokenizer`` of a checkpoint folder's ``tokenizer.json``, or of a GGUF file's metadata."""
     from tokenizers import Tokenizer
 
-    path = Path(folder).expanduser() / "tokenizer.json"
+    from llm_bridge import gguf
+
+    if gguf.is_gguf(folder):
+        return gguf.load_tokenizer(folder)
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder")
+    path = folder / "tokenizer.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found; llm_bridge reads the fast-tokenizer file tokenizer.json only "
                                 f"(transformers writes it with AutoTokenizer.from_pretrained(...).save_pretrained)")
-    return Tokenizer.from_file(str(path))
+    text = path.read_text(encoding="utf-8", errors="replace")  # PermissionError stays itself
+    try:
+        return Tokenizer.from_str(text)
+    except Exception as err:  # noqa: BLE001 -- tokenizers raises plain Exception for every parse failure
+        raise ValueError(f"{path}: not a valid tokenizer.json: {' '.join(str(err).split())[:300]}") from None
 
 
 HUB_FILES = ["config.json", "generation_config.json", "model.safetensors", "model-*.safetensors",

@@ -71,7 +71,11 @@ def build(name: str, seed: int = 0):
     """The case's transformers model in eval mode, with every parameter randomised."""
     builder, _ = CASES[name]
     torch.manual_seed(seed)
-    model = builder().eval()
+    return randomize(builder().eval(), seed)
+
+
+def randomize(model, seed: int = 0):
+    """Re-draw every parameter of a transformers model in place (see the module docstring); returns it."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for pname, p in model.named_parameters():

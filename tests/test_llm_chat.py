@@ -318,3 +318,36 @@ def test_cli_chat_template_flag(tmp_path, monkeypatch):
     assert [c.chat_template for c in got] == ["auto", "none"]
     with pytest.raises(SystemExit):
         main(["run", "--model", str(tmp_path), "--chat-template", "jinja"])
+
+
+# ---------------------------------------------------------------- untrusted templates are bounded
+
+@pytest.mark.parametrize("template, match", [
+    ("{% for i in range(10**9) %}x{% endfor %}", "OverflowError: Range too big"),  # the sandbox's own limit
+    ("{{ messages[0].nope.deeper }}", "UndefinedError"),
+    ("{{ 1 // 0 }}", "ZeroDivisionError"),
+    ("{{ 'a' * 10**9 }}", "builds a value larger than"),
+    ("{{ [1] * 10**8 }}", "builds a value larger than"),
+    ("{{ 3 ** 1000000 }}", "computes a number too large"),
+    ("{% for i in range(100000) %}{{ 'abcdefghijklmnopqrstuvwxyz' }}{% endfor %}", "output exceeds"),
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "ran longer than"),
+    ("{% set ns = namespace(n=0) %}{% for i in range(99999) %}{% for j in range(99999) %}"
+     "{% set ns.n = ns.n + 1 %}{% endfor %}{% endfor %}{{ ns.n }}", "ran longer than"),
+])
+def test_untrusted_template_fails_with_one_line(tmp_path, monkeypatch, template, match):
+    monkeypatch.setattr(chat, "MAX_SECONDS", 0.5)
+    source = tmp_path / "chat_template.jinja"
+    compiled = chat.compile_template(template, source, {})
+    with pytest.raises(ValueError, match=match) as e:
+        compiled.render(USER)
+    assert str(e.value).startswith(f"{source}: the chat template ") and "\n" not in str(e.value)
+    assert e.value.__cause__ is None
+
+
+def test_bounds_leave_real_templates_and_tracing_alone(tmp_path):
+    import sys
+
+    folder = save_tokenizer(tmp_path, "chatml", "jinja")
+    before = sys.gettrace()
+    assert chat.load_chat_template(folder).render(SYSTEM_USER) == reference(folder, SYSTEM_USER)[0]
+    assert sys.gettrace() is before

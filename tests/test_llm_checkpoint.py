@@ -261,3 +261,78 @@ def test_tokenizer_json_round_trip(tmp_path):
     (tmp_path / "tokenizer.json").unlink()
     with pytest.raises(FileNotFoundError, match="tokenizer.json"):
         llm_bridge.load_tokenizer(tmp_path)
+
+
+# --- bad input: one clear line naming the file (issue 14) -------------------------------------
+
+def test_truncated_or_corrupt_safetensors_is_named(llama_folder):
+    folder, _ = llama_folder
+    path = folder / "model.safetensors"
+    data = path.read_bytes()
+    for bad in (data[: len(data) // 2], b"garbage" * 20, data[:4]):
+        path.write_bytes(bad)
+        with pytest.raises(ValueError, match=re.escape(str(path)) + ".*not a valid safetensors file") as e:
+            llm_bridge.load(folder)
+        assert "\n" not in str(e.value) and e.value.__cause__ is None
+
+
+def test_unreadable_file_is_not_called_corrupt(llama_folder, monkeypatch):
+    folder, _ = llama_folder
+
+    def denied(path, *a, **k):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(llm_bridge.checkpoint, "safe_open", denied)
+    with pytest.raises(PermissionError, match="Permission denied"):
+        llm_bridge.load(folder)
+
+
+def test_missing_folder_is_reported_as_a_missing_folder(tmp_path):
+    for call in (llm_bridge.load, llm_bridge.load_tokenizer, llm_bridge.read_safetensors):
+        with pytest.raises(FileNotFoundError, match=re.escape(f"{tmp_path / 'nope'}: no such folder")):
+            call(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="has no config.json"):
+        llm_bridge.load(tmp_path)
+
+
+@pytest.mark.parametrize("shard", ["../../etc/passwd", "/etc/passwd", "sub/model.safetensors", ".."])
+def test_shard_index_entries_outside_the_folder_are_refused(llama_folder, shard):
+    folder, _ = llama_folder
+    index = {"weight_map": {"model.embed_tokens.weight": "model.safetensors", "model.norm.weight": shard}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="not a file name inside the folder"):
+        llm_bridge.load(folder)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.bool_, np.uint8])
+def test_integer_and_bool_tensors_are_not_weights(llama_folder, dtype):
+    folder, tensors = llama_folder
+    tensors["model.norm.weight"] = np.ones(tensors["model.norm.weight"].shape, dtype)
+    _rewrite(folder, tensors)
+    with pytest.raises(ValueError, match=r"'model.norm.weight' has dtype .*must be floating point"):
+        llm_bridge.load(folder)
+
+
+@pytest.mark.parametrize("raw, key", [
+    (LLAMA | {"num_attention_heads": 0}, "num_attention_heads=0"),
+    (LLAMA | {"hidden_size": -32}, "hidden_size=-32"),
+    (LLAMA | {"num_key_value_heads": 0}, "num_key_value_heads=0"),
+    (LLAMA | {"num_hidden_layers": 2.5}, "num_hidden_layers=2.5"),
+    ({"model_type": "gpt2", "n_head": 0}, "n_head=0"),
+    ({"model_type": "gpt_neox", "num_attention_heads": 0}, "num_attention_heads=0"),
+    ({"model_type": "gpt2", "vocab_size": True}, "vocab_size=True"),
+])
+def test_non_positive_sizes_are_refused(raw, key, tmp_path):
+    with pytest.raises(ValueError, match=re.escape(key) + ": must be a positive integer"):
+        llm_bridge.config_from_hf(raw)
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'config.json'}: config {key}")):
+        llm_bridge.load(tmp_path)
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"model": 1}', "\x00\xff garbage", "[]"])
+def test_garbage_tokenizer_json_is_named(tmp_path, text):
+    (tmp_path / "tokenizer.json").write_text(text, encoding="latin-1")
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "tokenizer.json")) + ": not a valid") as e:
+        llm_bridge.load_tokenizer(tmp_path)
+    assert "\n" not in str(e.value)
