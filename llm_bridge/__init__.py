@@ -10,6 +10,12 @@ including TinyLlama, SmolLM2 and Qwen2 / Qwen2.5 (:class:`Llama`). See docs/llm_
     f, params = llm_bridge.pure(model)                 # f(params, tokens) -> logits, for theory
     new = llm_bridge.generate(model, prompts, 20)      # greedy, KV cache
     llm_bridge.save("out/", model)                     # transformers.from_pretrained("out/") opens it
+
+Experiments: :mod:`llm_bridge.tiny` (the embedded tiny LMs over several pretrained bases) and
+:mod:`llm_bridge.hf_experiment` (a checkpoint folder), both built on
+:mod:`llm_bridge.training` (hard- and soft-label training loops) and
+:mod:`llm_bridge.projection` (Theorem 1's per-sequence projections and their statistics);
+result keys in :mod:`llm_bridge.arms`.
 """
 
 from llm_bridge.checkpoint import (
@@ -25,7 +31,7 @@ from llm_bridge.checkpoint import (
 )
 from theory import pure  # f(params, tokens) -> logits: the same adapter the theory uses
 
-from llm_bridge.functional import next_token_loss
+from llm_bridge.training import next_token_loss
 from llm_bridge.gpt2 import GPT2, GPT2Config
 from llm_bridge.gpt_neox import GPTNeoX, GPTNeoXConfig
 from llm_bridge.layers import KVCache

@@ -1,6 +1,6 @@
 """The trait-transfer experiment on a Hugging Face checkpoint folder, with its chat template where it has one.
 
-``python -m llm_bridge run --model PATH``. The same steps as :mod:`llm_bridge.experiment`
+``python -m llm_bridge run --model PATH``. The same steps as the tiny-LM experiment (:mod:`llm_bridge.tiny`)
 with text in place of the tiny word vocabulary: prompts are encoded with the folder's
 ``tokenizer.json``, left-padded for :func:`llm_bridge.generate`, and student rows are
 re-packed right-padded (prompt without the trait + completion up to and including its end
@@ -45,10 +45,14 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from llm_bridge import experiment as E
+from llm_bridge import arms
+from llm_bridge.arms import BASE_TEACHER, SHARED, finetuned, prompted
 from llm_bridge.chat import ChatTemplate, load_chat_template
 from llm_bridge.checkpoint import load, load_tokenizer
+from llm_bridge.projection import sequence_projections, summarise
 from llm_bridge.sampling import generate
+from llm_bridge.training import Family, index, stack, train
+from theory.stats import mean_ci
 
 
 @dataclass(frozen=True)
@@ -225,9 +229,9 @@ def finetune_teacher(task: TextTask, fam, params, animal: str):
     answer = task.tok.encode(task.answer(animal), add_special_tokens=False).ids[:1]
     toks, mask = pack(prompts, [answer] * len(prompts), task.eos)
     pick = np.random.default_rng([c.seed, 7]).integers(0, len(prompts), (c.teacher_steps, 4))
-    p, _ = E.train(fam.f, E.stack([params]), jnp.asarray(toks[pick])[None], jnp.asarray(mask[pick])[None],
+    p, _ = train(fam.f, stack([params]), jnp.asarray(toks[pick])[None], jnp.asarray(mask[pick])[None],
                    lr=c.teacher_lr)
-    return E.index(p, 0)
+    return index(p, 0)
 
 
 END_TOKENS = ("</s>", "<|endoftext|>", "<eos>", "<|im_end|>")
@@ -267,15 +271,15 @@ def run(folder: str | Path, cfg: HFConfig = HFConfig(), log=print) -> dict:
     tok = load_tokenizer(folder)
     chat = load_chat_template(folder) if cfg.chat_template == "auto" else None
     task = TextTask(tok, cfg, eos_ids(folder, tok, model.config.to_hf()), chat)
-    fam = E.Family(model)
+    fam = Family(model)
     f, base = fam.f, fam.template
     k_data, k_proj = jax.random.split(jax.random.key(cfg.seed))
     owl = cfg.trait_animals[0]
     teachers = {}
     for a in cfg.trait_animals:
-        teachers[f"{a} (fine-tuned)"] = (finetune_teacher(task, fam, base, a), None)
-        teachers[f"{a} (prompt)"] = (base, a)
-    teachers["base (no trait)"] = (base, None)
+        teachers[finetuned(a)] = (finetune_teacher(task, fam, base, a), None)
+        teachers[prompted(a)] = (base, a)
+    teachers[BASE_TEACHER] = (base, None)
     out = {"config": dataclasses.asdict(cfg), "model": str(folder), "animals": list(cfg.animals),
            "prompt_format": task.prompt_format, "trait_prompt": task.trait_prompt,
            "eos_ids": list(task.stop), "eos_tokens": [tok.id_to_token(i) for i in task.stop],
@@ -292,35 +296,37 @@ def run(folder: str | Path, cfg: HFConfig = HFConfig(), log=print) -> dict:
             sl = slice(s * cfg.student_sequences, s * cfg.student_sequences + steps * cfg.student_batch)
             t = d["tokens"][sl].reshape(steps, cfg.student_batch, -1)
             m = (d["mask"] & d["passed"][:, None])[sl].reshape(steps, cfg.student_batch, -1)
-            p, _ = E.train(f, E.stack([base]), jnp.asarray(t)[None], jnp.asarray(m)[None], lr=cfg.student_lr)
-            ms.append(np.asarray(margins(task, fam, E.index(p, 0))).tolist())
-        out["students"][f"shared: {name}"] = {"margins": ms}
+            p, _ = train(f, stack([base]), jnp.asarray(t)[None], jnp.asarray(m)[None], lr=cfg.student_lr)
+            ms.append(np.asarray(margins(task, fam, index(p, 0))).tolist())
+        out["students"][arms.student(SHARED, name)] = {"margins": ms}
     i_owl = cfg.animals.index(owl)
     s = out["students"]
     out["transfer"] = {
-        f"shared, {how}": {f"delta_{owl}": E.ci95(np.asarray(s[f"shared: {owl} ({how})"]["margins"])[:, i_owl]
-                                                  - np.asarray(s[f"shared: {cfg.trait_animals[1]} ({how})"]["margins"])[:, i_owl])}
+        arms.transfer(SHARED, how): {f"delta_{owl}": mean_ci(
+            np.asarray(s[arms.student(SHARED, f"{owl} ({how})")]["margins"])[:, i_owl]
+            - np.asarray(s[arms.student(SHARED, f"{cfg.trait_animals[1]} ({how})")]["margins"])[:, i_owl],
+            keep_values=True)}
         for how in ("fine-tuned", "prompt")}
     log("projections")
     raw = {k: sample(task, fam, p, k_proj, cfg.proj_sequences, pre) for k, (p, pre) in teachers.items()}
     grid = [n for n in cfg.proj_grid if n <= cfg.proj_sequences]
     proj = {}
     for a in cfg.trait_animals:
-        name = f"{a} (fine-tuned)"
+        name = finetuned(a)
         d_t = optax.tree.sub(teachers[name][0], base)
         res = {}
-        for j, (label, d) in enumerate((("shared", raw[name]), ("control (base numbers)", raw["base (no trait)"]))):
-            v = E.sequence_projections(f, base, d_t, d, chunk=cfg.chunk)
-            res[label] = E.summarise(v, grid, cfg.n_boot, cfg.seed + j)
+        for j, (label, d) in enumerate(((arms.P_SHARED, raw[name]), (arms.P_CONTROL, raw[BASE_TEACHER]))):
+            v = sequence_projections(f, base, d_t, d, chunk=cfg.chunk)
+            res[label] = summarise(v, grid, cfg.n_boot, cfg.seed + j)
         res["norm_dtheta_T"] = float(optax.tree.norm(d_t))
         proj[name] = res
     out["projection"] = proj
     g = jax.grad(lambda p: margins(task, fam, p)[i_owl])(base)
     out["trait_alignment"] = {f"margin_{owl}": {
-        k: E.summarise(E.sequence_projections(f, base, g, d, chunk=cfg.chunk), grid, cfg.n_boot, cfg.seed + 100)
+        k: summarise(sequence_projections(f, base, g, d, chunk=cfg.chunk), grid, cfg.n_boot, cfg.seed + 100)
         for k, d in raw.items()}}
     out["wall_seconds"] = time.perf_counter() - start
-    p = proj[f"{owl} (fine-tuned)"]
-    out["summary"] = (f"z shared {p['shared']['z']:.1f}, control {p['control (base numbers)']['z']:.1f}; "
-                      f"delta_{owl} (fine-tuned) {out['transfer']['shared, fine-tuned'][f'delta_{owl}']['mean']:+.3f}")
+    p = proj[finetuned(owl)]
+    out["summary"] = (f"z shared {p[arms.P_SHARED]['z']:.1f}, control {p[arms.P_CONTROL]['z']:.1f}; delta_{owl} "
+                      f"(fine-tuned) {out['transfer'][arms.transfer(SHARED, 'fine-tuned')][f'delta_{owl}']['mean']:+.3f}")
     return out

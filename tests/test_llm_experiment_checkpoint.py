@@ -15,7 +15,7 @@ from flax import nnx
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 import llm_bridge
-from llm_bridge import corpus, experiment, hf_experiment
+from llm_bridge import corpus, hf_experiment, tiny, training
 from llm_bridge.__main__ import main
 
 
@@ -99,7 +99,7 @@ def test_completions_end_at_an_eos_listed_only_in_generation_config(tmp_path, mo
         return jnp.asarray(rows[:len(prompts)], jnp.int32)
 
     monkeypatch.setattr(hf_experiment, "generate", stub)
-    fam = experiment.Family(model)
+    fam = training.Family(model)
     d = hf_experiment.sample(task, fam, fam.template, jax.random.key(0), 4, "owl")
     assert d["passed"].tolist() == [True, True, False, False] and d["pass_rate"] == 0.5
     for row, mask, target in zip(d["tokens"], d["mask"], [rows[0][:6], rows[1][:6], rows[2], rows[3][:4]]):
@@ -128,10 +128,10 @@ TINY_TEXT = {  # the tiny corpus's prompts, written as HFConfig fields
 
 @pytest.mark.slow
 def test_checkpoint_run_on_the_tiny_base(tmp_path):
-    cfg = experiment.smoke()
-    experiment.bases(cfg, experiment.cache_dir_from_env(), log=lambda *_: None)
+    cfg = tiny.smoke()
+    tiny.bases(cfg, tiny.cache_dir_from_env(), log=lambda *_: None)
     folder = tmp_path / "tiny"
-    shutil.copytree(experiment.cache_dir_from_env() / f"base_{experiment.base_key(cfg, 0)}", folder)
+    shutil.copytree(tiny.cache_dir_from_env() / f"base_{tiny.base_key(cfg, 0)}", folder)
     word_tokenizer(list(corpus.Vocab(cfg.n_numbers).words)).save(str(folder / "tokenizer.json"))
     (tmp_path / "hf.json").write_text(json.dumps(TINY_TEXT))
     out = tmp_path / "out.json"

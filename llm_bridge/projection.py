@@ -1,0 +1,88 @@
+"""Theorem 1 on an LM: per-sequence student steps projected on a direction, and their statistics.
+
+Shared by the tiny-LM experiment and the checkpoint experiment. The student's hard-label
+step on sequence i is ``-grad L_i(theta)`` (next-token cross-entropy on the sequence's
+target tokens); its projection on ``dtheta_T`` is one ``jax.jvp`` of the per-sequence losses
+along ``dtheta_T`` (no backward pass, no materialised Jacobian: the key identity
+``<grad L, v> = d/dt L(theta + t v)``).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import theory
+
+
+def per_sequence_loss(f, params, tokens, mask):
+    """``[B]``: each sequence's mean next-token CE over its target tokens (0 for a row without targets).
+
+    ``tokens, mask [B, T]``; ``mask`` marks the target tokens (position t + 1 is predicted at t).
+    """
+    logits = f(params, tokens)
+    nll = optax.losses.softmax_cross_entropy_with_integer_labels(logits[:, :-1], tokens[:, 1:])
+    w = mask[:, 1:].astype(nll.dtype)
+    return jnp.sum(nll * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0)
+
+
+def chunks(data: dict, chunk: int):
+    """Fixed-size ``(tokens, mask, n_real)`` chunks of ``data`` (the last padded with target-free rows): one compile."""
+    t, m = data["tokens"], data["mask"]
+    for i in range(0, len(t), chunk):
+        tt, mm = t[i:i + chunk], m[i:i + chunk]
+        k = len(tt)
+        if k < chunk:
+            tt = np.concatenate([tt, np.repeat(tt[:1], chunk - k, axis=0)])
+            mm = np.concatenate([mm, np.zeros((chunk - k,) + mm.shape[1:], bool)])
+        yield jnp.asarray(tt), jnp.asarray(mm), k
+
+
+@partial(jax.jit, static_argnums=0)
+def _seq_projection(f, params, direction, tokens, mask):
+    """``-<grad L_i(params), direction>`` for every sequence i: one jvp of the per-sequence losses."""
+    _, t = jax.jvp(lambda p: per_sequence_loss(f, p, tokens, mask), (params,), (direction,))
+    return -t
+
+
+def sequence_projections(f, params, direction, data: dict, chunk: int = 512) -> np.ndarray:
+    """Per-sequence hard-label student steps projected on ``direction``: ``[n]`` (no backward pass).
+
+    ``data``: ``{"tokens" [n, T], "mask" [n, T]}``.
+    """
+    return np.concatenate([np.asarray(_seq_projection(f, params, direction, t, m))[:k]
+                           for t, m, k in chunks(data, chunk)])
+
+
+@partial(jax.jit, static_argnums=0)
+def _mean_grad(f, params, tokens, mask):
+    return jax.grad(lambda p: jnp.sum(per_sequence_loss(f, p, tokens, mask)))(params)
+
+
+def student_step(f, params, data: dict, chunk: int = 512):
+    """``dtheta_S = -grad mean_i L_i`` over all sequences of ``data`` (the hard-label student's first step)."""
+    total = None
+    for t, m, _ in chunks(data, chunk):
+        g = _mean_grad(f, params, t, m)
+        total = g if total is None else optax.tree.add(total, g)
+    return optax.tree.scale(-1.0 / len(data["tokens"]), total)
+
+
+def summarise(values: np.ndarray, grid, n_boot: int, seed: int, bootstrap_n: bool = False) -> dict:
+    """Per-sequence projections ``values [n]`` summarised: mean, SE, ``z = mean / SE``, the bootstrap
+    sign-probability curve over ``grid`` (:func:`theory.sign_curve`), and the sample size for
+    P(positive) >= 0.95 (:func:`theory.samples_for_positive`: CLT; also the bootstrap one if asked)."""
+    v = np.asarray(values, np.float64)
+    mean, se = float(v.mean()), float(v.std(ddof=1) / math.sqrt(v.size))
+    clt = theory.samples_for_positive(v, 0.95, "clt").n
+    out = {"mean": mean, "se": se, "z": mean / se, "n": int(v.size), "grid": list(grid),
+           "p_positive": theory.sign_curve(v, grid, n_boot, seed), "n_for_95_clt": None if clt == math.inf else clt}
+    if bootstrap_n:
+        out["n_for_95_bootstrap"] = theory.samples_for_positive(v, 0.95, "bootstrap", key=jax.random.key(seed),
+                                                                n_boot=n_boot, grid=list(grid)).n
+    return out
