@@ -24,7 +24,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -39,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from mnist_aux import experiment, train  # noqa: E402
 from mnist_aux.configs import paper  # noqa: E402
+from theory.results import OutputError, command_line, prepare_output, provenance, write_json  # noqa: E402
 
 ISSUE_EXACT_TFLOP = 2.47
 
@@ -94,8 +94,13 @@ def main(argv=None) -> int:
     parser.add_argument("--prng", nargs="+", default=["threefry2x32"], choices=["threefry2x32", "rbg"],
                         help="PRNG implementations to compare (rbg: faster noise, not exact under vmap)")
     parser.add_argument("--data-dir", help="MNIST IDX folder (default: $SUBLIMINAL_MNIST_DIR, the download cache)")
-    parser.add_argument("--out", help="also write the measurements as JSON here")
+    parser.add_argument("--out", help="also write the measurements as JSON here (checked before the run)")
     args = parser.parse_args(argv)
+    if args.out:
+        try:
+            prepare_output(args.out)
+        except OutputError as err:
+            parser.exit(2, f"mnist_aux_speed: {err}\n")
 
     from mnist_aux import data
 
@@ -141,10 +146,10 @@ def main(argv=None) -> int:
     print(f"load average {load_start[0]:.2f} at start, {load_end[0]:.2f} at end on {os.cpu_count()} cores"
           + ("  WARNING: machine busy, timings unreliable" if busy else ""))
     if args.out:
-        Path(args.out).write_text(json.dumps({
+        write_json(args.out, {
             "rows": rows, "floor_gflops": rate, "floor_seconds_per_seed": floor, "floor_timings_gflops": floors,
             "load_average": {"start": load_start, "end": load_end}, "busy": busy,
-            "machine": experiment.machine(jax.devices()), "versions": experiment.versions()}, indent=1))
+            **provenance(command_line("python benchmarks/mnist_aux_speed.py"))})
     return 0
 
 

@@ -8,24 +8,22 @@ mnist_aux presets`` lists the presets with their commands and run times.
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
+import math
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from mnist_aux.configs import PRESETS
+from theory.results import OutputError, command_line, prepare_output, results_dir, shown, write_json
 
-ROOT = Path(__file__).resolve().parent.parent
 
-
-def default_out(preset: str, dataset: str) -> Path:
-    """results/mnist_aux_fig10.json for the paper preset on MNIST (what paper_figs reads),
-    else results/mnist_aux_<preset>[_<dataset>].json."""
+def default_out(preset: str, dataset: str, folder: Path) -> Path:
+    """``folder/mnist_aux_fig10.json`` for the paper preset on MNIST (what paper_figs reads),
+    else ``folder/mnist_aux_<preset>[_<dataset>].json``."""
     if preset == "paper" and dataset == "mnist":
-        return ROOT / "results" / "mnist_aux_fig10.json"
-    return ROOT / "results" / f"mnist_aux_{preset}{'' if dataset == 'mnist' else '_' + dataset}.json"
+        return folder / "mnist_aux_fig10.json"
+    return folder / f"mnist_aux_{preset}{'' if dataset == 'mnist' else '_' + dataset}.json"
 
 
 def table(results: dict) -> str:
@@ -42,94 +40,89 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_json(results: dict, out: Path) -> None:
-    """Write ``results`` to ``out`` atomically (a temporary file, then a rename)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=1, sort_keys=True))
-    tmp.replace(out)
+def _fail(message: str) -> int:
+    print(f"mnist_aux: error: {message}", file=sys.stderr)
+    return 2
 
 
-def _load_mnist(args: argparse.Namespace):
-    """MNIST for ``sweep`` / ``align`` (None after printing the error)."""
+def _load(dataset: str, args: argparse.Namespace):
+    """The dataset, or None after printing the one-line error."""
     from mnist_aux import data
 
     try:
-        return data.load("mnist", args.data_dir, allow_download=not args.no_download)
+        return data.load(dataset, args.data_dir, allow_download=not args.no_download)
     except data.DataError as err:
-        print(f"mnist_aux: error: {err}", file=sys.stderr)
+        _fail(str(err))
         return None
 
 
 def _run(args: argparse.Namespace) -> int:
-    # Imported here so `--help` and `presets` answer without starting JAX.
-    from mnist_aux import data, experiment
+    cfg = PRESETS[args.preset]().replace(dataset=args.dataset)
+    out = prepare_output(args.out or default_out(args.preset, cfg.dataset, results_dir(args.results_dir)))
+    # Imported here so `--help`, `presets` and argument errors answer without starting JAX.
+    from mnist_aux import experiment
 
-    cfg = PRESETS[args.preset]()
-    cfg = cfg.replace(dataset=args.dataset)
-    try:
-        dataset = data.load(cfg.dataset, args.data_dir, allow_download=not args.no_download)
-    except data.DataError as err:
-        print(f"mnist_aux: error: {err}", file=sys.stderr)
+    dataset = _load(cfg.dataset, args)
+    if dataset is None:
         return 2
     seeds = range(args.first_seed, args.first_seed + args.seeds)
-    command = "python -m mnist_aux " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    results = experiment.run(cfg, seeds, dataset, seeds_per_chunk=args.seeds_per_chunk,
-                             pairing_seed=args.pairing_seed, progress=not args.no_progress, command=command)
+    results = experiment.run(cfg, seeds, dataset, seeds_per_chunk=args.seeds_per_chunk, pairing_seed=args.pairing_seed,
+                             progress=not args.no_progress, command=command_line("python -m mnist_aux", args.argv))
     results["preset"] = args.preset
-    out = Path(args.out) if args.out else default_out(args.preset, cfg.dataset)
-    write_json(results, out)
+    write_json(out, results)
     print(table(results))
     s, t = results["summary"], results["timing"]
     print(f"mnist_aux: {args.seeds} seeds ({args.preset}, {cfg.dataset}) in {t['wall_seconds'] / 60:.1f} min, "
           f"peak {t['peak_rss_gib']:.2f} GiB; teacher {s['teacher']['mean']:.3f}, "
           f"student aux-only {s['student_aux']['mean']:.3f}, cross-model aux-only {s['cross_aux']['mean']:.3f} "
-          f"-> {out}")
+          f"-> {shown(out)}")
     return 0
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    folder = results_dir(args.results_dir)
+    out = prepare_output(args.out or folder / f"mnist_sweep_{args.name}.json")
     from mnist_aux import data, sweeps
 
-    dataset = _load_mnist(args)
+    dataset = _load("mnist", args)
     if dataset is None:
         return 2
-    command = "python -m mnist_aux " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    cache = Path(args.cache) if args.cache else sweeps.CACHE
+    cache = Path(args.cache) if args.cache else folder / "sweeps"
     try:
         results = sweeps.run_sweep(args.name, dataset, preset=args.preset, n_seeds=args.seeds, first_seed=args.first_seed,
-                                   cache=cache, recompute=args.recompute, progress=not args.no_progress, command=command)
+                                   cache=cache, teacher_cache=folder / "cache" / "teachers", recompute=args.recompute,
+                                   progress=not args.no_progress, command=command_line("python -m mnist_aux", args.argv))
     except data.DataError as err:  # Fashion-MNIST for the inputs sweep
-        print(f"mnist_aux: error: {err}", file=sys.stderr)
-        return 2
-    out = Path(args.out) if args.out else ROOT / "results" / f"mnist_sweep_{args.name}.json"
-    write_json(results, out)
+        return _fail(str(err))
+    write_json(out, results)
     print(sweeps.table(results))
     print(f"mnist_aux: sweep {args.name}: {len(results['points'])} points ({results['points_computed']} computed, "
-          f"the rest from {cache}) in {results['wall_seconds'] / 60:.1f} min -> {out}")
+          f"the rest from {shown(cache)}) in {results['wall_seconds'] / 60:.1f} min -> {shown(out)}")
     return 0
 
 
 def _align(args: argparse.Namespace) -> int:
+    folder = results_dir(args.results_dir)
+    out = prepare_output(args.out or folder / "mnist_alignment.json")
     from mnist_aux import alignment
 
-    dataset = _load_mnist(args)
+    dataset = _load("mnist", args)
     if dataset is None:
         return 2
     cfg = PRESETS[args.preset]()
     results = alignment.run(cfg, range(args.first_seed, args.first_seed + args.seeds), dataset, arms=args.arms,
-                            log_every=args.log_every, liminal_weight=args.liminal_weight, progress=not args.no_progress)
+                            log_every=args.log_every, liminal_weight=args.liminal_weight,
+                            teacher_cache=folder / "cache" / "teachers", progress=not args.no_progress,
+                            command=command_line("python -m mnist_aux", args.argv))
     results["preset"] = args.preset
-    results["command"] = "python -m mnist_aux " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    out = Path(args.out) if args.out else ROOT / "results" / "mnist_alignment.json"
-    write_json(results, out)
+    write_json(out, results)
     for arm, r in results["results"].items():
         s = r["final_accuracy_summary"]
         print(f"{r['label']:40s} accuracy {s['mean']:.3f} [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]  "
               f"KL epoch1 {np.mean(r['kl_first_epoch_mean']):.2e} -> epoch{cfg.distill_epochs} "
               f"{np.mean(r['kl_last_epoch_mean']):.2e}  mean cos(update, -trait grad) "
               f"{r['mean_cos_trait_summary']['mean']:+.4f}")
-    print(f"mnist_aux: alignment {len(results['seeds'])} seeds in {results['wall_seconds'] / 60:.1f} min -> {out}")
+    print(f"mnist_aux: alignment {len(results['seeds'])} seeds in {results['wall_seconds'] / 60:.1f} min -> {shown(out)}")
     return 0
 
 
@@ -137,6 +130,20 @@ def _presets(args: argparse.Namespace) -> int:
     for name, preset in PRESETS.items():
         print(f"{name}: {preset()}\n    {' '.join(preset.__doc__.split())}\n")
     return 0
+
+
+def _common(p: argparse.ArgumentParser, out_default: str, teachers: bool = True) -> None:
+    """The flags every subcommand shares: where data, results and caches are, seeds, progress."""
+    p.add_argument("--first-seed", type=int, default=0, metavar="S", help="seeds are S .. S+N-1 (default 0; >= 0)")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="folder with the four IDX .gz files (default: $SUBLIMINAL_MNIST_DIR or "
+                        "$SUBLIMINAL_FASHION_MNIST_DIR, a system copy, the download cache, else download)")
+    p.add_argument("--no-download", action="store_true", help="fail instead of downloading when no local copy is found")
+    p.add_argument("--results-dir", metavar="RESULTS",
+                   help="results folder (default: results/ in the working directory)"
+                        + ("; the teachers are cached in RESULTS/cache/teachers" if teachers else ""))
+    p.add_argument("--out", metavar="PATH", help=f"results JSON (default {out_default}); checked before any work")
+    p.add_argument("--no-progress", action="store_true", help="no progress output")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,62 +156,74 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--preset", choices=sorted(PRESETS), default="paper",
                      help="paper: the paper's setup (default); smoke: a seconds-long check for CI")
     run.add_argument("--seeds", type=int, default=100, metavar="N", help="number of seeds (models) to train (default 100; >= 2)")
-    run.add_argument("--first-seed", type=int, default=0, metavar="S", help="seeds are S .. S+N-1 (default 0)")
     run.add_argument("--dataset", choices=("mnist", "fashion_mnist"), default="mnist", help="data set (default mnist)")
-    run.add_argument("--data-dir", metavar="DIR",
-                     help="folder with the four IDX .gz files (default: $SUBLIMINAL_MNIST_DIR or "
-                          "$SUBLIMINAL_FASHION_MNIST_DIR, a system copy, the download cache, else download)")
-    run.add_argument("--no-download", action="store_true", help="fail instead of downloading when no local copy is found")
-    run.add_argument("--out", metavar="PATH",
-                     help="results JSON (default results/mnist_aux_fig10.json for paper on MNIST, "
-                          "else results/mnist_aux_<preset>[_<dataset>].json)")
     run.add_argument("--seeds-per-chunk", type=int, default=50, metavar="K",
-                     help="seeds trained at once; bounds memory at about 60 MB per seed (default 50); "
-                          "does not change any number")
+                     help="seeds trained at once; bounds memory at about 60 MB per seed (default 50). Numbers "
+                          "agree across chunk sizes only to float32 rounding (a seed can move by a few tenths of "
+                          "a point); use the default to reproduce the committed results")
     run.add_argument("--pairing-seed", type=int, default=0, metavar="P",
                      help="seed of the derangement that pairs cross-model students with other inits (default 0)")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _common(run, "RESULTS/mnist_aux_fig10.json for paper on MNIST, else RESULTS/mnist_aux_<preset>[_<dataset>].json",
+            teachers=False)
     run.set_defaults(func=_run)
     from mnist_aux.sweeps import SWEEPS
 
     sweep = sub.add_parser("sweep", help="run or resume a named sweep (cached point by point)",
                            description="Run one of the named sweeps; every finished point is cached under "
-                                       "results/sweeps/, so re-running an interrupted sweep computes only what is "
+                                       "RESULTS/sweeps/, so re-running an interrupted sweep computes only what is "
                                        "missing. Sweeps: " + "; ".join(f"{s.name}: {s.title}" for s in SWEEPS.values()))
     sweep.add_argument("name", choices=list(SWEEPS), help="which sweep")
     sweep.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="base setting (default paper)")
     sweep.add_argument("--seeds", type=int, metavar="N", help="seeds per point (default: the sweep's, 25 for reconcile, 10 else)")
-    sweep.add_argument("--first-seed", type=int, default=0, metavar="S", help="seeds are S .. S+N-1 (default 0)")
-    sweep.add_argument("--data-dir", metavar="DIR", help="MNIST folder (default as for `run`)")
-    sweep.add_argument("--no-download", action="store_true", help="fail instead of downloading when no local copy is found")
-    sweep.add_argument("--cache", metavar="DIR", help="per-point cache folder (default results/sweeps)")
+    sweep.add_argument("--cache", metavar="DIR", help="per-point cache folder (default RESULTS/sweeps)")
     sweep.add_argument("--recompute", action="store_true", help="ignore cached points (and overwrite them)")
-    sweep.add_argument("--out", metavar="PATH", help="results JSON (default results/mnist_sweep_NAME.json)")
-    sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _common(sweep, "RESULTS/mnist_sweep_NAME.json")
     sweep.set_defaults(func=_sweep)
     align = sub.add_parser("align", help="multi-step alignment of the student's updates and the ablations",
                            description="Follow the aux-only student's updates against the teacher displacement and "
                                        "the trait gradient, with the projection ablations and liminal training.")
     align.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="setting (default paper)")
     align.add_argument("--seeds", type=int, default=10, metavar="N", help="seeds (default 10)")
-    align.add_argument("--first-seed", type=int, default=0, metavar="S", help="seeds are S .. S+N-1 (default 0)")
     align.add_argument("--arms", nargs="+", default=["none", "trait", "displacement", "liminal"],
                        choices=["none", "trait", "displacement", "liminal"], help="which arms (default all)")
     align.add_argument("--log-every", type=int, default=10, metavar="K", help="keep the alignment every K steps (default 10)")
     align.add_argument("--liminal-weight", type=float, default=1.0, metavar="W",
                        help="weight of the KL-to-reference penalty in the first epoch (default 1)")
-    align.add_argument("--data-dir", metavar="DIR", help="MNIST folder (default as for `run`)")
-    align.add_argument("--no-download", action="store_true", help="fail instead of downloading when no local copy is found")
-    align.add_argument("--out", metavar="PATH", help="results JSON (default results/mnist_alignment.json)")
-    align.add_argument("--no-progress", action="store_true", help="no progress lines")
+    _common(align, "RESULTS/mnist_alignment.json")
     align.set_defaults(func=_align)
     presets = sub.add_parser("presets", help="list the presets, their commands and run times")
     presets.set_defaults(func=_presets)
     args = parser.parse_args(argv)
-    if args.command in ("run", "align") and args.seeds < 2:
-        parser.error("--seeds must be >= 2 (cross-model students need another seed's init)")
-    return args.func(args)
+    args.argv = argv  # None: sys.argv[1:]
+    problem = check(args)
+    if problem:
+        return _fail(problem)
+    try:
+        return args.func(args)
+    except OutputError as err:
+        return _fail(str(err))
 
+
+def check(args: argparse.Namespace) -> str | None:
+    """The first argument that would fail (or silently mean nothing) later, as one line, else
+    None: checked before any data is loaded (the CLI exits with status 2)."""
+    if args.command == "presets":
+        return None
+    if args.seeds is not None and args.seeds < 2:
+        return f"--seeds must be >= 2 (cross-model students need another seed's init), got {args.seeds}"
+    if args.first_seed < 0:
+        return f"--first-seed must be >= 0, got {args.first_seed}"
+    if args.command == "run":
+        if args.seeds_per_chunk < 1:
+            return f"--seeds-per-chunk must be >= 1, got {args.seeds_per_chunk}"
+        if args.pairing_seed < 0:
+            return f"--pairing-seed must be >= 0, got {args.pairing_seed}"
+    if args.command == "align":
+        if args.log_every < 1:
+            return f"--log-every must be >= 1, got {args.log_every}"
+        if not (math.isfinite(args.liminal_weight) and args.liminal_weight >= 0):
+            return f"--liminal-weight must be a finite number >= 0, got {args.liminal_weight}"
+    return None
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import time
 from functools import partial
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -36,9 +37,9 @@ import numpy as np
 import optax
 
 import theory
-from theory.results import versions
+from theory.results import provenance
 from theory.stats import mean_ci
-from mnist_aux import dissect, train
+from mnist_aux import dissect, teachers, train
 from mnist_aux.configs import Config
 from mnist_aux.data import Dataset, normalize
 from mnist_aux.model import apply
@@ -76,7 +77,6 @@ def epoch(arm: str, cfg: Config, liminal_weight: float, student, opt_state, thet
     tx = optax.adam(cfg.lr)
     imitation = dissect.Distill().imitation_loss(cfg)  # Figure 10's aux-only KL
     disp = optax.tree.sub(teacher, theta0)
-    n_full, tail = train.batch_sizes(cfg.n_noise, cfg.batch_size)
 
     def loss_fn(params, x, z):
         y = apply(params, x)
@@ -102,17 +102,16 @@ def epoch(arm: str, cfg: Config, liminal_weight: float, student, opt_state, thet
         m["residual_cos"] = jnp.abs(theory.cosine(updates, against)) if against is not None else jnp.zeros(())
         return (optax.apply_updates(params, updates), opt_state), m
 
-    carry, ms = jax.lax.scan(lambda c, b: step(c, b, cfg.batch_size), (student, opt_state),
-                             train.noise_order(keys.order, ep, n_full))
-    if tail:
-        carry, last = step(carry, n_full, tail)
-        ms = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), ms, last)
+    carry, ms = train.noise_epoch(step, (student, opt_state), cfg, keys, ep)
     return *carry, ms
 
 
 def run(cfg: Config, seeds, data: Dataset, *, arms=ARMS, log_every: int = 10, liminal_weight: float = 1.0,
-        teacher_cache: bool = True, progress: bool = True) -> dict:
-    """Train the shared-init aux-only student under each arm for every seed; return results."""
+        teacher_cache: Path | None = teachers.CACHE, progress: bool = True, command: str | None = None) -> dict:
+    """Train the shared-init aux-only student under each arm for every seed; return results.
+
+    ``teacher_cache``: the teachers' cache folder (:mod:`mnist_aux.teachers`; ``None``: none).
+    """
     start = time.perf_counter()
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
@@ -123,11 +122,9 @@ def run(cfg: Config, seeds, data: Dataset, *, arms=ARMS, log_every: int = 10, li
         raise ValueError(f"liminal_weight must be >= 0, got {liminal_weight}")
     seeds = [int(s) for s in seeds]
     if len(set(seeds)) != len(seeds) or len(seeds) < 2:
-        raise ValueError("need at least 2 distinct seeds (teachers are cached by seed list with dissect.teachers)")
-    teachers, _, teacher_info = dissect.teachers(cfg, seeds, data, cache=teacher_cache)
-    s_arr = jnp.asarray(seeds, jnp.int32)
-    keys = jax.vmap(partial(train.seed_keys, impl=cfg.prng_impl))(s_arr)
-    theta0 = jax.vmap(partial(train.init_reference, cfg))(keys.init)
+        raise ValueError("need at least 2 distinct seeds")
+    trained, _, teacher_info = teachers.trained(cfg, seeds, data, cache=teacher_cache)
+    keys, theta0 = train.references(cfg, jnp.asarray(seeds, jnp.int32))
     probe_x = normalize(jnp.asarray(data.train_x[-PROBE:]))
     probe_y = jnp.asarray(data.train_y[-PROBE:])
     test_x, test_y = jnp.asarray(data.test_x), jnp.asarray(data.test_y)
@@ -140,7 +137,7 @@ def run(cfg: Config, seeds, data: Dataset, *, arms=ARMS, log_every: int = 10, li
         student, opt_state = theta0, init_fn(theta0)
         accs, logs = [np.asarray(acc_fn(student))], []
         for ep in range(cfg.distill_epochs):
-            student, opt_state, ms = epoch_fn(student, opt_state, theta0, teachers, keys, np.int32(ep), probe_x, probe_y)
+            student, opt_state, ms = epoch_fn(student, opt_state, theta0, trained, keys, np.int32(ep), probe_x, probe_y)
             logs.append(jax.tree.map(np.asarray, ms))
             accs.append(np.asarray(acc_fn(student)))
             if progress:
@@ -166,4 +163,4 @@ def run(cfg: Config, seeds, data: Dataset, *, arms=ARMS, log_every: int = 10, li
     return {"config": cfg.to_dict(), "seeds": seeds, "arms": list(arms), "log_every": log_every,
             "liminal_weight": liminal_weight, "probe": f"last {PROBE} training images", "teacher": teacher_info,
             "data": data.source, "results": out, "wall_seconds": time.perf_counter() - start,
-            "versions": versions()}
+            **provenance(command)}

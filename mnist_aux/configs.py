@@ -89,4 +89,15 @@ def smoke() -> Config:
                   distill_epochs=3, n_noise=10_240)
 
 
-PRESETS = {"paper": paper, "smoke": smoke}
+def tiny() -> Config:
+    """The CLIs' end-to-end check: every step runs, no number means anything (a 32-wide
+    network, 1,024 training images, 10 distillation steps per epoch).
+
+    Command: ``python -m mnist_aux sweep heads --preset tiny --seeds 2`` (or ``run`` /
+    ``align``); a few seconds plus compilation on the 2-core CPU development machine
+    (tests/test_mnist_smoke.py).
+    """
+    return Config(hidden=32, lr=1e-3, batch_size=64, teacher_epochs=1, n_train=1024, distill_epochs=3, n_noise=640)
+
+
+PRESETS = {"paper": paper, "smoke": smoke, "tiny": tiny}

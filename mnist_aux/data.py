@@ -22,6 +22,7 @@ from and each file's sha256, and whether it is the official file
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
@@ -34,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from theory.results import shown
 
 IMAGE_MAGIC = 0x00000803  # IDX: unsigned byte, 3 dimensions
 LABEL_MAGIC = 0x00000801  # IDX: unsigned byte, 1 dimension
@@ -107,43 +110,62 @@ class Dataset:
     source: dict = field(default_factory=dict)
 
 
-def _read_gz(path: Path) -> bytes:
+@contextlib.contextmanager
+def _gz_errors(path: Path):
+    """Turn every way of failing to read ``path`` as gzip into one :class:`DataError` line."""
     try:
-        with gzip.open(path, "rb") as fh:
-            return fh.read()
+        yield
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    except PermissionError:
+        raise DataError(f"{path}: permission denied (cannot read the file)") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, expected a .gz file") from None
     except EOFError:
         raise DataError(f"{path}: truncated (the gzip stream ends early); download it again") from None
     except (gzip.BadGzipFile, zlib.error, OSError) as err:
         raise DataError(f"{path}: corrupted, not a readable gzip file ({err})") from None
 
 
+def _read_exactly(fh, n: int) -> bytes:
+    """Up to ``n`` decompressed bytes (fewer only at the end of the stream)."""
+    parts, left = [], n
+    while left:
+        block = fh.read(min(left, 1 << 24))
+        if not block:
+            break
+        parts.append(block)
+        left -= len(block)
+    return b"".join(parts)
+
+
 def read_idx(path: Path, magic: int, dims: tuple[int, ...]) -> np.ndarray:
     """The uint8 array of an IDX ``.gz`` file, checked against ``magic`` and ``dims``.
 
-    ``dims`` are the expected sizes (e.g. ``(60000, 28, 28)``). Raises :class:`DataError`
-    naming ``path`` on a bad gzip stream, a wrong magic number, other dimensions, or a
-    payload shorter or longer than the header says.
+    ``dims`` are the expected sizes (e.g. ``(60000, 28, 28)``). The file is decompressed as a
+    stream and never past the size the header must give (a gzip bomb costs no more memory
+    than a valid file). Raises :class:`DataError` naming ``path`` on a bad gzip stream, a
+    wrong magic number, other dimensions, or a payload shorter or longer than the header says.
     """
-    raw = _read_gz(path)
     header = 4 + 4 * len(dims)
-    if len(raw) < header:
-        raise DataError(f"{path}: truncated, {len(raw)} bytes is shorter than the IDX header")
-    found = int.from_bytes(raw[:4], "big")
-    if found != magic:
-        raise DataError(f"{path}: wrong magic number 0x{found:08x}, expected 0x{magic:08x} "
-                        f"(IDX unsigned-byte, {len(dims)}-d); is this the right file?")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(len(dims)))
-    if shape != tuple(dims):
-        raise DataError(f"{path}: header says shape {shape}, expected {tuple(dims)}")
     want = int(np.prod(dims))
-    got = len(raw) - header
-    if got < want:
-        raise DataError(f"{path}: truncated, {got} data bytes where the header needs {want}")
-    if got > want:
-        raise DataError(f"{path}: {got - want} unexpected bytes after the data")
-    return np.frombuffer(raw, np.uint8, count=want, offset=header).reshape(dims)
+    with _gz_errors(path), gzip.open(path, "rb") as fh:
+        head = _read_exactly(fh, header)
+        if len(head) < header:
+            raise DataError(f"{path}: truncated, {len(head)} bytes is shorter than the IDX header")
+        found = int.from_bytes(head[:4], "big")
+        if found != magic:
+            raise DataError(f"{path}: wrong magic number 0x{found:08x}, expected 0x{magic:08x} "
+                            f"(IDX unsigned-byte, {len(dims)}-d); is this the right file?")
+        shape = tuple(int.from_bytes(head[4 + 4 * i: 8 + 4 * i], "big") for i in range(len(dims)))
+        if shape != tuple(dims):
+            raise DataError(f"{path}: header says shape {shape}, expected {tuple(dims)}")
+        payload = _read_exactly(fh, want)
+        if len(payload) < want:
+            raise DataError(f"{path}: truncated, {len(payload)} data bytes where the header needs {want}")
+        if fh.read(1):  # reaching the end also checks the gzip CRC; a longer stream is not read on
+            raise DataError(f"{path}: unexpected bytes after the {want} data bytes the header gives")
+    return np.frombuffer(payload, np.uint8).reshape(dims)
 
 
 def _file_hash(path: Path, algorithm: str) -> str:
@@ -158,11 +180,15 @@ def load_dir(directory: Path | str, dataset: str = "mnist") -> Dataset:
     """Read and validate the four IDX files in ``directory``; record their checksums."""
     spec = DATASETS[dataset]
     directory = Path(directory)
+    if not directory.exists():
+        raise DataError(f"{directory}: folder not found (a {dataset} folder holds the four IDX .gz files)")
+    if not directory.is_dir():
+        raise DataError(f"{directory}: not a folder (a {dataset} folder holds the four IDX .gz files)")
     arrays, files = {}, {}
     for (split, kind), name in FILES.items():
         path = directory / name
-        if not path.is_file():
-            raise DataError(f"{path}: file not found (a {dataset} directory needs all four IDX .gz files)")
+        if not path.exists():
+            raise DataError(f"{path}: file not found (a {dataset} folder needs all four IDX .gz files)")
         n = SPLITS[split]
         if kind == "images":
             arrays[split, kind] = read_idx(path, IMAGE_MAGIC, (n, 28, 28)).reshape(n, 784)
@@ -172,10 +198,11 @@ def load_dir(directory: Path | str, dataset: str = "mnist") -> Dataset:
                 raise DataError(f"{path}: label {int(labels.max())} out of range 0..9")
             arrays[split, kind] = labels.astype(np.int32)
         algorithm, official = spec.checksums[name]
-        sha256 = _file_hash(path, "sha256")
-        digest = sha256 if algorithm == "sha256" else _file_hash(path, algorithm)
+        with _gz_errors(path):
+            sha256 = _file_hash(path, "sha256")
+            digest = sha256 if algorithm == "sha256" else _file_hash(path, algorithm)
         files[name] = {"sha256": sha256, f"official_{algorithm}": official, "official": digest == official}
-    source = {"dataset": dataset, "dir": str(directory.resolve()), "files": files}
+    source = {"dataset": dataset, "dir": shown(directory), "files": files}
     readme = directory / "README.md"
     not_official = sorted(n for n, f in files.items() if not f["official"])
     if not_official:

@@ -3,29 +3,27 @@
 Figure 10 (:mod:`mnist_aux.experiment`) trains four fixed students. Dissecting the effect
 needs students that differ in ONE factor at a time: the imitation loss (KL on softmax or
 MSE on raw logits), its reduction over the batch, the optimizer and its rate, where the
-student starts (:data:`INITS`), and what it is distilled on (:data:`INPUTS`). A
+student starts (:data:`INITS_HELP`), and what it is distilled on (:mod:`mnist_aux.inputs`). A
 :class:`Distill` fixes the loss, reduction, optimizer and inputs; each student of a run
 has its own initialisation and learning rate, and all K students of a seed see the same
 input batch and the same teacher outputs (computed once). Seeds are vmapped, as in
 Figure 10, and a seed's numbers do not depend on the seeds beside it.
 
-Keys, noise batches and their order come from :mod:`mnist_aux.train`, so the student
+Keys, inits, noise batches, their order and the epoch skeleton come from
+:mod:`mnist_aux.train` (``train.setup``, ``train.noise_epoch``), so the student
 ``Distill()`` with init ``"shared"`` is the Figure-10 aux-only student of the same seed
 (the tests check each seed's teacher, first-epoch loss and step-0 cosine; at the paper
 preset the reconciliation's KL/mean/Adam cell reproduces Figure 10's per-seed accuracies
 for seeds 0-24 exactly, while on the smoke preset float32 summation order moves single
 seeds by up to ~1 point).
 
-Teachers are cached on disk (``results/cache/teachers``, keyed by the teacher's config
-and seeds), since most sweep points share them.
+Teachers come from :mod:`mnist_aux.teachers` (cached on disk, keyed by the teacher's config
+and seeds, since most sweep points share them).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import math
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -39,21 +37,14 @@ import optax
 import theory
 from theory.results import versions
 from theory.stats import mean_ci
-from mnist_aux import train
+from mnist_aux import inputs, teachers, train
 from mnist_aux.configs import Config
-from mnist_aux.data import Dataset, normalize
+from mnist_aux.data import Dataset
 from mnist_aux.model import apply
-
-ROOT = Path(__file__).resolve().parent.parent
-TEACHER_CACHE = ROOT / "results" / "cache" / "teachers"
 
 LOSSES = ("kl", "mse")
 REDUCTIONS = ("mean", "batchmean")
 OPTIMIZERS = ("adam", "sgd")
-INPUTS = ("uniform", "gaussian", "blurred", "lowrank", "mnist", "fashion_mnist")
-INPUT_STD = 3 ** -0.5  # the per-pixel std of uniform[-1, 1); every synthetic input matches it
-BLUR_SIGMA = 2.0  # pixels, the Gaussian kernel of the "blurred" inputs
-LOWRANK_DIM = 16  # dimension of the "lowrank" inputs' subspace (fixed per seed)
 INITS_HELP = {
     "shared": "the teacher's own initialisation theta_0 (Theorem 1's setting)",
     "cross": "another seed's theta_0 (a derangement pairs the seeds)",
@@ -76,7 +67,8 @@ class Distill:
                by the number of models, so each model's loss is its batch SUM).
     optimizer  ``"adam"`` (torch defaults) or ``"sgd"`` (plain, no momentum); the rate is per
                student (:func:`run`'s ``lrs``), default ``lr``.
-    inputs     one of :data:`INPUTS`; synthetic inputs have per-pixel std ``INPUT_STD``.
+    inputs     one of :data:`mnist_aux.inputs.INPUTS` (synthetic ones have per-pixel std
+               ``inputs.INPUT_STD``).
     logits     ``"aux"``: imitate the m auxiliary logits only; ``"all"``: all 10 + m.
     """
 
@@ -89,7 +81,7 @@ class Distill:
 
     def __post_init__(self):
         for name, allowed in (("loss", LOSSES), ("reduction", REDUCTIONS), ("optimizer", OPTIMIZERS),
-                              ("inputs", INPUTS), ("logits", ("aux", "all"))):
+                              ("inputs", inputs.INPUTS), ("logits", ("aux", "all"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"Distill.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not self.lr > 0:
@@ -131,56 +123,13 @@ def student_init(kind: str, sigma: float, theta0, theta0_cross, key):
         return theta0
     if kind == "cross":
         return theta0_cross
-    if kind == "sigma":
-        leaves, treedef = jax.tree.flatten(theta0)
-        keys = jax.random.split(key, len(leaves))
-        # std of each layer's init as drawn; zero-initialised biases stay zero
-        return jax.tree.unflatten(treedef, [p + sigma * jnp.std(p) * jax.random.normal(k, p.shape, p.dtype)
-                                            for p, k in zip(leaves, keys)])
+    if kind == "sigma":  # std of each layer's init as drawn; zero-initialised biases stay zero
+        return theory.perturbed_init(theta0, sigma, key)
     if kind == "cross_hidden":
         return {name: (theta0 if name == "out" else theta0_cross)[name] for name in theta0}
     if kind == "cross_head":
         return {name: (theta0_cross if name == "out" else theta0)[name] for name in theta0}
     raise ValueError(kind)
-
-
-def _blur_matrix(n: int = 28, sigma: float = BLUR_SIGMA) -> np.ndarray:
-    i = np.arange(n)
-    g = np.exp(-0.5 * ((i[:, None] - i[None, :]) / sigma) ** 2)
-    return (g / g.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
-def input_batch(spec: Distill, cfg: Config, keys: train.SeedKeys, b, size: int, images=None) -> jax.Array:
-    """Batch ``b`` of one seed's distillation inputs ``[size, 784]``, the same every epoch.
-
-    ``uniform`` is Figure 10's noise (:func:`mnist_aux.train.noise_batch`). ``gaussian``:
-    N(0, INPUT_STD^2) pixels. ``blurred``: gaussian noise smoothed by a separable Gaussian
-    kernel of ``BLUR_SIGMA`` pixels, each pixel rescaled back to std INPUT_STD (spatially
-    correlated). ``lowrank``: ``U z`` in a fixed random ``LOWRANK_DIM``-dimensional subspace
-    of the seed (``U`` orthonormal), scaled so the mean pixel variance is INPUT_STD^2.
-    ``mnist`` / ``fashion_mnist``: real training images ``images`` (uint8 ``[n, 784]``),
-    batch ``b`` of a fixed per-seed permutation, normalised like the teacher's inputs.
-    """
-    if spec.inputs == "uniform":
-        return train.noise_batch(keys.noise, b, size)
-    key = jax.random.fold_in(keys.noise, b)
-    if spec.inputs == "gaussian":
-        return INPUT_STD * jax.random.normal(key, (size, 784))
-    if spec.inputs == "blurred":
-        g = jnp.asarray(_blur_matrix())
-        z = jax.random.normal(key, (size, 28, 28))
-        pixel_std = jnp.outer(jnp.linalg.norm(g, axis=1), jnp.linalg.norm(g, axis=1))
-        x = jnp.einsum("ij,bjk,lk->bil", g, z, g) / pixel_std
-        return INPUT_STD * x.reshape(size, 784)
-    if spec.inputs == "lowrank":
-        basis_key = jax.random.fold_in(keys.noise, 2**32 - 1)  # never a batch index
-        u, _ = jnp.linalg.qr(jax.random.normal(basis_key, (784, LOWRANK_DIM)))
-        z = jax.random.normal(key, (size, LOWRANK_DIM)) * INPUT_STD * math.sqrt(784 / LOWRANK_DIM)
-        return z @ u.T
-    # real images: a fixed permutation per seed, batch b is a contiguous block of it
-    perm = jax.random.permutation(jax.random.fold_in(keys.noise, 2**32 - 2), images.shape[0])
-    idx = jax.lax.dynamic_slice_in_dim(perm, b * cfg.batch_size, size)
-    return normalize(images[idx])
 
 
 def batch_loss(spec: Distill, cfg: Config, params, x, z) -> jax.Array:
@@ -201,91 +150,20 @@ def distill_epoch(spec: Distill, cfg: Config, students, opt_state, lrs, teacher,
     Returns ``(students, opt_state, mean loss per student [K])``. Batches and their order are
     Figure 10's (whole batches reshuffled each epoch, then the last partial batch).
     """
-    n_full, tail = train.batch_sizes(cfg.n_noise, cfg.batch_size)
     tx = direction(spec)
     grad_fn = jax.vmap(jax.value_and_grad(partial(batch_loss, spec, cfg)), in_axes=(0, None, None))
 
     def step(carry, b, size):
         students, opt_state = carry
-        x = input_batch(spec, cfg, keys, b, size, images)
+        x = inputs.batch(spec.inputs, cfg, keys, b, size, images)
         z = apply(teacher, x)
         loss, grads = grad_fn(students, x, z)
         updates, opt_state = jax.vmap(tx.update)(grads, opt_state)
         updates = jax.tree.map(lambda u: -lrs.reshape((-1,) + (1,) * (u.ndim - 1)) * u, updates)
         return (optax.apply_updates(students, updates), opt_state), loss
 
-    carry, losses = jax.lax.scan(lambda c, b: step(c, b, cfg.batch_size), (students, opt_state),
-                                 train.noise_order(keys.order, epoch, n_full))
-    if tail:
-        carry, last = step(carry, n_full, tail)
-        losses = jnp.concatenate([losses, last[None]])
+    carry, losses = train.noise_epoch(step, (students, opt_state), cfg, keys, epoch)
     return *carry, losses.mean(axis=0)
-
-
-def first_batch(spec: Distill, cfg: Config, keys: train.SeedKeys, images=None) -> jax.Array:
-    """The first batch the students see (epoch 0, first in order)."""
-    n_full, tail = train.batch_sizes(cfg.n_noise, cfg.batch_size)
-    if n_full == 0:
-        return input_batch(spec, cfg, keys, 0, tail, images)
-    return input_batch(spec, cfg, keys, train.noise_order(keys.order, 0, n_full)[0], cfg.batch_size, images)
-
-
-# ----------------------------------------------------------------------- teachers
-
-
-def _show(path: Path) -> str:
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
-
-
-def teacher_key(cfg: Config, seeds) -> str:
-    """Hash of everything that determines the teachers: the teacher's config and the seeds."""
-    fields = {k: v for k, v in cfg.to_dict().items() if k not in ("distill_epochs", "n_noise")}
-    blob = json.dumps({"config": fields, "seeds": [int(s) for s in seeds]}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _teacher_program(cfg: Config):
-    def run(seeds, train_x, train_y):
-        keys = jax.vmap(partial(train.seed_keys, impl=cfg.prng_impl))(seeds)
-        params = jax.vmap(partial(train.init_reference, cfg))(keys.init)
-        opt_state = jax.vmap(train.optimizer(cfg).init)(params)
-        losses = []
-        for epoch in range(cfg.teacher_epochs):
-            params, opt_state, loss = jax.vmap(partial(train.teacher_epoch, cfg), in_axes=(0, 0, 0, None, None, None))(
-                params, opt_state, keys.shuffle, epoch, train_x, train_y)
-            losses.append(loss)
-        return params, jnp.stack(losses, axis=-1) if losses else jnp.zeros((seeds.shape[0], 0))
-    return jax.jit(run)
-
-
-def teachers(cfg: Config, seeds, data: Dataset, cache: bool = True) -> tuple[dict, np.ndarray, dict]:
-    """Trained teachers ``[S, ...]``, their per-epoch losses ``[S, epochs]`` and provenance.
-
-    With ``cache`` the teachers are read from / written to ``TEACHER_CACHE`` (an ``.npz``
-    per config and seed list; written atomically).
-    """
-    key = teacher_key(cfg, seeds)
-    path = TEACHER_CACHE / f"{key}.npz"
-    template = jax.eval_shape(lambda: jax.vmap(partial(train.init_reference, cfg))(
-        jax.vmap(partial(train.seed_keys, impl=cfg.prng_impl))(jnp.zeros(len(seeds), jnp.int32)).init))
-    leaves_t, treedef = jax.tree.flatten(template)
-    if cache and path.is_file():
-        with np.load(path) as f:
-            leaves = [jnp.asarray(f[f"leaf{i}"]) for i in range(len(leaves_t))]
-            losses = f["losses"]
-        if all(a.shape == t.shape for a, t in zip(leaves, leaves_t)):
-            return jax.tree.unflatten(treedef, leaves), losses, {"teacher_cache": _show(path), "hit": True}
-    start = time.perf_counter()
-    params, losses = _teacher_program(cfg)(jnp.asarray(seeds, jnp.int32), jnp.asarray(data.train_x[: cfg.n_train]),
-                                           jnp.asarray(data.train_y[: cfg.n_train]))
-    losses = np.asarray(losses)
-    info = {"teacher_cache": _show(path), "hit": False, "teacher_seconds": time.perf_counter() - start}
-    if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, losses=losses, **{f"leaf{i}": np.asarray(a) for i, a in enumerate(jax.tree.leaves(params))})
-        tmp.replace(path)
-    return params, losses, info
 
 
 # ---------------------------------------------------------------------------- run
@@ -293,10 +171,7 @@ def teachers(cfg: Config, seeds, data: Dataset, cache: bool = True) -> tuple[dic
 
 def _setup_program(cfg: Config, kinds: tuple[tuple[str, float], ...]):
     def setup(seeds, partners):
-        keys = jax.vmap(partial(train.seed_keys, impl=cfg.prng_impl))(seeds)
-        partner = jax.vmap(partial(train.seed_keys, impl=cfg.prng_impl))(partners)
-        theta0 = jax.vmap(partial(train.init_reference, cfg))(keys.init)
-        theta0_cross = jax.vmap(partial(train.init_reference, cfg))(partner.init)
+        keys, theta0, theta0_cross = train.setup(cfg, seeds, partners)
 
         def inits(t0, tc, key):
             sub = jax.random.split(jax.random.fold_in(key, 0x51A), len(kinds))
@@ -326,12 +201,13 @@ def theory_link(spec: Distill, cfg: Config, students0, theta0, teacher, x0) -> d
 
 
 def run(cfg: Config, spec: Distill, inits, seeds, data: Dataset, *, lrs=None, images=None, pairing_seed: int = 0,
-        teacher_cache: bool = True, seeds_per_chunk: int = 25) -> dict:
+        teacher_cache: Path | None = teachers.CACHE, seeds_per_chunk: int = 25) -> dict:
     """Train one teacher per seed and K students per teacher; evaluate; return a results dict.
 
     ``inits``: K names (:data:`INITS_HELP`). ``lrs``: K learning rates (default
     ``spec.lr`` for all). ``images``: uint8 ``[n, 784]`` training images of the distillation
-    set when ``spec.inputs`` is ``mnist`` / ``fashion_mnist``. The dict has, per student,
+    set when ``spec.inputs`` is ``mnist`` / ``fashion_mnist``. ``teacher_cache``: the teachers'
+    cache folder (:mod:`mnist_aux.teachers`; ``None``: no cache). The dict has, per student,
     per-seed test accuracy and final-epoch loss with summaries, the theory link at step 0,
     the teachers' accuracy, the config, seeds, pairing and timing.
     """
@@ -346,7 +222,7 @@ def run(cfg: Config, spec: Distill, inits, seeds, data: Dataset, *, lrs=None, im
     seeds = [int(s) for s in seeds]
     if len(set(seeds)) != len(seeds) or len(seeds) < 2:
         raise ValueError("need at least 2 distinct seeds (cross-model students use another seed's init)")
-    if spec.inputs in ("mnist", "fashion_mnist"):
+    if spec.inputs in inputs.IMAGES:
         if images is None:
             raise ValueError(f"inputs={spec.inputs!r} needs the images (uint8 [n, 784])")
         if images.shape[0] < cfg.n_noise:
@@ -355,12 +231,12 @@ def run(cfg: Config, spec: Distill, inits, seeds, data: Dataset, *, lrs=None, im
     perm = train.derangement(len(seeds), pairing_seed)
     partners = [seeds[p] for p in perm]
 
-    all_teachers, teacher_losses, teacher_info = teachers(cfg, seeds, data, cache=teacher_cache)
+    all_teachers, teacher_losses, teacher_info = teachers.trained(cfg, seeds, data, cache=teacher_cache)
     setup = _setup_program(cfg, kinds)
     epoch_fn = jax.jit(jax.vmap(partial(distill_epoch, spec, cfg), in_axes=(0, 0, None, 0, 0, None, None)),
                        donate_argnums=(0, 1))
     opt_init = jax.jit(jax.vmap(jax.vmap(direction(spec).init)))
-    first = jax.jit(jax.vmap(partial(first_batch, spec, cfg), in_axes=(0, None)))
+    first = jax.jit(jax.vmap(partial(inputs.first_batch, spec.inputs, cfg), in_axes=(0, None)))
     acc_fn = jax.jit(jax.vmap(train.accuracy, in_axes=(0, None, None)))
     test_x, test_y = jnp.asarray(data.test_x), jnp.asarray(data.test_y)
     lr_arr = jnp.asarray(lrs, jnp.float32)

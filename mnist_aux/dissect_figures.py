@@ -14,8 +14,6 @@ full-run points when they are all there, else runs the smoke setting on 3 seeds.
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,12 +23,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from mnist_aux.sweeps import SWEEPS  # noqa: E402
 from theory import stats  # noqa: E402
+from theory.results import read_json  # noqa: E402
 
 CHANCE = 0.1
-ROOT = Path(__file__).resolve().parent.parent
 QUICK_SEEDS = 3
-LOG_X = {"width", "n_aux"}
 ROLE_STYLE = {"student": ("C4", "shared init (or the point's init)"), "cross": ("C7", "cross-model init")}
 
 
@@ -112,7 +110,7 @@ def plot_line_sweep(results: dict) -> plt.Figure:
                     cos.append(_err(s["theory_cosine_summary"]))
         if not xs:
             continue
-        if len(xs) == 1 and results["sweep"] == "sigma":  # the cross-model reference of the sigma sweep
+        if len(xs) == 1:  # one point of this role (the sigma sweep's cross-model student): a reference band
             m, e = acc[0]
             ax.axhspan(m - e[0][0], m + e[1][0], color=color, alpha=0.25, label=f"{label} (reference)")
             m, e = cos[0]
@@ -125,7 +123,7 @@ def plot_line_sweep(results: dict) -> plt.Figure:
     ax2.axhline(0, c="black", lw=0.8)
     for a in (ax, ax2):
         a.set_xlabel(results["x_label"])
-        if results["sweep"] in LOG_X:
+        if SWEEPS[results["sweep"]].scale == "log2":
             a.set_xscale("log", base=2)
             a.set_xticks([float(p["x"]) for p in results["points"]], [str(p["x"]) for p in results["points"]])
         a.grid(True, alpha=0.3)
@@ -215,7 +213,12 @@ def plot_alignment(results: dict) -> plt.Figure:
 def _data():
     from mnist_aux import data
 
-    return data.load("mnist", os.environ.get("SUBLIMINAL_MNIST_DIR"))
+    return data.load("mnist")  # $SUBLIMINAL_MNIST_DIR, then the usual search
+
+
+def _full_run_dir(results_dir: Path, quick: bool) -> Path:
+    """Where the full run's results are: ``paper_figs.py --quick`` fills ``RESULTS/quick``."""
+    return results_dir.parent if quick else results_dir
 
 
 @dataclass(frozen=True)
@@ -230,25 +233,25 @@ class SweepFigure:
     def results(self) -> str:
         return self.name
 
-    def compute(self, quick: bool, results_dir: Path | None = None) -> dict:
+    def compute(self, quick: bool, results_dir: Path) -> dict:
         from mnist_aux import sweeps
 
         command = f"python paper_figs.py --only {self.name}" + (" --quick" if quick else "")
         dataset = _data()
+        full = _full_run_dir(results_dir, quick)
         if quick:
             try:  # the full run's points, when every one is cached
-                return sweeps.run_sweep(self.sweep, dataset, progress=False, cache_only=True, command=command)
+                return sweeps.run_sweep(self.sweep, dataset, progress=False, cache_only=True, command=command,
+                                        cache=full / "sweeps")
             except sweeps.MissingPoint:
-                return sweeps.run_sweep(self.sweep, dataset, preset="smoke", n_seeds=QUICK_SEEDS,
-                                        cache=ROOT / "results" / "quick" / "sweeps", progress=False, command=command)
-        return sweeps.run_sweep(self.sweep, dataset, command=command)
+                pass
+        return sweeps.run_sweep(self.sweep, dataset, preset="smoke" if quick else "paper",
+                                n_seeds=QUICK_SEEDS if quick else None, cache=results_dir / "sweeps",
+                                teacher_cache=results_dir / "cache" / "teachers", progress=False, command=command)
 
     def plot(self, results: dict) -> plt.Figure:
-        if self.sweep == "reconcile":
-            return plot_reconcile(results)
-        if self.sweep in ("width", "n_aux", "depth", "sigma"):
-            return plot_line_sweep(results)
-        return plot_bar_sweep(results)
+        kind = SWEEPS[self.sweep].plot
+        return {"reconcile": plot_reconcile, "line": plot_line_sweep, "bar": plot_bar_sweep}[kind](results)
 
 
 @dataclass(frozen=True)
@@ -259,17 +262,19 @@ class AlignmentFigure:
     def results(self) -> str:
         return self.name
 
-    def compute(self, quick: bool, results_dir: Path | None = None) -> dict:
+    def compute(self, quick: bool, results_dir: Path) -> dict:
         from mnist_aux import alignment
         from mnist_aux.configs import paper, smoke
 
-        full = ROOT / "results" / f"{self.name}.json"
-        if quick and full.is_file():  # reuse the full run
-            return json.loads(full.read_text())
+        if quick:  # reuse the full run when it is there (and readable)
+            full = read_json(_full_run_dir(results_dir, quick) / f"{self.name}.json")
+            if full is not None:
+                return full
         cfg, n = (smoke(), QUICK_SEEDS) if quick else (paper(), 10)
-        results = alignment.run(cfg, range(n), _data(), progress=False)
+        command = f"python paper_figs.py --only {self.name}" + (" --quick" if quick else "")
+        results = alignment.run(cfg, range(n), _data(), teacher_cache=results_dir / "cache" / "teachers",
+                                progress=False, command=command)
         results["preset"] = "smoke" if quick else "paper"
-        results["command"] = f"python paper_figs.py --only {self.name}" + (" --quick" if quick else "")
         return results
 
     def plot(self, results: dict) -> plt.Figure:
@@ -277,6 +282,4 @@ class AlignmentFigure:
 
 
 def figures() -> list:
-    from mnist_aux.sweeps import SWEEPS
-
     return [SweepFigure(name) for name in SWEEPS] + [AlignmentFigure()]

@@ -64,19 +64,6 @@ def chunking(n_seeds: int, seeds_per_chunk: int, n_devices: int) -> tuple[int, i
 # ------------------------------------------------------------ per-seed programs, vmapped
 
 
-def _setup(cfg: Config, seeds, partner_seeds):
-    keys = jax.vmap(partial(train.seed_keys, impl=cfg.prng_impl))(seeds)
-    partner = jax.vmap(partial(train.seed_keys, impl=cfg.prng_impl))(partner_seeds)
-    theta0 = jax.vmap(partial(train.init_reference, cfg))(keys.init)
-    theta0_cross = jax.vmap(partial(train.init_reference, cfg))(partner.init)
-    return keys, theta0, theta0_cross
-
-
-def _teacher_epoch(cfg: Config, params, opt_state, shuffle_keys, epoch, train_x, train_y):
-    return jax.vmap(partial(train.teacher_epoch, cfg), in_axes=(0, 0, 0, None, None, None))(
-        params, opt_state, shuffle_keys, epoch, train_x, train_y)
-
-
 def _distill_epoch(cfg: Config, students, opt_state, teacher, keys, epoch):
     return jax.vmap(partial(train.distill_epoch, cfg), in_axes=(0, 0, 0, 0, None))(
         students, opt_state, teacher, keys, epoch)
@@ -99,8 +86,8 @@ class Programs:
         self.cfg = cfg
         self.compile_seconds = 0.0
         self._jitted = {
-            "setup": jax.jit(partial(_setup, cfg)),
-            "teacher_epoch": jax.jit(partial(_teacher_epoch, cfg), donate_argnums=(0, 1)),
+            "setup": jax.jit(partial(train.setup, cfg)),
+            "teacher_epoch": jax.jit(partial(train.teacher_epochs, cfg), donate_argnums=(0, 1)),
             "distill_epoch": jax.jit(partial(_distill_epoch, cfg), donate_argnums=(0, 1)),
             "accuracy": jax.jit(_accuracy),
             "opt_init": jax.jit(jax.vmap(train.optimizer(cfg).init)),

@@ -9,10 +9,8 @@ Plotting reads only the results dict (``python -m mnist_aux run`` writes the sam
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import matplotlib
 
@@ -116,13 +114,13 @@ class Fig10:
     def results(self) -> str:
         return self.name
 
-    def compute(self, quick: bool, results_dir: Path | None = None) -> dict:
+    def compute(self, quick: bool, results_dir: Path) -> dict:
         from mnist_aux import data, experiment
         from mnist_aux.configs import paper, smoke
 
         preset, n = ("smoke", 8) if quick else ("paper", 100)
         cfg = (smoke if quick else paper)()
-        dataset = data.load(cfg.dataset, os.environ.get("SUBLIMINAL_MNIST_DIR"))
+        dataset = data.load(cfg.dataset)  # --data-dir's place: $SUBLIMINAL_MNIST_DIR, then the usual search
         results = experiment.run(cfg, range(n), dataset,
                                  command=f"python paper_figs.py --only {self.name}" + (" --quick" if quick else ""))
         results["preset"] = preset

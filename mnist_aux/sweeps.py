@@ -15,12 +15,17 @@ heads       re-initialise the hidden layers but keep the output head, and the re
 =========== ==================================================================================
 
 Every point is one :func:`mnist_aux.dissect.run` (all seeds at once, vmapped). Its result
-is written atomically to ``results/sweeps/<key>.json`` where ``key`` hashes everything that
-determines its numbers (config, distillation setting, students, learning rates, seeds,
-pairing, the data files' checksums); a point whose file exists is read instead of run, so
-re-running an interrupted sweep computes only what is missing, and points shared by two
-sweeps (the paper's setting appears in most) are computed once. The assembled sweep goes
-to ``results/mnist_sweep_<NAME>.json``, which ``paper_figs.py`` plots.
+is written atomically to ``<cache>/<key>.json`` (default ``results/sweeps`` under the working
+directory) where ``key`` hashes :data:`FORMAT` and everything that determines its numbers
+(config, distillation setting, students, learning rates, seeds, pairing, the data files'
+checksums); a point whose file exists is read instead of run, so re-running an interrupted
+sweep computes only what is missing, and points shared by two sweeps (the paper's setting
+appears in most) are computed once. An entry that cannot be read (truncated, not JSON, another
+key) is reported on stderr and recomputed. The assembled sweep goes to
+``results/mnist_sweep_<NAME>.json``, which ``paper_figs.py`` plots.
+
+Adding a sweep is one :class:`Sweep` entry in :data:`SWEEPS`: its points (a function of the
+:class:`Context`), its seeds, its axis label and scale and its plot kind.
 
 SGD's "tuned rate" (reconcile) is chosen without looking at digits: for each loss and
 reduction, a grid of rates is run on separate tuning seeds and the rate with the lowest
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,14 +45,14 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
-from theory.stats import mean_ci
-
-from mnist_aux import dissect
+from mnist_aux import dissect, inputs, teachers
 from mnist_aux.configs import PRESETS, Config
 from mnist_aux.data import Dataset
+from theory.results import provenance, read_json, results_dir, shown, write_json
+from theory.stats import mean_ci
 
-ROOT = Path(__file__).resolve().parent.parent
-CACHE = ROOT / "results" / "sweeps"
+FORMAT = 2  # cache format/code version, part of every point's key: bump when a point's numbers or layout change
+CACHE = results_dir() / "sweeps"  # relative: resolved against the working directory
 TUNE_SEEDS = tuple(range(1000, 1004))  # SGD rate tuning only; disjoint from the evaluation seeds
 SGD_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)  # per-example-mean rates; batchmean's are / batch_size
 
@@ -65,7 +71,7 @@ class Point:
 
     def describe(self, seeds, data_source: dict, pairing_seed: int) -> dict:
         files = {k: v.get("sha256") for k, v in sorted(data_source.get("files", {}).items())}
-        return {"config": self.cfg.to_dict(), "distill": asdict(self.spec), "inits": list(self.inits),
+        return {"format": FORMAT, "config": self.cfg.to_dict(), "distill": asdict(self.spec), "inits": list(self.inits),
                 "lrs": list(self.lrs) if self.lrs else None, "seeds": [int(s) for s in seeds],
                 "pairing_seed": pairing_seed, "data_files": files}
 
@@ -87,6 +93,7 @@ class Context:
     data: Dataset
     fashion: Dataset | None = None
     cache: Path = CACHE
+    teacher_cache: Path | None = teachers.CACHE
     recompute: bool = False
     cache_only: bool = False
     pairing_seed: int = 0
@@ -101,10 +108,14 @@ class Context:
         path = self.cache / f"{key}.json"
         if self.bar is not None:
             self.bar.set_postfix_str(p.label)
-        if path.is_file() and not self.recompute:
-            result = json.loads(path.read_text())["result"]
+        entry = None if self.recompute else read_json(path)
+        if entry is not None and not (isinstance(entry, dict) and entry.get("key") == key and "result" in entry):
+            print(f"warning: ignoring cache entry {shown(path)} of another key or layout; recomputing", file=sys.stderr)
+            entry = None
+        if entry is not None:
+            result = entry["result"]
         elif self.cache_only:
-            raise MissingPoint(f"{p.label}: no cached result {path}")
+            raise MissingPoint(f"{p.label}: no cached result {shown(path)}")
         else:
             images = None
             if p.spec.inputs == "mnist":
@@ -115,13 +126,10 @@ class Context:
                     self.fashion = data.load("fashion_mnist")
                 images = self.fashion.train_x
             result = dissect.run(p.cfg, p.spec, p.inits, seeds, self.data, lrs=p.lrs, images=images,
-                                 pairing_seed=self.pairing_seed)
+                                 pairing_seed=self.pairing_seed, teacher_cache=self.teacher_cache)
             if images is not None and p.spec.inputs == "fashion_mnist":
                 result["distill_data"] = self.fashion.source
-            self.cache.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps({"key": key, "point": desc, "result": result}, indent=1, sort_keys=True))
-            tmp.replace(path)
+            write_json(path, {"key": key, "point": desc, "result": result})
             self.computed.append(key)
         if self.bar is not None:
             self.bar.update(1)
@@ -130,19 +138,40 @@ class Context:
 
 @dataclass(frozen=True)
 class Sweep:
+    """One named sweep: everything about it lives in its :data:`SWEEPS` entry.
+
+    ``points(ctx)`` lists its points (each a :class:`Point`); a sweep that needs more than a
+    list of points (``reconcile`` tunes SGD's rate on its own points first) gives ``body(ctx)
+    -> {"points": [...], ...}`` and its point count ``n_points`` instead. ``scale`` is the x
+    axis of its figure (``"linear"``, ``"log2"``, or ``"categories"``), ``plot`` the kind of
+    figure (``"line"``: accuracy and cosine along x; ``"bar"``: one group per point;
+    ``"reconcile"``: the reconciliation table and SGD tuning curves).
+    """
+
     name: str
     title: str
     x_label: str
-    n_points: int
-    seeds: int  # default number of seeds
-    body: Callable[[Context], dict]
+    seeds: int  # default number of seeds per point
+    points: Callable[[Context], list[Point]] | None = None
+    scale: str = "linear"
+    plot: str = "line"
+    body: Callable[[Context], dict] | None = None
+    n_points: int | None = None
+    note: Callable[[Context], str] | None = None  # a remark the results file keeps (e.g. fewer seeds somewhere)
+
+    def __post_init__(self):
+        if (self.points is None) == (self.body is None):
+            raise ValueError(f"sweep {self.name}: give points or body, not both")
+        if self.scale not in ("linear", "log2", "categories") or self.plot not in ("line", "bar", "reconcile"):
+            raise ValueError(f"sweep {self.name}: bad scale {self.scale!r} or plot {self.plot!r}")
 
 
 # ------------------------------------------------------------------------- the sweeps
 
 
-def _pair(ctx: Context, label, x, cfg=None, spec=None, inits=("shared", "cross")) -> dict:
-    return ctx.point(Point(label, x, cfg or ctx.base, spec or dissect.Distill(lr=ctx.base.lr), tuple(inits)))
+def _pair(ctx: Context, label, x, cfg=None, spec=None, inits=("shared", "cross")) -> Point:
+    """A point with the shared-init and the cross-model student (by default) at the base setting."""
+    return Point(label, x, cfg or ctx.base, spec or dissect.Distill(lr=ctx.base.lr), tuple(inits))
 
 
 def reconcile(ctx: Context) -> dict:
@@ -201,61 +230,47 @@ def factor_effects(cells: list[dict], init: str = "shared") -> dict:
 
 
 WIDE_SEEDS = {1024: 6, 2048: 4}  # the widest points cost 7x / 22x the paper's width per seed: fewer seeds
-
-
-def width(ctx: Context) -> dict:
-    points = []
-    for h in (64, 128, 256, 512, 1024, 2048):
-        n = min(WIDE_SEEDS.get(h, len(ctx.seeds)), len(ctx.seeds))
-        points.append(ctx.point(Point(f"width {h}", h, ctx.base.replace(hidden=h), dissect.Distill(lr=ctx.base.lr),
-                                      ("shared", "cross"), seeds=ctx.seeds[:n])))
-    return {"points": points, "note": f"seeds per width: {len(ctx.seeds)} except {WIDE_SEEDS} (cost)"}
-
-
-def n_aux(ctx: Context) -> dict:
-    return {"points": [_pair(ctx, f"m = {m}", m, ctx.base.replace(n_aux=m)) for m in (1, 2, 3, 5, 10, 30)]}
-
-
-def depth(ctx: Context) -> dict:
-    return {"points": [_pair(ctx, f"depth {d}", d, ctx.base.replace(depth=d)) for d in (1, 2, 3, 4)]}
-
-
+WIDTHS = (64, 128, 256, 512, 1024, 2048)
 SIGMAS = (0.0, 0.05, 0.1, 0.2, 0.4, 0.7, 1.0)
+HEADS = (("re-init hidden, keep head", "cross_hidden"), ("keep hidden, re-init head", "cross_head"))
 
 
-def sigma(ctx: Context) -> dict:
-    points = [_pair(ctx, "sigma 0 (shared)", 0.0)]  # also gives the cross-model reference
-    points += [_pair(ctx, f"sigma {s}", s, inits=(f"sigma={s}",)) for s in SIGMAS[1:]]
-    return {"points": points}
+def _width(ctx: Context) -> list[Point]:
+    return [Point(f"width {h}", h, ctx.base.replace(hidden=h), dissect.Distill(lr=ctx.base.lr), ("shared", "cross"),
+                  seeds=ctx.seeds[:min(WIDE_SEEDS.get(h, len(ctx.seeds)), len(ctx.seeds))]) for h in WIDTHS]
 
 
-def inputs(ctx: Context) -> dict:
-    return {"points": [_pair(ctx, name, name, spec=dissect.Distill(lr=ctx.base.lr, inputs=name)) for name in dissect.INPUTS]}
-
-
-def heads(ctx: Context) -> dict:
-    points = [_pair(ctx, "shared init", "shared")]
-    points += [_pair(ctx, label, init, inits=(init,)) for label, init in
-               (("re-init hidden, keep head", "cross_hidden"), ("keep hidden, re-init head", "cross_head"))]
-    return {"points": points}
+def _sigma(ctx: Context) -> list[Point]:
+    return ([_pair(ctx, "sigma 0 (shared)", 0.0)]  # also gives the cross-model reference
+            + [_pair(ctx, f"sigma {s}", s, inits=(f"sigma={s}",)) for s in SIGMAS[1:]])
 
 
 SWEEPS = {s.name: s for s in (
-    Sweep("reconcile", "KL vs MSE, batchmean vs mean, Adam vs SGD", "loss / reduction / optimizer", 12, 25, reconcile),
-    Sweep("width", "hidden width", "hidden width", 6, 10, width),
-    Sweep("n_aux", "number of auxiliary logits m", "m (auxiliary logits)", 6, 10, n_aux),
-    Sweep("depth", "number of hidden layers", "hidden layers", 4, 10, depth),
-    Sweep("sigma", "student init = theta_0 + sigma * std * noise", "sigma", len(SIGMAS), 10, sigma),
-    Sweep("inputs", "distillation input distribution", "inputs", len(dissect.INPUTS), 10, inputs),
-    Sweep("heads", "which layers the student shares with the teacher's init", "student init", 3, 10, heads),
+    Sweep("reconcile", "KL vs MSE, batchmean vs mean, Adam vs SGD", "loss / reduction / optimizer", 25,
+          body=reconcile, n_points=12, scale="categories", plot="reconcile"),
+    Sweep("width", "hidden width", "hidden width", 10, _width, scale="log2",
+          note=lambda ctx: f"seeds per width: {len(ctx.seeds)} except {WIDE_SEEDS} (cost)"),
+    Sweep("n_aux", "number of auxiliary logits m", "m (auxiliary logits)", 10,
+          lambda ctx: [_pair(ctx, f"m = {m}", m, ctx.base.replace(n_aux=m)) for m in (1, 2, 3, 5, 10, 30)], scale="log2"),
+    Sweep("depth", "number of hidden layers", "hidden layers", 10,
+          lambda ctx: [_pair(ctx, f"depth {d}", d, ctx.base.replace(depth=d)) for d in (1, 2, 3, 4)]),
+    Sweep("sigma", "student init = theta_0 + sigma * std * noise", "sigma", 10, _sigma),
+    Sweep("inputs", "distillation input distribution", "inputs", 10,
+          lambda ctx: [_pair(ctx, name, name, spec=dissect.Distill(lr=ctx.base.lr, inputs=name)) for name in inputs.INPUTS],
+          scale="categories", plot="bar"),
+    Sweep("heads", "which layers the student shares with the teacher's init", "student init", 10,
+          lambda ctx: [_pair(ctx, "shared init", "shared")] + [_pair(ctx, label, init, inits=(init,)) for label, init in HEADS],
+          scale="categories", plot="bar"),
 )}
 
 
 def run_sweep(name: str, data: Dataset, *, preset: str = "paper", n_seeds: int | None = None, first_seed: int = 0,
-              cache: Path = CACHE, recompute: bool = False, progress: bool = True, fashion: Dataset | None = None,
-              command: str | None = None, cache_only: bool = False) -> dict:
+              cache: Path = CACHE, teacher_cache: Path | None = teachers.CACHE, recompute: bool = False,
+              progress: bool = True, fashion: Dataset | None = None, command: str | None = None,
+              cache_only: bool = False) -> dict:
     """Run (or resume) sweep ``name``; return the assembled results dict.
 
+    ``cache``: the point cache folder; ``teacher_cache``: the teachers' (``None``: none).
     ``cache_only``: never compute; raise :class:`MissingPoint` if a point is not cached.
     """
     if name not in SWEEPS:
@@ -266,14 +281,19 @@ def run_sweep(name: str, data: Dataset, *, preset: str = "paper", n_seeds: int |
     n = sweep.seeds if n_seeds is None else n_seeds
     if n < 2:
         raise ValueError("a sweep needs >= 2 seeds (cross-model students use another seed's init)")
+    if first_seed < 0:
+        raise ValueError(f"seeds must be >= 0, got first seed {first_seed}")
     start = time.perf_counter()
-    ctx = Context(PRESETS[preset](), tuple(range(first_seed, first_seed + n)), data, fashion=fashion, cache=cache,
-                  recompute=recompute, cache_only=cache_only)
-    with tqdm(total=sweep.n_points, desc=f"sweep {name}", unit="point", disable=not progress) as ctx.bar:
-        body = sweep.body(ctx)
+    ctx = Context(PRESETS[preset](), tuple(range(first_seed, first_seed + n)), data, fashion=fashion, cache=Path(cache),
+                  teacher_cache=teacher_cache, recompute=recompute, cache_only=cache_only)
+    points = None if sweep.points is None else sweep.points(ctx)
+    with tqdm(total=sweep.n_points or len(points), desc=f"sweep {name}", unit="point", disable=not progress) as ctx.bar:
+        body = sweep.body(ctx) if points is None else {"points": [ctx.point(p) for p in points]}
+    if sweep.note is not None:
+        body["note"] = sweep.note(ctx)
     return {"sweep": name, "title": sweep.title, "x_label": sweep.x_label, "preset": preset, "base_config": ctx.base.to_dict(),
-            "seeds": list(ctx.seeds), "data": data.source, "command": command, "points_computed": len(ctx.computed),
-            "wall_seconds": time.perf_counter() - start, **body}
+            "seeds": list(ctx.seeds), "data": data.source, "cache": shown(ctx.cache), "points_computed": len(ctx.computed),
+            "wall_seconds": time.perf_counter() - start, **provenance(command), **body}
 
 
 def summary_rows(results: dict) -> list[dict]:

@@ -19,6 +19,7 @@ official loader reshuffles the fixed set every epoch; we reshuffle whole batches
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -97,6 +98,37 @@ def noise_order(order_key: jax.Array, epoch: int | jax.Array, n_full: int) -> ja
     return jax.random.permutation(jax.random.fold_in(order_key, epoch), n_full)
 
 
+def scan_epoch(step, carry, batches, tail_batch, batch_size: int, tail: int):
+    """The skeleton of every epoch: ``step`` over the full batches, then once on the tail.
+
+    ``step(carry, batch, size) -> (carry, out)`` with ``size`` static; ``batches`` has one
+    full batch per leading index (``lax.scan`` over them), ``tail_batch`` is the last,
+    smaller batch of ``tail`` examples (no step when ``tail`` is 0). Returns ``(carry, outs)``
+    with the tail's ``out`` appended to the scanned ones along the first axis.
+    """
+    carry, outs = jax.lax.scan(lambda c, b: step(c, b, batch_size), carry, batches)
+    if tail:
+        carry, last = step(carry, tail_batch, tail)
+        outs = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), outs, last)
+    return carry, outs
+
+
+def noise_epoch(step, carry, cfg: Config, keys: SeedKeys, epoch):
+    """One distillation epoch over a seed's fixed input set: :func:`scan_epoch` with the batch
+    indices of :func:`noise_order` (full batches in a fresh order), then the tail batch
+    ``n_full``. ``step(carry, b, size)`` draws batch ``b`` itself."""
+    n_full, tail = batch_sizes(cfg.n_noise, cfg.batch_size)
+    return scan_epoch(step, carry, noise_order(keys.order, epoch, n_full), n_full, cfg.batch_size, tail)
+
+
+def first_batch_index(cfg: Config, keys: SeedKeys) -> tuple[jax.Array | int, int]:
+    """``(b, size)`` of the first batch the students see (epoch 0, first in order)."""
+    n_full, tail = batch_sizes(cfg.n_noise, cfg.batch_size)
+    if n_full == 0:
+        return 0, tail
+    return noise_order(keys.order, 0, n_full)[0], cfg.batch_size
+
+
 def optimizer(cfg: Config) -> optax.GradientTransformation:
     """Adam as in the official script (torch defaults: betas 0.9/0.999, eps 1e-8)."""
     return optax.adam(cfg.lr)
@@ -121,16 +153,14 @@ def teacher_epoch(cfg: Config, params, opt_state, shuffle_key, epoch, train_x, t
     n_full, tail = batch_sizes(cfg.n_train, cfg.batch_size)
     perm = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), cfg.n_train)
 
-    def step(carry, idx):
+    def step(carry, idx, size):
         params, opt_state = carry
         loss, grads = jax.value_and_grad(teacher_loss)(params, normalize(train_x[idx]), train_y[idx])
         updates, opt_state = opt.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), loss
 
-    carry, losses = jax.lax.scan(step, (params, opt_state), perm[: n_full * cfg.batch_size].reshape(n_full, -1))
-    if tail:
-        carry, last = step(carry, perm[n_full * cfg.batch_size:])
-        losses = jnp.append(losses, last)
+    full = perm[: n_full * cfg.batch_size].reshape(n_full, -1)
+    carry, losses = scan_epoch(step, (params, opt_state), full, perm[n_full * cfg.batch_size:], cfg.batch_size, tail)
     return *carry, losses.mean()
 
 
@@ -162,7 +192,6 @@ def distill_epoch(cfg: Config, students, opt_state, teacher, keys: SeedKeys, epo
     Returns ``(students, opt_state, mean KL per student [4])``.
     """
     opt = optimizer(cfg)
-    n_full, tail = batch_sizes(cfg.n_noise, cfg.batch_size)
 
     def step(carry, b, size):
         students, opt_state = carry
@@ -172,20 +201,14 @@ def distill_epoch(cfg: Config, students, opt_state, teacher, keys: SeedKeys, epo
         updates, opt_state = opt.update(grads, opt_state, students)
         return (optax.apply_updates(students, updates), opt_state), per_student
 
-    carry, losses = jax.lax.scan(lambda c, b: step(c, b, cfg.batch_size), (students, opt_state),
-                                 noise_order(keys.order, epoch, n_full))
-    if tail:
-        carry, last = step(carry, n_full, tail)
-        losses = jnp.concatenate([losses, last[None]])
+    carry, losses = noise_epoch(step, (students, opt_state), cfg, keys, epoch)
     return *carry, losses.mean(axis=0)
 
 
 def first_noise_batch(cfg: Config, keys: SeedKeys) -> jax.Array:
     """The first batch the students see (epoch 0, first in order): ``[B, 784]``."""
-    n_full, tail = batch_sizes(cfg.n_noise, cfg.batch_size)
-    if n_full == 0:
-        return noise_batch(keys.noise, 0, tail)
-    return noise_batch(keys.noise, noise_order(keys.order, 0, n_full)[0], cfg.batch_size)
+    b, size = first_batch_index(cfg, keys)
+    return noise_batch(keys.noise, b, size)
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -217,6 +240,31 @@ def init_students(theta0, theta0_cross):
 def init_reference(cfg: Config, init_key: jax.Array):
     """The reference (shared) initialisation theta_0 of one seed."""
     return init_params(init_key, 784, cfg.hidden, cfg.n_out, depth=cfg.depth)
+
+
+def references(cfg: Config, seeds: jax.Array):
+    """``(keys, theta0)`` of every seed in ``seeds [S]``: its :class:`SeedKeys` and its
+    reference init theta_0, vmapped over seeds."""
+    keys = jax.vmap(partial(seed_keys, impl=cfg.prng_impl))(seeds)
+    return keys, jax.vmap(partial(init_reference, cfg))(keys.init)
+
+
+def setup(cfg: Config, seeds: jax.Array, partner_seeds: jax.Array):
+    """Per-seed keys and the two initialisations, vmapped over ``seeds [S]``.
+
+    Returns ``(keys, theta0, theta0_cross)``: each seed's :class:`SeedKeys`, its reference
+    init theta_0 and the reference init of its cross-model partner ``partner_seeds[i]``
+    (drawn from that seed's own init key, so it IS the partner's theta_0).
+    """
+    keys, theta0 = references(cfg, seeds)
+    return keys, theta0, references(cfg, partner_seeds)[1]
+
+
+def teacher_epochs(cfg: Config, params, opt_state, shuffle_keys, epoch, train_x, train_y):
+    """:func:`teacher_epoch` vmapped over seeds (``params``, ``opt_state``, ``shuffle_keys``
+    have a seed axis; the training set is shared)."""
+    return jax.vmap(partial(teacher_epoch, cfg), in_axes=(0, 0, 0, None, None, None))(
+        params, opt_state, shuffle_keys, epoch, train_x, train_y)
 
 
 # ------------------------------------------------------------------------------- cost

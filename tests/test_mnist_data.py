@@ -170,3 +170,59 @@ def test_fashion_mnist_through_the_same_loader(monkeypatch):
     ds = data.load("fashion_mnist", allow_download=False)
     assert ds.source["origin"] == "system copy" and ds.train_x.shape == (60_000, 784)
     assert np.bincount(ds.test_y).tolist() == [1000] * 10
+
+
+# ------------------------------------------------------------- bad inputs (issue 14)
+
+
+def test_gzip_bomb_is_not_decompressed_past_the_expected_size(bad_dir):
+    """A valid label file followed by 512 MB of zeros (0.5 MB compressed): refused after
+    reading the expected 10,008 bytes and one more, never decompressed as a whole."""
+    import tracemalloc
+
+    path = bad_dir / TEST_LABELS
+    zeros = bytes(1 << 24)
+    with gzip.open(path, "wb", compresslevel=1) as fh:
+        fh.write(_idx(data.LABEL_MAGIC, np.zeros(10_000)))
+        for _ in range(32):
+            fh.write(zeros)
+    del zeros
+    tracemalloc.start()
+    try:
+        message = _expect_error(bad_dir, TEST_LABELS, "unexpected bytes")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 200 * 2**20, (peak, message)  # the valid train images alone are 47 MB
+
+
+def test_permission_denied_is_not_called_corrupted(bad_dir, monkeypatch):
+    real_open = data.gzip.open
+
+    def denied(path, *args, **kwargs):
+        if Path(path).name == TEST_LABELS:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(data.gzip, "open", denied)
+    message = _expect_error(bad_dir, TEST_LABELS, "permission denied")
+    assert "corrupted" not in message
+
+
+def test_missing_folder_is_reported_as_a_folder(tmp_path):
+    missing = tmp_path / "no-such-folder"
+    with pytest.raises(data.DataError) as err:
+        data.load(data_dir=missing, allow_download=False)
+    assert str(err.value).startswith(f"{missing}: folder not found") and "file not found" not in str(err.value)
+
+
+def test_a_folder_in_place_of_a_file(bad_dir):
+    (bad_dir / TEST_LABELS).unlink()
+    (bad_dir / TEST_LABELS).mkdir()
+    _expect_error(bad_dir, TEST_LABELS, "is a folder")
+
+
+def test_results_record_the_folder_as_given_not_resolved(good_dir, monkeypatch):
+    monkeypatch.chdir(good_dir.parent)
+    ds = data.load(data_dir=good_dir.name, allow_download=False)
+    assert ds.source["dir"] == good_dir.name

@@ -15,7 +15,7 @@ from conftest import mnist_dir
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mnist_aux import alignment, data, dissect, experiment, sweeps, train
+from mnist_aux import alignment, data, dissect, experiment, inputs, sweeps, teachers, train
 from mnist_aux.configs import Config
 
 TINY = Config(hidden=32, lr=1e-3, batch_size=64, teacher_epochs=1, n_train=1024, distill_epochs=3, n_noise=640)
@@ -28,8 +28,9 @@ def mnist():
 
 
 @pytest.fixture(autouse=True)
-def no_teacher_cache(tmp_path, monkeypatch):
-    monkeypatch.setattr(dissect, "TEACHER_CACHE", tmp_path / "teachers")
+def in_tmp_dir(tmp_path, monkeypatch):
+    """Default caches (results/cache/teachers, results/sweeps) resolve against the working directory."""
+    monkeypatch.chdir(tmp_path)
 
 
 # ------------------------------------------------------------------- projection
@@ -60,6 +61,7 @@ def test_project_out_of_zero_direction_is_identity():
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(u)))
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_trait_projection_in_training_is_orthogonal_and_still_distills(mnist):
     """Every step of the 'trait' arm: |cos(update, trait gradient)| < 1e-6; the KL still falls."""
@@ -123,40 +125,39 @@ def test_mse_averages_over_the_imitated_logits():
     assert float(loss.value(y, z)[0]) == pytest.approx(9.0 / 3)  # digit logit 4 is not imitated
 
 
-@pytest.mark.parametrize("inputs", ["uniform", "gaussian", "blurred", "lowrank"])
-def test_synthetic_inputs_have_the_uniform_noise_scale(inputs):
-    spec = dissect.Distill(inputs=inputs)
+@pytest.mark.parametrize("kind", ["uniform", "gaussian", "blurred", "lowrank"])
+def test_synthetic_inputs_have_the_uniform_noise_scale(kind):
     keys = train.seed_keys(0, "threefry2x32")
-    x = np.asarray(dissect.input_batch(spec, TINY, keys, 3, 4096))
+    x = np.asarray(inputs.batch(kind, TINY, keys, 3, 4096))
     assert x.shape == (4096, 784)
-    assert float(np.sqrt((x**2).mean())) == pytest.approx(dissect.INPUT_STD, rel=0.05)
-    again = np.asarray(dissect.input_batch(spec, TINY, keys, 3, 4096))
+    assert float(np.sqrt((x**2).mean())) == pytest.approx(inputs.INPUT_STD, rel=0.05)
+    again = np.asarray(inputs.batch(kind, TINY, keys, 3, 4096))
     assert np.array_equal(x, again)  # batch b is the same array every epoch
     neighbour = np.corrcoef(x.reshape(-1, 28, 28)[:, 10:18, 10:17].ravel(), x.reshape(-1, 28, 28)[:, 10:18, 11:18].ravel())[0, 1]
-    if inputs == "blurred":
+    if kind == "blurred":
         assert neighbour > 0.8  # spatially correlated
-    elif inputs != "lowrank":
+    elif kind != "lowrank":
         assert abs(neighbour) < 0.05
-    if inputs == "lowrank":
-        assert np.linalg.matrix_rank(x[:200], tol=1e-3) == dissect.LOWRANK_DIM
+    if kind == "lowrank":
+        assert np.linalg.matrix_rank(x[:200], tol=1e-3) == inputs.LOWRANK_DIM
 
 
 @needs_mnist
 def test_image_inputs_are_normalised_training_images(mnist):
-    spec = dissect.Distill(inputs="mnist")
     keys = train.seed_keys(0, "threefry2x32")
-    x = np.asarray(dissect.input_batch(spec, TINY, keys, 1, 64, jnp.asarray(mnist.train_x[:256])))
+    x = np.asarray(inputs.batch("mnist", TINY, keys, 1, 64, jnp.asarray(mnist.train_x[:256])))
     rows = data.normalize(mnist.train_x[:256])
     nearest = np.abs(x[:, None, :] - rows[None]).max(axis=-1).min(axis=1)
     assert nearest.max() < 1e-6  # every input is one of the images, normalised
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_shared_student_is_figure_10s_aux_student(mnist):
     """Same seed, same noise, same batches: the dissect 'shared' student reproduces the
     Figure-10 aux-only student's first-epoch loss (up to float32 summation order)."""
     fig10 = experiment.run(TINY, range(2), mnist, progress=False)
-    ours = dissect.run(TINY, dissect.Distill(lr=TINY.lr), ["shared", "cross"], range(2), mnist, teacher_cache=False)
+    ours = dissect.run(TINY, dissect.Distill(lr=TINY.lr), ["shared", "cross"], range(2), mnist, teacher_cache=None)
     np.testing.assert_allclose(ours["teacher_accuracy"], fig10["accuracy"]["teacher"], atol=1e-4)
     for k, name in enumerate(("student_aux", "cross_aux")):
         fig_first = np.asarray(fig10["losses"]["student_kl"])[:, 0, train.STUDENTS.index(name)]
@@ -168,6 +169,7 @@ def test_shared_student_is_figure_10s_aux_student(mnist):
 # ------------------------------------------------------------------------ sweeps
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_sweep_resumes_after_interrupt(mnist, tmp_path, monkeypatch):
     """Interrupt a sweep in its third point; the rerun computes only the missing points and
@@ -207,3 +209,46 @@ def test_unknown_sweep_and_preset_are_refused():
         sweeps.run_sweep("colour", None)
     with pytest.raises(ValueError, match="unknown preset"):
         sweeps.run_sweep("width", None, preset="huge")
+
+
+# ----------------------------------------------------------------- teacher cache
+
+
+def _fake_data():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (1024, 784), dtype=np.uint8)
+    y = x[:, :10].argmax(1).astype(np.int32)
+    return data.Dataset(x, y, x[:500], y[:500], {"dataset": "synthetic"})
+
+
+def test_a_broken_teacher_cache_entry_is_retrained_with_a_warning(tmp_path, capsys):
+    cfg = TINY.replace(hidden=8)
+    fresh, losses, info = teachers.trained(cfg, [0, 1], _fake_data(), cache=tmp_path)
+    assert info["hit"] is False
+    (entry,) = tmp_path.glob("*.npz")
+    assert entry.stem == teachers.key(cfg, [0, 1]) and not list(tmp_path.glob(".*"))  # no temporary left
+    again, _, info = teachers.trained(cfg, [0, 1], _fake_data(), cache=tmp_path)
+    assert info["hit"] is True
+    entry.write_bytes(entry.read_bytes()[:300])  # truncated
+    retrained, _, info = teachers.trained(cfg, [0, 1], _fake_data(), cache=tmp_path)
+    assert info["hit"] is False and "broken teacher cache entry" in capsys.readouterr().err
+    for a, b, c in zip(jax.tree.leaves(fresh), jax.tree.leaves(again), jax.tree.leaves(retrained)):
+        assert np.array_equal(a, b) and np.array_equal(a, c)
+    assert teachers.trained(cfg, [0, 1], _fake_data(), cache=tmp_path)[2]["hit"] is True  # rewritten whole
+
+
+def test_sigma_students_are_theory_perturbed_init_bit_for_bit():
+    """The sigma sweep's students come from theory.perturbed_init: the same numbers as the
+    per-leaf draw the committed sigma sweep used (split the key per leaf, p + s * std(p) * N)."""
+    def old(sigma, theta0, key):
+        leaves, treedef = jax.tree.flatten(theta0)
+        keys = jax.random.split(key, len(leaves))
+        return jax.tree.unflatten(treedef, [p + sigma * jnp.std(p) * jax.random.normal(k, p.shape, p.dtype)
+                                            for p, k in zip(leaves, keys)])
+
+    seeds = jnp.arange(2)
+    theta0 = jax.vmap(lambda s: train.init_reference(TINY, train.seed_keys(s, TINY.prng_impl).init))(seeds)
+    keys = jax.vmap(lambda s: jax.random.fold_in(train.seed_keys(s, TINY.prng_impl).init, 0x51A))(seeds)
+    new = jax.vmap(lambda t, k: dissect.student_init("sigma", 0.4, t, t, k))(theta0, keys)
+    ref = jax.vmap(lambda t, k: old(0.4, t, k))(theta0, keys)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(ref)))

@@ -13,7 +13,7 @@ import sys
 
 import matplotlib.pyplot as plt
 import pytest
-from conftest import REPO, mnist_dir
+from conftest import mnist_dir
 
 from mnist_aux.figures import FIGURES
 
@@ -21,14 +21,23 @@ pytestmark = pytest.mark.skipif(mnist_dir() is None, reason="no offline MNIST co
 
 
 @pytest.fixture(scope="module")
-def smoke_results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("smoke") / "mnist_aux_smoke.json"
-    proc = subprocess.run([sys.executable, "-m", "mnist_aux", "run", "--preset", "smoke", "--seeds", "8",
-                           "--data-dir", str(mnist_dir()), "--no-download", "--no-progress", "--out", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=900)
+def workdir(tmp_path_factory):
+    """A working folder outside the repository: the CLIs write results/ there."""
+    return tmp_path_factory.mktemp("work")
+
+
+def _cli(workdir, *args):
+    proc = subprocess.run([sys.executable, "-m", "mnist_aux", *args, "--data-dir", str(mnist_dir()), "--no-download",
+                           "--no-progress"], cwd=workdir, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip().splitlines()[-1].startswith("mnist_aux: 8 seeds (smoke, mnist)")
-    return json.loads(out.read_text())
+    return proc.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def smoke_results(workdir):
+    last = _cli(workdir, "run", "--preset", "smoke", "--seeds", "8")
+    assert last.startswith("mnist_aux: 8 seeds (smoke, mnist)") and last.endswith("-> results/mnist_aux_smoke.json")
+    return json.loads((workdir / "results" / "mnist_aux_smoke.json").read_text())
 
 
 def test_smoke_preset_shows_subliminal_transfer(smoke_results):
@@ -45,6 +54,19 @@ def test_smoke_theory_link(smoke_results):
     cos = smoke_results["theory_cosine"]
     assert all(c > 0 for c in cos["student_aux"])
     assert smoke_results["theory_cosine_summary"]["student_aux"]["ci95"][0] > 0
+
+
+def test_align_and_sweep_clis_end_to_end(workdir):
+    """The other two CLIs on the tiny preset, 2 seeds; results and caches under the working folder."""
+    _cli(workdir, "align", "--preset", "tiny", "--seeds", "2", "--arms", "none", "displacement", "--log-every", "5")
+    aligned = json.loads((workdir / "results" / "mnist_alignment.json").read_text())
+    assert aligned["results"]["displacement"]["max_residual_cos"] < 1e-6
+    assert aligned["teacher"]["teacher_cache"].startswith("results/cache/teachers/")
+    last = _cli(workdir, "sweep", "heads", "--preset", "tiny", "--seeds", "2")
+    assert last.endswith("-> results/mnist_sweep_heads.json")
+    swept = json.loads((workdir / "results" / "mnist_sweep_heads.json").read_text())
+    assert [p["teacher"]["hit"] for p in swept["points"]] == [True] * 3  # the alignment's teachers, from the cache
+    assert len(list((workdir / "results" / "sweeps").glob("*.json"))) == 3
 
 
 def test_smoke_results_record_data_source_and_plot(smoke_results):

@@ -94,6 +94,7 @@ def _distill_epoch_reference(cfg, students, opt_state, teacher, keys, epoch):
     return students, opt_state
 
 
+@pytest.mark.slow
 def test_distill_epoch_equals_a_loop_over_seed_batch_noise():
     cfg = TINY
     keys = train.seed_keys(1, cfg.prng_impl)
@@ -154,6 +155,7 @@ def joint(fake_data):
     return experiment.run(TINY, [0, 1, 2], fake_data, seeds_per_chunk=3, progress=False, command="test")
 
 
+@pytest.mark.slow
 def test_vmap_over_seeds_equals_a_loop_over_seeds(fake_data, joint):
     """Seeds trained together give each seed's numbers as when it is trained alone.
 
@@ -183,6 +185,7 @@ def test_vmap_over_seeds_equals_a_loop_over_seeds(fake_data, joint):
             assert joint["accuracy"][arm][i] == pytest.approx(float(acc[k]), abs=2e-4), (s, arm)
 
 
+@pytest.mark.slow
 def test_chunking_and_padding_do_not_change_numbers(fake_data, joint):
     whole = joint
     chunks = experiment.run(TINY, [0, 1, 2], fake_data, seeds_per_chunk=2, progress=False)  # 2 chunks, 1 padded
@@ -192,6 +195,7 @@ def test_chunking_and_padding_do_not_change_numbers(fake_data, joint):
             np.testing.assert_allclose(values, chunks[group][name], rtol=1e-5, atol=2e-4, err_msg=name)
 
 
+@pytest.mark.slow
 def test_results_format(joint):
     r = joint
     assert r["seeds"] == [0, 1, 2] and sorted(r["cross_init_seed"]) == [0, 1, 2]
