@@ -90,7 +90,8 @@ def caption(results: dict) -> str:
     if src.get("note"):
         data += f"; {src['note']}"
     n = len(results["seeds"])
-    return f"N = {n} seeds; {stats.caption(n)}. Preset {results.get('preset', '?')}. Data: {data}."
+    bars = stats.caption(n)
+    return f"{bars[0].upper()}{bars[1:]}. Preset {results.get('preset', '?')}. Data: {data}."
 
 
 def plot_fig10(results: dict) -> plt.Figure:

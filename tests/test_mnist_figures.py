@@ -48,7 +48,7 @@ def test_plot_from_results_only():
     bars = fig.axes[0]
     assert len(bars.patches) == 6
     assert "5 seeds" in bars.get_title()
-    assert "N = 5 seeds" in caption(results) and "95% CI" in caption(results) and "rebuilt" in caption(results)
+    assert "over 5 seeds (Student's t, 4 dof)" in caption(results) and "95% CI" in caption(results) and "rebuilt" in caption(results)
     plt.close(fig)
 
 
