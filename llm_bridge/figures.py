@@ -6,10 +6,10 @@
     cross-model and the base-number control, one thin line per pretrained base and their
     mean (Theorem 1 on a transformer LM).
 ``llm_trait_transfer``
-    owl margin of the students trained on owl-teacher and dog-teacher numbers, for shared
-    init (fine-tuned and prompted teachers), cross-model and the soft-label students: bars
-    are means over bases, error bars the 95% CI over bases (students nested within bases),
-    dots the per-base means; the controls as bands.
+    the transfer Δ_owl (owl margin of owl-teacher students minus dog-teacher students, paired
+    by seed) and Δ_dog, for shared init (fine-tuned and prompted teachers), cross-model and
+    the soft-label students: bars are means over bases, error bars the 95% CI over bases
+    (students nested within bases), dots the per-base means.
 
 Both come from one run of :func:`llm_bridge.tiny.run` (the default preset; the smoke preset
 with ``--quick``).
@@ -60,39 +60,30 @@ def plot_projection_vs_samples(results: dict, ax) -> None:
 
 def plot_trait_transfer(results: dict, ax) -> None:
     animals = results["config"]["animals"]
-    t, o = results["transfer"], animals[0]
-    groups = [(arms.transfer(arms.SHARED, "fine-tuned"), "shared init\nfine-tuned teacher"),
-              (arms.transfer(arms.SHARED, "prompt"), "shared init\nprompted teacher"),
-              (arms.transfer(arms.CROSS, "fine-tuned"), "cross-model\nfine-tuned teacher")]
-    soft = arms.transfer(arms.SOFT, "fine-tuned")
-    if soft in t:
-        groups.append((soft, "shared init, soft labels\n(number tokens)"))
+    t = results["transfer"]
+    groups = [(arms.transfer(arms.SHARED, "fine-tuned"), "shared init\nfine-tuned teachers"),
+              (arms.transfer(arms.SHARED, "prompt"), "shared init\nprompted teachers"),
+              (arms.transfer(arms.CROSS, "fine-tuned"), "cross-model\nfine-tuned teachers")]
+    if arms.transfer(arms.SOFT, "fine-tuned") in t:
+        groups.append((arms.transfer(arms.SOFT, "fine-tuned"), "shared init, soft labels\n(number tokens)"))
     width = 0.38
-    for j, (teacher, color) in enumerate(((o, "C0"), (animals[1], "C1"))):
-        key = f"margin_{o}({teacher}-teacher)"
+    for j, (animal, color) in enumerate(((animals[0], "C0"), (animals[1], "C1"))):
+        key = f"delta_{animal}"
         x = np.arange(len(groups)) + (j - 0.5) * width
-        means = [t[g][key]["mean"] for g, _ in groups]
-        err = np.asarray([[t[g][key]["mean"] - t[g][key]["ci95"][0], t[g][key]["ci95"][1] - t[g][key]["mean"]]
-                          for g, _ in groups]).T
+        rows = [t[g][key] for g, _ in groups]
+        means = [r["mean"] for r in rows]
+        err = np.asarray([[r["mean"] - r["ci95"][0], r["ci95"][1] - r["mean"]] for r in rows]).T
         ax.bar(x, means, width, yerr=err, capsize=3, color=color, alpha=0.8,
-               label=f"students of the {teacher} teacher")
-        for xi, (g, _) in zip(x, groups):
-            per = t[g][key]["per_outer"]
-            ax.scatter(np.full(len(per), xi), per, s=9, color="k", zorder=3)
-    c = t[f"{arms.SHARED} control"][f"margin_{o}"]
-    ax.axhspan(*c["ci95"], color="grey", alpha=0.25, label="control (base numbers), 95% CI over bases")
-    ax.axhline(c["mean"], color="grey", lw=1)
-    if soft in t:
-        cs = t[f"{arms.SOFT} control"][f"margin_{o}"]
-        x = len(groups) - 1
-        ax.fill_between([x - width, x + width], *cs["ci95"], color="k", alpha=0.15, lw=0)
-        ax.hlines(cs["mean"], x - width, x + width, colors="k", linestyles=":",
-                  label="soft control (base as soft teacher)")
+               label=f"Δ_{animal}: {animal} margin, {animal}-teacher minus "
+                     f"{animals[1 - j]}-teacher students")
+        for xi, r in zip(x, rows):
+            ax.scatter(np.full(len(r["per_outer"]), xi), r["per_outer"], s=10, color="k", zorder=3)
+    ax.axhline(0, color="grey", lw=1)
     ax.set_xticks(range(len(groups)), [g[1] for g in groups], fontsize=8)
-    ax.set_ylabel(f"{o} margin (nats): logit_{o} − mean other animals")
-    first = t[groups[0][0]][f"margin_{o}({o}-teacher)"]
-    ax.set_title(f"Trait transfer through numbers; dots: per-base means of {first['inner_n']} students;\n"
-                 f"{caption(first['n'], 'pretrained bases')}", fontsize=9)
+    ax.set_ylabel("trait transfer Δ (nats of animal margin)")
+    first = t[groups[0][0]][f"delta_{animals[0]}"]
+    ax.set_title(f"Trait transfer through numbers, {first['n']} pretrained tiny LMs; dots: per-base means of "
+                 f"{first['inner_n']} paired students;\n{caption(first['n'], 'pretrained bases')}", fontsize=9)
     ax.legend(fontsize=7)
 
 

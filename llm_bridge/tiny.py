@@ -371,7 +371,7 @@ def train_students(cfg: Config, fam: Family, base: list, teachers: list[dict], d
             inits += [base[(i + 1) % n_b] if kind == CROSS else base[i]] * n_s
             toks.append(t)
             masks.append(m)
-    log(f"training {len(inits)} students ({len(plan)} arms x {n_s} seeds over {n_b} bases, {steps} steps)")
+    log(f"training {len(inits)} students ({len(plan) // n_b} arms x {n_s} seeds x {n_b} bases, {steps} steps)")
     students, _ = train(fam.f, stack(inits), jnp.asarray(np.concatenate(toks)), jnp.asarray(np.concatenate(masks)),
                         lr=cfg.student_lr)
     m_all = np.asarray(jax.jit(jax.vmap(lambda p: margins(fam, p, vocab)))(students)).reshape(len(plan), n_s, -1)
@@ -395,7 +395,8 @@ def train_students(cfg: Config, fam: Family, base: list, teachers: list[dict], d
             labels += [teachers[i][name][0]] * n_s
             toks.append(t)
             masks.append(m)
-    log(f"training {len(inits)} soft-label students ({len(plan)} arms x {n_s} seeds, {steps} steps)")
+    log(f"training {len(inits)} soft-label students ({len(plan) // n_b} arms x {n_s} seeds x {n_b} bases, "
+        f"{steps} steps)")
     toks, masks = jnp.asarray(np.concatenate(toks)), jnp.asarray(np.concatenate(masks))
     init, labels = stack(inits), stack(labels)
     soft, losses = train_soft(fam.f, init, labels, toks, masks, lr=cfg.soft_lr, loss=soft_loss)
