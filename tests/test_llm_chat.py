@@ -297,7 +297,7 @@ def test_run_with_a_chat_template(tmp_path, monkeypatch):
 
     # student rows: the same conversation without the system message, then the completion (the only loss tokens)
     t = hf_experiment.TextTask(tok, TINY, tok.token_to_id("<|eot_id|>"), chat.load_chat_template(folder))
-    fam = hf_experiment.E.Family(llm_bridge.load(folder))
+    fam = hf_experiment.Family(llm_bridge.load(folder))
     seen.clear()
     d = hf_experiment.sample(t, fam, fam.template, jax.random.key(0), 2, "owl")
     completion = tok.encode("7, 8", add_special_tokens=False).ids + [t.eos]
