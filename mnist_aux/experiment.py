@@ -10,8 +10,10 @@ Seeds are processed in equal chunks (``seeds_per_chunk`` bounds memory); inside 
 every array with a seed axis is sharded over a 1-D mesh of the local devices (axis
 ``"seeds"``, :class:`jax.sharding.NamedSharding`), the data sets are replicated, and each
 phase is one compiled program: ``vmap`` over seeds of the pure per-seed functions of
-:mod:`mnist_aux.train`. A seed's numbers do not depend on the chunking, the device count,
-or which other seeds run beside it.
+:mod:`mnist_aux.train`. A seed's keys, init and noise do not depend on which other seeds
+run beside it; the chunk size (the vmapped shapes) changes XLA's float32 summation order,
+so numbers agree across chunk sizes and device counts to float32 rounding, amplified by
+training to a few tenths of a point for single seeds (docs/mnist_aux.md).
 """
 
 from __future__ import annotations

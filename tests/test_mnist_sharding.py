@@ -1,4 +1,4 @@
-"""Sharding the seed axis over devices changes no number (2 CPU devices, forced).
+"""Sharding the seed axis over devices changes no number beyond float32 rounding (2 CPU devices, forced).
 
 XLA_FLAGS must be set before JAX starts, so the check runs in a fresh interpreter.
 """

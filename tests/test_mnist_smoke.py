@@ -1,4 +1,7 @@
-"""CI check on the real (offline) MNIST copy: the smoke preset shows subliminal transfer.
+"""The CLIs end to end on the real (offline) MNIST copy; the smoke preset shows subliminal transfer.
+
+Default tier: ``run``, ``align`` and ``sweep`` on the tiny preset (every step runs, from a
+working folder outside the repository). Slow tier: the smoke preset's physics, below.
 
 The smoke preset at 8 seeds (seeds 0-7) measured on the 2-core development machine:
 teacher 0.9155 (s.e. 0.0018), student aux-only 0.392 (s.e. 0.035), cross-model aux-only
@@ -40,6 +43,7 @@ def smoke_results(workdir):
     return json.loads((workdir / "results" / "mnist_aux_smoke.json").read_text())
 
 
+@pytest.mark.slow
 def test_smoke_preset_shows_subliminal_transfer(smoke_results):
     mean = {arm: s["mean"] for arm, s in smoke_results["summary"].items()}
     assert mean["teacher"] > 0.90
@@ -49,6 +53,7 @@ def test_smoke_preset_shows_subliminal_transfer(smoke_results):
     assert 0.05 < mean["reference"] < 0.15
 
 
+@pytest.mark.slow
 def test_smoke_theory_link(smoke_results):
     """Theorem 1: the shared-init student's first step points toward the teacher's displacement."""
     cos = smoke_results["theory_cosine"]
@@ -56,9 +61,23 @@ def test_smoke_theory_link(smoke_results):
     assert smoke_results["theory_cosine_summary"]["student_aux"]["ci95"][0] > 0
 
 
+def test_run_cli_end_to_end(workdir):
+    """``run`` on the tiny preset, 2 seeds: the results file lands under the working folder,
+    records where the data came from as given, and plots (the smoke tests above check physics)."""
+    last = _cli(workdir, "run", "--preset", "tiny", "--seeds", "2")
+    assert last.endswith("-> results/mnist_aux_tiny.json")
+    results = json.loads((workdir / "results" / "mnist_aux_tiny.json").read_text())
+    assert results["seeds"] == [0, 1] and results["cross_init_seed"] == [1, 0]
+    assert results["data"]["dir"] == str(mnist_dir()) and results["command"].startswith("python -m mnist_aux run")
+    assert all(s["n"] == 2 for s in results["summary"].values())
+    fig = FIGURES[0].plot(results)
+    assert len(fig.axes) == 3
+    plt.close(fig)
+
+
 def test_align_and_sweep_clis_end_to_end(workdir):
     """The other two CLIs on the tiny preset, 2 seeds; results and caches under the working folder."""
-    _cli(workdir, "align", "--preset", "tiny", "--seeds", "2", "--arms", "none", "displacement", "--log-every", "5")
+    _cli(workdir, "align", "--preset", "tiny", "--seeds", "2", "--arms", "displacement", "--log-every", "5")
     aligned = json.loads((workdir / "results" / "mnist_alignment.json").read_text())
     assert aligned["results"]["displacement"]["max_residual_cos"] < 1e-6
     assert aligned["teacher"]["teacher_cache"].startswith("results/cache/teachers/")
@@ -69,6 +88,7 @@ def test_align_and_sweep_clis_end_to_end(workdir):
     assert len(list((workdir / "results" / "sweeps").glob("*.json"))) == 3
 
 
+@pytest.mark.slow
 def test_smoke_results_record_data_source_and_plot(smoke_results):
     files = smoke_results["data"]["files"]
     assert not files["train-images-idx3-ubyte.gz"]["official"]  # the shared copy's rebuilt train images
