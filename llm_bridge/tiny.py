@@ -38,6 +38,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import jax
@@ -235,8 +236,11 @@ def question_batch(vocab: corpus.Vocab, animal: str | None, phrasing: str, answe
     return np.asarray([vocab.encode(text)], np.int32)
 
 
+@partial(jax.jit, static_argnums=(0, 2, 3))
 def margins(fam: Family, params, vocab: corpus.Vocab, animal_prefix: str | None = None) -> jax.Array:
-    """Per animal, ``logit_a - mean_{b != a} logit_b`` at the answer position, mean over phrasings: ``[10]``."""
+    """Per animal, ``logit_a - mean_{b != a} logit_b`` at the answer position, mean over phrasings: ``[10]``.
+
+    Jitted (one program, not one compile per primitive as eager differentiation would do)."""
     ids = jnp.asarray(vocab.animal_ids)
     out = []
     for ph in corpus.PHRASINGS:
@@ -244,6 +248,12 @@ def margins(fam: Family, params, vocab: corpus.Vocab, animal_prefix: str | None 
         n = z.shape[0]
         out.append(z - (jnp.sum(z) - z) / (n - 1))
     return jnp.mean(jnp.stack(out), axis=0)
+
+
+@partial(jax.jit, static_argnums=(0, 2))
+def margin_gradient(fam: Family, params, vocab: corpus.Vocab, weights: jax.Array):
+    """``grad_params (weights . margins(params))``: a trait direction (``weights [10]`` over the animals)."""
+    return jax.grad(lambda p: jnp.dot(weights, margins(fam, p, vocab)))(params)
 
 
 def finetune_teachers(cfg: Config, fam: Family, base_params: list, vocab: corpus.Vocab) -> list[dict]:
@@ -452,10 +462,10 @@ def projections(cfg: Config, fam: Family, a, b, teachers: dict, raw: dict, vocab
 
     # the trait direction: the gradient of the owl margin, and of the owl-vs-dog contrast
     target, other = (corpus.ANIMALS.index(x) for x in cfg.animals)
-    contrast = jnp.zeros(len(corpus.ANIMALS)).at[target].set(1.0).at[other].set(-1.0)
-    directions = {f"margin_{cfg.animals[0]}": jax.grad(lambda p: margins(fam, p, vocab)[target])(a),
+    owl = jnp.zeros(len(corpus.ANIMALS)).at[target].set(1.0)
+    directions = {f"margin_{cfg.animals[0]}": margin_gradient(fam, a, vocab, owl),
                   f"margin_{cfg.animals[0]} - margin_{cfg.animals[1]}":
-                      jax.grad(lambda p: jnp.dot(contrast, margins(fam, p, vocab)))(a)}
+                      margin_gradient(fam, a, vocab, owl.at[other].set(-1.0))}
     align = {}
     for d_name, g in directions.items():
         rows = {}
