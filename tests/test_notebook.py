@@ -1,14 +1,17 @@
 """The classroom notebook ``notebooks/subliminal_learning_in_10_minutes.ipynb``.
 
 Default tier: the committed ``.ipynb`` and its jupytext percent-format twin ``.py`` hold the
-same cells, and the ``.ipynb`` is committed without outputs. After editing the ``.py``,
-regenerate the notebook with ``jupytext --to ipynb notebooks/subliminal_learning_in_10_minutes.py``
-(a fresh file, no outputs); after editing in Jupyter, ``jupytext --sync`` and clear the outputs.
+same cells, and the ``.ipynb`` is committed without outputs. After editing the ``.py``:
+``jupytext --update --to ipynb notebooks/subliminal_learning_in_10_minutes.py`` (keeps the cell
+ids; a notebook without outputs stays without); after editing in Jupyter, clear the outputs,
+save, and ``jupytext --sync notebooks/subliminal_learning_in_10_minutes.ipynb``.
 
 Slow tier: the notebook runs top to bottom in a real kernel (nbclient) from an empty working
 folder, without an error (its last cell asserts the signs it demonstrates), and writes no
-file there. Measured: 162 s on the 2-core development CPU under load average 2-3.4 (other
-jobs sharing the cores); the kernel's parts: MNIST smoke preset 25 s, tiny LMs 112 s.
+file there (nor new files in the repository). Measured on the 2-core development CPU with
+other jobs sharing the cores (load average 2.1-3.9): the notebook 128-162 s in three runs, this
+test 145 s (2 min 29 s for the pytest process); of that the MNIST smoke preset 22-25 s and
+the tiny LMs 82-112 s, most of both compilation. Budget: under 5 minutes.
 """
 
 import subprocess
@@ -30,7 +33,7 @@ def test_notebook_and_percent_twin_in_sync():
     nb = nbformat.read(NOTEBOOK, as_version=4)
     twin = jupytext.read(TWIN, fmt="py:percent")
     assert _cells(nb) == _cells(twin), (
-        "notebook and .py twin differ: run `jupytext --to ipynb notebooks/subliminal_learning_in_10_minutes.py`")
+        "notebook and .py twin differ: run `jupytext --update --to ipynb notebooks/subliminal_learning_in_10_minutes.py`")
     assert nb.metadata["kernelspec"]["name"] == "python3"
     assert "py:percent" in nb.metadata["jupytext"]["formats"]
 
