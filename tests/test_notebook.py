@@ -16,6 +16,8 @@ the tiny LMs 82-112 s, most of both compilation. Budget: under 5 minutes.
 
 import subprocess
 
+import jupytext
+import nbclient
 import nbformat
 import pytest
 from conftest import REPO, mnist_dir
@@ -29,7 +31,6 @@ def _cells(nb):
 
 
 def test_notebook_and_percent_twin_in_sync():
-    jupytext = pytest.importorskip("jupytext")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     twin = jupytext.read(TWIN, fmt="py:percent")
     assert _cells(nb) == _cells(twin), (
@@ -57,7 +58,6 @@ def _repo_files() -> set[str]:
 @pytest.mark.slow
 @pytest.mark.skipif(mnist_dir() is None, reason="no offline MNIST copy ($SUBLIMINAL_MNIST_DIR)")
 def test_notebook_executes(tmp_path, monkeypatch):
-    nbclient = pytest.importorskip("nbclient")
     monkeypatch.setenv("SUBLIMINAL_MNIST_DIR", str(mnist_dir()))  # the kernel inherits it: no download
     work = tmp_path / "work"
     work.mkdir()
