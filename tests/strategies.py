@@ -8,6 +8,7 @@ Networks of the same architecture share one ``f`` object so that jitted code is 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable
@@ -164,3 +165,10 @@ def smooth_along(case: Case, eps: float) -> bool:
         return True
     p_t = theory.teacher_params(case.params0, case.dtheta_T, eps)
     return bool(np.array_equal(relu_pattern(case.params0, case.x), relu_pattern(p_t, case.x)))
+
+
+def examples(n: int) -> int:
+    """Hypothesis examples for a property test: ``n`` under ``HYPOTHESIS_PROFILE=full`` (the slow CI
+    tier runs every ``property`` test so), a fifth of it (at least 3) in the default tier, which
+    keeps the README's ``pytest`` under its time budget. Each example compiles a new network."""
+    return n if os.environ.get("HYPOTHESIS_PROFILE") == "full" else max(3, n // 5)

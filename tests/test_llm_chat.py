@@ -269,6 +269,7 @@ def test_task_prompts_are_the_templates_conversations(tmp_path):
     assert t.animal_ids.tolist() == first([" owl", " dog"])
 
 
+@pytest.mark.slow  # the whole checkpoint pipeline, about 25 s
 def test_run_with_a_chat_template(tmp_path, monkeypatch):
     """The whole pipeline on a tiny checkpoint with a Llama-3 template, the sampler stubbed (a random model's
     numbers never pass the filter): every teacher answers "7, 8" then eos. About 17 s on 2 busy cores."""

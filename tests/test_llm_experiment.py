@@ -216,6 +216,7 @@ def _structure_checks(r: dict) -> None:
     assert len(z["values"]) == n_b
 
 
+@pytest.mark.slow  # the whole pipeline and CLI, about 50 s of compilation
 def test_micro_run_end_to_end_and_cli(tmp_path, monkeypatch):
     """The whole pipeline on a micro config (structure only: these models learn nothing)."""
     out = tmp_path / "r.json"

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from jax.flatten_util import ravel_pytree
 
 import theory
-from strategies import Arch, apply_fn, cases, init_params, make_inputs, smooth_along
+from strategies import Arch, apply_fn, cases, examples, init_params, make_inputs, smooth_along
 
 pytestmark = pytest.mark.usefixtures("x64")
 
@@ -36,7 +36,8 @@ def brute_force_A(case):
 
 
 @given(cases())
-@settings(max_examples=30)
+@pytest.mark.property
+@settings(max_examples=examples(30))
 def test_jvp_A_equals_materialised_jacobian(case):
     a = theory.lemma1_coefficient(case.f, case.params0, case.dtheta_T, case.x, case.loss)
     a_ref, scale = brute_force_A(case)
@@ -70,7 +71,8 @@ EPS = np.logspace(-6, -1, 11)
 
 
 @given(cases())
-@settings(max_examples=25)
+@pytest.mark.property
+@settings(max_examples=examples(25))
 def test_inner_over_eps_converges_to_A_at_first_order(case):
     a = float(theory.lemma1_coefficient(case.f, case.params0, case.dtheta_T, case.x, case.loss))
     check_sign_at_small_eps(case, a)
@@ -107,14 +109,16 @@ def check_sign_at_small_eps(case, a, eps=1e-5):
 # The sign property is checked on every drawn case of the tests below that call
 # check_sign_at_small_eps: 110 + 30 + 25 + 25 + 10 = 200 cases per CI run.
 @given(cases())
-@settings(max_examples=110)
+@pytest.mark.property
+@settings(max_examples=examples(110))
 def test_inner_product_nonnegative_at_small_eps(case):
     a = float(theory.lemma1_coefficient(case.f, case.params0, case.dtheta_T, case.x, case.loss))
     check_sign_at_small_eps(case, a)
 
 
 @given(cases(teacher_kinds=("gradient",)))
-@settings(max_examples=25)
+@pytest.mark.property
+@settings(max_examples=examples(25))
 def test_teacher_loss_decreases_along_student_step(case):
     a = float(theory.lemma1_coefficient(case.f, case.params0, case.dtheta_T, case.x, case.loss))
     d_s = check_sign_at_small_eps(case, a, eps=1e-4)
@@ -169,7 +173,8 @@ def test_zero_branch_detected_when_teacher_moves_only_unobserved_outputs():
 
 
 @given(cases())
-@settings(max_examples=10)
+@pytest.mark.property
+@settings(max_examples=examples(10))
 def test_branch_is_never_violated_for_shared_init(case):
     assert theory.theorem1_branch(case.f, case.params0, case.dtheta_T, case.x, case.loss) in ("zero", "positive")
     check_sign_at_small_eps(case, float(theory.lemma1_coefficient(case.f, case.params0, case.dtheta_T, case.x,

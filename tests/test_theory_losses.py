@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import theory
-from strategies import LOSS_KINDS, make_loss, subsets
+from strategies import LOSS_KINDS, examples, make_loss, subsets
 
 pytestmark = pytest.mark.usefixtures("x64")
 
@@ -26,7 +26,8 @@ def loss_and_outputs(draw):
 
 
 @given(loss_and_outputs())
-@settings(max_examples=25)
+@pytest.mark.property
+@settings(max_examples=examples(25))
 def test_closed_form_gradient_matches_autodiff(case):
     loss, y, z, _ = case
     auto = jax.grad(lambda yy: jnp.sum(loss.value(yy, z)))(y)
@@ -34,7 +35,8 @@ def test_closed_form_gradient_matches_autodiff(case):
 
 
 @given(loss_and_outputs())
-@settings(max_examples=25)
+@pytest.mark.property
+@settings(max_examples=examples(25))
 def test_curvature_is_minus_mixed_second_derivative_and_quad_matches(case):
     loss, _, z, u = case
     dl_dy = jax.grad(lambda y1, z1: loss.value(y1[None], z1[None])[0], argnums=0)
@@ -47,7 +49,8 @@ def test_curvature_is_minus_mixed_second_derivative_and_quad_matches(case):
 
 
 @given(loss_and_outputs())
-@settings(max_examples=20)
+@pytest.mark.property
+@settings(max_examples=examples(20))
 def test_loss_is_minimised_at_teacher_outputs(case):
     loss, _, z, _ = case
     np.testing.assert_allclose(loss.grad_y(z, z), 0.0, atol=1e-12)
