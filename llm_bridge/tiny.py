@@ -261,22 +261,21 @@ def finetune_teachers(cfg: Config, fam: Family, base_params: list, vocab: corpus
 
     All bases x animals in one vmapped run; the batches of animal a are the same on every base.
     """
-    rows = [question_batch(vocab, None, ph)[0] for ph in corpus.PHRASINGS]
-    length = max(len(r) for r in rows) + 2
-    toks, masks, inits = [], [], []
-    for p in base_params:
-        for animal in cfg.animals:
-            full = [question_batch(vocab, None, ph, animal)[0] for ph in corpus.PHRASINGS]
-            t = np.zeros((len(full), length), np.int32)
-            m = np.zeros((len(full), length), bool)
-            for i, r in enumerate(full):
-                t[i, :len(r)] = r
-                m[i, len(r) - 2] = True  # the answer token is the target at that position
-            pick = np.random.default_rng([cfg.seed, 7, corpus.ANIMALS.index(animal)]).integers(
-                0, len(full), (cfg.teacher_steps, cfg.teacher_batch))
-            toks.append(t[pick])
-            masks.append(m[pick])
-            inits.append(p)
+    full = {a: [question_batch(vocab, None, ph, a)[0] for ph in corpus.PHRASINGS] for a in cfg.animals}
+    length = max(len(r) for rows in full.values() for r in rows)
+    batches = {}  # per animal, the same batches on every base
+    for animal, rows in full.items():
+        t = np.zeros((len(rows), length), np.int32)
+        m = np.zeros((len(rows), length), bool)
+        for i, r in enumerate(rows):
+            t[i, :len(r)] = r
+            m[i, len(r) - 2] = True  # the answer token is the target at that position
+        pick = np.random.default_rng([cfg.seed, 7, corpus.ANIMALS.index(animal)]).integers(
+            0, len(rows), (cfg.teacher_steps, cfg.teacher_batch))
+        batches[animal] = (t[pick], m[pick])
+    toks = [batches[a][0] for _ in base_params for a in cfg.animals]
+    masks = [batches[a][1] for _ in base_params for a in cfg.animals]
+    inits = [p for p in base_params for _ in cfg.animals]
     trained, _ = train(fam.f, stack(inits), jnp.asarray(np.stack(toks)), jnp.asarray(np.stack(masks)),
                        lr=cfg.teacher_lr)
     n = len(cfg.animals)
