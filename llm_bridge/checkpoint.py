@@ -20,10 +20,16 @@ GPT-2's attention and MLP use ``transformers.Conv1D``, which stores ``[in, out]`
 computes ``x @ weight``, so those are *not* transposed (GPT-2's untied ``lm_head`` is an
 ``nn.Linear`` and is). Embeddings ``[vocab, hidden]``, norm weights and all biases have the
 same layout in both.
+
+With ``mesh=`` (:func:`load`, :func:`from_hf_weights`) each parameter is built straight into its
+shards on a :class:`jax.sharding.Mesh` by :mod:`llm_bridge.sharding`'s rule table, reading one
+tensor at a time (:func:`read_safetensors` with ``lazy=True`` gives tensors that are read only
+when sliced); the checks are the same, made on shapes and dtypes before anything is read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import numbers
@@ -38,6 +44,7 @@ from flax import nnx
 from safetensors import SafetensorError, safe_open
 from safetensors.flax import save_file
 
+from llm_bridge import sharding
 from llm_bridge.gpt2 import GPT2, GPT2Config
 from llm_bridge.gpt_neox import GPTNeoX, GPTNeoXConfig
 from llm_bridge.llama import Llama, LlamaConfig
@@ -217,12 +224,16 @@ def hf_shapes(config: Config) -> dict[str, tuple[int, ...]]:
             for key, path, transpose in _entries(config, params)}
 
 
-def from_hf_weights(config: Config, weights: Mapping[str, object], *, dtype=jnp.float32) -> Model:
-    """A model from a Hugging Face state dict ``{key: array}`` (numpy or jax arrays).
+def from_hf_weights(config: Config, weights: Mapping[str, object], *, dtype=jnp.float32, mesh=None) -> Model:
+    """A model from a Hugging Face state dict ``{key: array}`` (numpy or jax arrays, or the lazy
+    tensors of :func:`read_safetensors` with ``lazy=True``).
 
     Strict: raises KeyError / ValueError naming the key if a tensor is missing, unused or
-    of the wrong shape. Tensors are cast to ``dtype`` (default float32, whatever the
-    checkpoint stores: bf16 checkpoints are upcast).
+    of the wrong shape (checked on shapes and dtypes, before a lazy tensor is read). Tensors are
+    cast to ``dtype`` (default float32, whatever the checkpoint stores: bf16 checkpoints are
+    upcast). With ``mesh`` (a :class:`jax.sharding.Mesh` with axes ``data`` / ``model``) every
+    parameter is built directly into its shards by :func:`llm_bridge.sharding.build`, one tensor at
+    a time, never whole on one device.
     """
     family = _family(config)
     weights = dict(weights)
@@ -237,18 +248,24 @@ def from_hf_weights(config: Config, weights: Mapping[str, object], *, dtype=jnp.
     for key, path, transpose in _entries(config, expected):
         if key not in weights:
             raise KeyError(f"checkpoint has no tensor {key!r} (needed for parameter {path})")
-        x = jnp.asarray(weights[key])
-        if not jnp.issubdtype(x.dtype, jnp.floating):
-            raise ValueError(f"checkpoint tensor {key!r} has dtype {x.dtype}; weights must be floating point")
-        x = x.T if transpose else x
-        if x.shape != expected[path].shape:
-            raise ValueError(f"checkpoint tensor {key!r} has shape {tuple(weights[key].shape)}; parameter {path} "
+        w = weights[key]
+        if not isinstance(w.dtype, np.dtype) or not jnp.issubdtype(w.dtype, jnp.floating):
+            raise ValueError(f"checkpoint tensor {key!r} has dtype {w.dtype}; weights must be floating point")
+        shape = tuple(w.shape[::-1] if transpose else w.shape)
+        if shape != expected[path].shape:
+            raise ValueError(f"checkpoint tensor {key!r} has shape {tuple(w.shape)}; parameter {path} "
                              f"needs {expected[path].shape}{' after transposing' if transpose else ''}")
-        filled[path] = x.astype(dtype)
+        if mesh is None:
+            x = jnp.asarray(w)
+            filled[path] = (x.T if transpose else x).astype(dtype)
+        else:
+            spec = sharding.partition_spec(config, path, shape, mesh)
+            filled[path] = sharding.build(w, shape, jax.sharding.NamedSharding(mesh, spec), transpose=transpose,
+                                          dtype=dtype)
         used.add(key)
     head_key, embed_key = family.head
     if config.tie_word_embeddings and head_key in weights:
-        if not np.array_equal(np.asarray(weights[head_key]), np.asarray(weights[embed_key])):
+        if not _equal(weights[head_key], weights[embed_key]):
             raise ValueError(f"config ties the LM head to the embedding but checkpoint tensor {head_key!r} "
                              f"differs from {embed_key!r}")
         used.add(head_key)
@@ -258,6 +275,19 @@ def from_hf_weights(config: Config, weights: Mapping[str, object], *, dtype=jnp.
                          f"({len(unused)} unused: {unused[:5]})")
     nnx.replace_by_pure_dict(state, _unflatten(filled))
     return nnx.merge(graphdef, state)
+
+
+def _equal(a, b, block_bytes: int = 64 << 20) -> bool:
+    """Whether two tensors (arrays or lazy tensors) hold equal values, compared in row blocks of
+    about ``block_bytes`` so that two lazy tensors are never both read whole."""
+    if tuple(a.shape) != tuple(b.shape):
+        return False
+    if not a.shape:
+        return bool(np.array_equal(np.asarray(a), np.asarray(b)))
+    row = max(1, int(np.prod(a.shape[1:])) * max(getattr(a.dtype, "itemsize", 1), getattr(b.dtype, "itemsize", 1)))
+    step = max(1, block_bytes // row)
+    return all(np.array_equal(np.asarray(a[i:i + step]), np.asarray(b[i:i + step]))
+               for i in range(0, a.shape[0], step))
 
 
 def to_hf_weights(model: Model) -> dict[str, jax.Array]:
@@ -310,19 +340,70 @@ def _weight_files(folder: Path) -> list[Path]:
     raise FileNotFoundError(f"{folder} has neither model.safetensors nor model.safetensors.index.json")
 
 
-def read_safetensors(folder: str | Path) -> dict[str, jax.Array]:
-    """Every tensor of a checkpoint folder (one file or all shards), as jax arrays in their stored dtype."""
+# safetensors dtype names -> numpy dtypes (ml_dtypes' for bfloat16 / float8); others are refused as weights
+_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": jnp.bfloat16,
+           "F8_E4M3": jnp.float8_e4m3fn, "F8_E5M2": jnp.float8_e5m2, "I64": np.int64, "I32": np.int32,
+           "I16": np.int16, "I8": np.int8, "U64": np.uint64, "U32": np.uint32, "U16": np.uint16, "U8": np.uint8,
+           "BOOL": np.bool_}
+
+
+def _invalid(path: Path, err: Exception) -> ValueError:
+    return ValueError(f"{path}: not a valid safetensors file (truncated or corrupt?): {err}")
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredTensor:
+    """One tensor of a safetensors file, read only when sliced: ``t[0:4, 8:16]`` reads that block
+    (``safe_open(...).get_slice``), ``np.asarray(t)`` the whole tensor.
+
+    The file is opened for each read and closed after it: safetensors memory-maps the file, and
+    the pages a read touches count as resident memory until the map is closed.
+    """
+
+    file: Path
+    key: str
+    shape: tuple[int, ...]
+    dtype: object  # a numpy dtype, or the safetensors name of a type numpy does not have
+
+    def __getitem__(self, index) -> np.ndarray:
+        """The block ``index`` (slices, one per leading dimension; clipped to the shape as numpy does)."""
+        index = index if isinstance(index, tuple) else (index,)
+        index = tuple(slice(*i.indices(n)) for i, n in zip(index, self.shape))
+        try:
+            with safe_open(self.file, framework="np") as f:
+                return f.get_slice(self.key)[index]
+        except SafetensorError as err:
+            raise _invalid(self.file, err) from None
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        try:
+            with safe_open(self.file, framework="np") as f:
+                x = f.get_tensor(self.key)
+        except SafetensorError as err:
+            raise _invalid(self.file, err) from None
+        return x if dtype is None else x.astype(dtype)
+
+
+def read_safetensors(folder: str | Path, *, lazy: bool = False) -> dict[str, object]:
+    """Every tensor of a checkpoint folder (one file or all shards), as jax arrays in their stored dtype;
+    with ``lazy=True`` as :class:`StoredTensor` handles (only the headers are read)."""
     folder = Path(folder).expanduser()
-    out: dict[str, jax.Array] = {}
+    out: dict[str, object] = {}
     for path in _weight_files(folder):
         try:
-            with safe_open(path, framework="flax") as f:
+            with safe_open(path, framework="np" if lazy else "flax") as f:
                 for key in f.keys():  # noqa: SIM118 (safe_open is not a dict)
                     if key in out:
                         raise ValueError(f"tensor {key!r} appears in more than one shard ({path.name})")
-                    out[key] = f.get_tensor(key)
+                    if lazy:
+                        view = f.get_slice(key)
+                        kind = view.get_dtype()
+                        out[key] = StoredTensor(path, key, tuple(view.get_shape()),
+                                                np.dtype(_DTYPES[kind]) if kind in _DTYPES else kind)
+                    else:
+                        out[key] = f.get_tensor(key)
         except SafetensorError as err:  # OSErrors (missing, permission denied) stay what they are
-            raise ValueError(f"{path}: not a valid safetensors file (truncated or corrupt?): {err}") from None
+            raise _invalid(path, err) from None
     index = folder / "model.safetensors.index.json"
     if index.exists():
         listed = set(_weight_map(index))
@@ -331,17 +412,19 @@ def read_safetensors(folder: str | Path) -> dict[str, jax.Array]:
     return out
 
 
-def load(folder: str | Path, *, dtype=jnp.float32) -> Model:
+def load(folder: str | Path, *, dtype=jnp.float32, mesh=None) -> Model:
     """The model of a local Hugging Face checkpoint folder (config.json + safetensors), of a GGUF
     file (``*.gguf``, see :mod:`llm_bridge.gguf`), or of a named model (``"smollm2"``).
 
     The family comes from ``config.json``'s ``model_type`` (gpt2, gpt_neox, llama, qwen2);
-    the config dataclass is ``model.config``.
+    the config dataclass is ``model.config``. With ``mesh`` (:func:`llm_bridge.sharding.make_mesh`)
+    every parameter is placed on it by :mod:`llm_bridge.sharding`'s rule table, each tensor read
+    from the file straight into its shards, one at a time (docs/scaling_up.md).
     """
     from llm_bridge import gguf
 
     if gguf.is_gguf(folder):
-        return gguf.load(folder, dtype=dtype)
+        return gguf.load(folder, dtype=dtype, mesh=mesh)
     folder = Path(folder).expanduser()
     path = folder / "config.json"
     raw = _read_config(path)
@@ -349,7 +432,7 @@ def load(folder: str | Path, *, dtype=jnp.float32) -> Model:
         config = config_from_hf(raw)
     except (ValueError, TypeError) as err:
         raise ValueError(f"{path}: {err}") from None
-    return from_hf_weights(config, read_safetensors(folder), dtype=dtype)
+    return from_hf_weights(config, read_safetensors(folder, lazy=mesh is not None), dtype=dtype, mesh=mesh)
 
 
 def save(folder: str | Path, model: Model, *, max_shard_size: int | None = None) -> Path:

@@ -29,6 +29,7 @@ GGUF, of an unsupported architecture, tensor type, RoPE scaling or tokenizer, ra
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.resources
 import importlib.util
@@ -283,8 +284,9 @@ def _supported(kind) -> bool:
     return kind in (Q.F32, Q.F16, Q.F64) or kind in _type_traits
 
 
-def weights(path: Path, reader, config) -> dict[str, np.ndarray]:
-    """``{Hugging Face key: float32 array}`` of every GGUF tensor, with llama.cpp's changes undone.
+def weights(path: Path, reader, config, *, lazy: bool = False) -> dict[str, np.ndarray]:
+    """``{Hugging Face key: float32 array}`` of every GGUF tensor, with llama.cpp's changes undone;
+    with ``lazy=True`` each value is a :class:`Dequantized` handle, dequantized only when read.
 
     Checked before anything is dequantized: each tensor has a table entry and a type that
     can be dequantized, each tensor of the model is present, and each shape matches.
@@ -320,29 +322,59 @@ def weights(path: Path, reader, config) -> dict[str, np.ndarray]:
     out = {}
     for name, t in tensors.items():
         key, fix = table[name]
-        w = _dequantize(path, t).reshape(tuple(int(n) for n in reversed(t.shape)))
-        if fix == "rope_q":
-            w = _unpermute(w, config.num_attention_heads)
-        elif fix == "rope_k":
-            w = _unpermute(w, config.kv_heads)
-        elif fix == "transpose":
-            w = w.T
-        out[key] = w
+        heads = config.num_attention_heads if fix == "rope_q" else config.kv_heads if fix == "rope_k" else None
+        w = Dequantized(path, t, fix, heads)
+        out[key] = w if lazy else w.read()
     return out
+
+
+class Dequantized:
+    """One GGUF tensor as the Hugging Face layout expects it, dequantized only when read (float32).
+
+    ``read()`` dequantizes it and undoes llama.cpp's change (``fix``: ``rope_q`` / ``rope_k``
+    unpermute ``heads`` heads, ``transpose``); ``open()`` is a context holding that one array
+    for several slices (:func:`llm_bridge.sharding.build`), released on exit.
+    """
+
+    def __init__(self, path: Path, tensor, fix: str | None, heads: int | None):
+        self.path, self.tensor, self.fix, self.heads = path, tensor, fix, heads
+        shape = tuple(int(n) for n in reversed(tensor.shape))
+        self.shape = shape[::-1] if fix == "transpose" else shape
+        self.dtype = np.dtype(np.float32)
+
+    def read(self) -> np.ndarray:
+        w = _dequantize(self.path, self.tensor).reshape(tuple(int(n) for n in reversed(self.tensor.shape)))
+        if self.fix in ("rope_q", "rope_k"):
+            w = _unpermute(w, self.heads)
+        elif self.fix == "transpose":
+            w = w.T
+        return w
+
+    @contextlib.contextmanager
+    def open(self):
+        yield self.read().astype(np.float32, copy=False)
+
+    def __array__(self, dtype=None, copy=None):
+        w = self.read().astype(np.float32, copy=False)
+        return w if dtype is None else w.astype(dtype)
+
+    def __getitem__(self, index):
+        return np.asarray(self)[index]
 
 
 def config_summary(config) -> str:
     return ", ".join(f"{k}={v}" for k, v in vars(config).items() if k != "extra" and v is not None)[:200]
 
 
-def load(source: str | Path, *, dtype=jnp.float32):
+def load(source: str | Path, *, dtype=jnp.float32, mesh=None):
     """The model of a GGUF file (or a name in :data:`NAMED`), every tensor dequantized to float32
-    and then cast to ``dtype``; its config dataclass is ``model.config``."""
+    and then cast to ``dtype``; its config dataclass is ``model.config``. With ``mesh`` each tensor
+    is dequantized in turn and placed straight into its shards (:mod:`llm_bridge.sharding`)."""
     from llm_bridge.checkpoint import from_hf_weights
 
     path, reader = read(source)
     config = _config(path, metadata(reader), {t.name for t in reader.tensors})
-    return from_hf_weights(config, weights(path, reader, config), dtype=dtype)
+    return from_hf_weights(config, weights(path, reader, config, lazy=mesh is not None), dtype=dtype, mesh=mesh)
 
 
 # ------------------------------------------------------------------------------- tokenizer

@@ -2,7 +2,9 @@
 
 Runs the paper's Figure 10 experiment (section 6.2) for many seeds at once and writes a
 results JSON that ``python paper_figs.py --only mnist_aux_fig10`` plots. ``python -m
-mnist_aux presets`` lists the presets with their commands and run times.
+mnist_aux presets`` lists the presets with their commands and run times. ``run`` splits the
+seeds over devices (``--mesh data=N``, default all) and over hosts (``--distributed``, only
+process 0 writes): docs/scaling_up.md.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from mnist_aux.configs import PRESETS
-from theory.results import OutputError, command_line, prepare_output, results_dir, shown, write_json
+from theory import mesh
+from theory.results import OutputError, command_line, is_writer, prepare_output, results_dir, shown, write_json
 
 
 def default_out(preset: str, dataset: str, folder: Path) -> Path:
@@ -56,9 +59,29 @@ def _load(dataset: str, args: argparse.Namespace):
         return None
 
 
+def _devices(args: argparse.Namespace):
+    """The devices of ``--mesh data=N`` (default all, every host's), or a one-line problem."""
+    import jax
+
+    devices = jax.devices()
+    n = len(devices) if args.mesh is None else mesh.parse_mesh(args.mesh)["data"]
+    if n > len(devices):
+        return (f"--mesh data={n}: only {len(devices)} device{'s are' if len(devices) > 1 else ' is'} available "
+                f"({devices[0].platform})")
+    if jax.process_count() > 1 and n != len(devices):
+        return f"--mesh data={n}: a multi-host run uses every host's devices ({len(devices)}); leave --mesh out"
+    return devices[:n]
+
+
 def _run(args: argparse.Namespace) -> int:
     cfg = PRESETS[args.preset]().replace(dataset=args.dataset)
-    out = prepare_output(args.out or default_out(args.preset, cfg.dataset, results_dir(args.results_dir)))
+    mesh.initialize(args)  # before anything touches a device
+    devices = _devices(args)
+    if isinstance(devices, str):
+        return _fail(devices)
+    writer = is_writer()
+    out_path = args.out or default_out(args.preset, cfg.dataset, results_dir(args.results_dir))
+    out = prepare_output(out_path) if writer else out_path  # other hosts write nothing
     # Imported here so `--help`, `presets` and argument errors answer without starting JAX.
     from mnist_aux import experiment
 
@@ -67,8 +90,11 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     results = experiment.run(cfg, seeds, dataset, seeds_per_chunk=args.seeds_per_chunk, pairing_seed=args.pairing_seed,
-                             progress=not args.no_progress, command=command_line("python -m mnist_aux", args.argv))
+                             devices=devices, progress=not args.no_progress and writer,
+                             command=command_line("python -m mnist_aux", args.argv))
     results["preset"] = args.preset
+    if not writer:
+        return 0
     write_json(out, results)
     print(table(results))
     s, t = results["summary"], results["timing"]
@@ -165,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
                      help="seed of the derangement that pairs cross-model students with other inits (default 0)")
     _common(run, "RESULTS/mnist_aux_fig10.json for paper on MNIST, else RESULTS/mnist_aux_<preset>[_<dataset>].json",
             teachers=False)
+    mesh.add_arguments(run, mesh_help="devices the seeds are split over: data=N puts each chunk's seeds on N devices "
+                                      "(default: all devices; every host's with --distributed). Numbers agree across "
+                                      "device counts to float32 rounding (docs/scaling_up.md)")
     run.set_defaults(func=_run)
     from mnist_aux.sweeps import SWEEPS
 
@@ -214,6 +243,12 @@ def check(args: argparse.Namespace) -> str | None:
     if args.first_seed < 0:
         return f"--first-seed must be >= 0, got {args.first_seed}"
     if args.command == "run":
+        problem = mesh.check_arguments(args)
+        if problem:
+            return problem
+        if args.mesh is not None and mesh.parse_mesh(args.mesh)["model"] != 1:
+            return (f"--mesh {args.mesh}: the MNIST experiment splits seeds only (data=N); its 784-256-256-13 MLPs "
+                    "are too small to split (model must be 1)")
         if args.seeds_per_chunk < 1:
             return f"--seeds-per-chunk must be >= 1, got {args.seeds_per_chunk}"
         if args.pairing_seed < 0:

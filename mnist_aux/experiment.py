@@ -7,8 +7,9 @@ versions and timing. The same dict is the CLI's results file and the input of
 ``mnist_aux.figures``.
 
 Seeds are processed in equal chunks (``seeds_per_chunk`` bounds memory); inside a chunk
-every array with a seed axis is sharded over a 1-D mesh of the local devices (axis
-``"seeds"``, :class:`jax.sharding.NamedSharding`), the data sets are replicated, and each
+every array with a seed axis is sharded over a 1-D mesh of the devices (axis ``"seeds"``,
+:class:`jax.sharding.NamedSharding`; the CLI's ``--mesh data=N``: all devices by default,
+every host's in a multi-host run, docs/scaling_up.md), the data sets are replicated, and each
 phase is one compiled program: ``vmap`` over seeds of the pure per-seed functions of
 :mod:`mnist_aux.train`. A seed's keys, init and noise do not depend on which other seeds
 run beside it; the chunk size (the vmapped shapes) changes XLA's float32 summation order,
@@ -100,7 +101,10 @@ class Programs:
         self._compiled = {}
 
     def __call__(self, name, *args):
-        key = (name, jax.tree.structure(args), tuple(getattr(a, "shape", None) for a in jax.tree.leaves(args)))
+        # Shardings are part of the key: on several devices XLA may give an epoch's outputs other
+        # shardings than its inputs had, and a compiled program only accepts the ones it was built for.
+        key = (name, jax.tree.structure(args), tuple((getattr(a, "shape", None), getattr(a, "sharding", None))
+                                                     for a in jax.tree.leaves(args)))
         if key not in self._compiled:
             start = time.perf_counter()
             self._compiled[key] = self._jitted[name].lower(*args).compile()
@@ -134,11 +138,22 @@ def theory_cosines(cfg: Config, theta0, theta0_cross, teacher, x0, n: int | None
 # ---------------------------------------------------------------------------- run
 
 
+def _host(tree):
+    """Seed-sharded results as numpy arrays, whole on every host: on a multi-host mesh the other
+    hosts' seeds are gathered (``process_allgather``); on one host this is ``np.asarray``."""
+    if jax.process_count() == 1:
+        return jax.tree.map(np.asarray, tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
 def run(cfg: Config, seeds, data: Dataset, *, seeds_per_chunk: int = 50, devices=None,
         pairing_seed: int = 0, progress: bool = True, command: str | None = None) -> dict:
     """Train and evaluate the six arms of Figure 10 for every seed in ``seeds``.
 
-    ``devices`` (default: all local devices) carry the seed axis; ``pairing_seed`` picks
+    ``devices`` (default: all devices, every host's after ``jax.distributed.initialize``) carry
+    the seed axis; every host runs this function and gets the whole results; ``pairing_seed`` picks
     the derangement pairing each seed's cross-model students with another seed's
     initialisation. Returns the results dict (see the module docstring).
     """
@@ -149,7 +164,7 @@ def run(cfg: Config, seeds, data: Dataset, *, seeds_per_chunk: int = 50, devices
         raise ValueError("seeds must be distinct")
     perm = train.derangement(len(seeds), pairing_seed)
     partners = [seeds[p] for p in perm]
-    devices = list(devices or jax.local_devices())
+    devices = list(devices or jax.devices())
     mesh = jax.make_mesh((len(devices),), ("seeds",), (jax.sharding.AxisType.Auto,), devices=devices)
     per_seed, replicated = NamedSharding(mesh, P("seeds")), NamedSharding(mesh, P())
     n_chunks, chunk = chunking(len(seeds), seeds_per_chunk, len(devices))
@@ -195,13 +210,16 @@ def run(cfg: Config, seeds, data: Dataset, *, seeds_per_chunk: int = 50, devices
             bar.set_postfix_str(f"chunk {c + 1}/{n_chunks} teacher epoch {epoch + 1}/{cfg.teacher_epochs}")
             teacher, opt_state, loss = timed("teacher", programs, "teacher_epoch", teacher, opt_state,
                                              keys.shuffle, np.int32(epoch), train_x, train_y)
-            teacher_losses.append(np.asarray(loss))
+            teacher_losses.append(_host(loss))
             bar.update(per_epoch["teacher"])
 
         bar.set_postfix_str(f"chunk {c + 1}/{n_chunks} theory cosines")
         x0 = timed("theory_cosines", programs, "first_batch", keys)
         t0 = time.perf_counter()
-        chunk_cos = theory_cosines(cfg, theta0, theta0_cross, teacher, x0, n_real)
+        if jax.process_count() > 1:  # the per-seed loop below indexes seeds other hosts hold
+            chunk_cos = theory_cosines(cfg, *_host((theta0, theta0_cross, teacher, x0)), n_real)
+        else:
+            chunk_cos = theory_cosines(cfg, theta0, theta0_cross, teacher, x0, n_real)
         phase_seconds["theory_cosines"] += time.perf_counter() - t0
         del x0
 
@@ -212,13 +230,13 @@ def run(cfg: Config, seeds, data: Dataset, *, seeds_per_chunk: int = 50, devices
             bar.set_postfix_str(f"chunk {c + 1}/{n_chunks} distill epoch {epoch + 1}/{cfg.distill_epochs}")
             students, opt_state, loss = timed("distill", programs, "distill_epoch", students, opt_state,
                                               teacher, keys, np.int32(epoch))
-            student_losses.append(np.asarray(loss))
+            student_losses.append(_host(loss))
             bar.update(per_epoch["distill"])
         del opt_state
 
         bar.set_postfix_str(f"chunk {c + 1}/{n_chunks} evaluation")
         models = timed("eval", programs, "stack", theta0, teacher, students)  # [S, 6, ...]
-        chunk_acc = np.asarray(timed("eval", programs, "accuracy", models, test_x, test_y))
+        chunk_acc = _host(timed("eval", programs, "accuracy", models, test_x, test_y))
         order = ("reference", "teacher") + train.STUDENTS
         for k, arm in enumerate(order):
             acc[arm].extend(chunk_acc[:n_real, k].tolist())

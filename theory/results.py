@@ -12,6 +12,8 @@ mnist_aux and llm_bridge both import theory and never each other, so the shared 
   command, the commit, package versions, the CPU.
 - :func:`shown` is how a path appears in a results file or caption: relative to the working
   folder when inside it, else as the user gave it, never resolved to a machine's absolute path.
+- :func:`is_writer` says whether this process writes: in a multi-host run (``--distributed``,
+  :mod:`theory.mesh`) every host computes, but only process 0 writes results and caches.
 
 Results folders are resolved from the working directory (``results/`` by default, or a
 flag), never from a package's file location, so a non-editable install writes beside the user.
@@ -58,6 +60,14 @@ def prepare_output(path: str | os.PathLike) -> Path:
     except OSError as err:
         raise OutputError(f"cannot write into the folder of output {str(path)!r}: {err.strerror or err}") from None
     return p
+
+
+def is_writer() -> bool:
+    """True in the process that writes results and caches: the only process of an ordinary run, or
+    process 0 of a multi-host run (:func:`jax.distributed.initialize`; ``jax.process_index() == 0``)."""
+    import jax
+
+    return jax.process_index() == 0
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
