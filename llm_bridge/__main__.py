@@ -163,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="override the preset's number of student seeds (per base for --model tiny)")
     tiny_flags = r.add_argument_group("with --model tiny, or a pretrained model (smollm2, .gguf, folder)")
     tiny_flags.add_argument("--preset", choices=("paper", "smoke"), default=None,
-                            help="'paper' (default; tiny: 5 bases, about 10 minutes on 2 CPU cores; smollm2: about 2 "
-                                 "hours) or 'smoke' (the tests': tiny about 2 minutes, smollm2 a few minutes)")
+                            help="'paper' (default; tiny: 5 bases, about 10 minutes on 2 CPU cores; smollm2: about 1.5-2 "
+                                 "hours) or 'smoke' (the tests': tiny about 2 minutes, smollm2 about 8 minutes)")
     tiny_flags.add_argument("--base-seeds", type=int, nargs="+", default=None,
                             help="override the preset's base seeds (at least two; base i's cross-model students "
                                  "start from base i + 1)")
