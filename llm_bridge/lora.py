@@ -16,7 +16,6 @@ from __future__ import annotations
 from functools import partial
 
 import jax
-import jax.numpy as jnp
 import optax
 from flax import nnx
 
@@ -74,11 +73,3 @@ def fit(graphdef, trainable, frozen, batches, *, loss_fn, lr: float):
     (p, _), losses = jax.lax.scan(step, (trainable, opt.init(trainable)), batches)
     return p, losses
 
-
-def merged_delta(model: nnx.Module) -> dict:
-    """For a LoRA-wrapped model: ``{path: A @ B}`` of each adapter (what it adds to the kernel)."""
-    out = {}
-    for path, module in nnx.iter_graph(model):
-        if isinstance(module, nnx.LoRA):
-            out[path] = jnp.asarray(module.lora_a[...]) @ jnp.asarray(module.lora_b[...])
-    return out

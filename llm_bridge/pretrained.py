@@ -614,15 +614,13 @@ def run(source: str = "smollm2", cfg: Config = Config(), cache_dir: Path | None 
     model = load(source, mesh=mesh)
     tok = load_tokenizer(source)
     text = Text(tok, load_chat_template(source), cfg)
-    if "llama" not in type(model).__name__.lower():
-        log(f"note: {type(model).__name__} is not Llama-family; LoRA targets are matched by name")
     folder = RunFolder(None if cache_dir is None else Path(cache_dir) / f"{Path(str(source)).stem}-{cache_key(str(source), cfg)}")
     evals_file, projection_file, student_key = (f"evals-{cache_key(str(source), cfg, 'evals')}",
                                                 f"projection-{cache_key(str(source), cfg, 'projection')}",
                                                 cache_key(str(source), cfg, "students"))
-    fam = Family(model)
-    graphdef, base, rest = nnx.split(model, nnx.Param, ...)
-    state = lambda params: nnx.state(nnx.merge(graphdef, params, rest))
+    fam = Family(model)  # the split into parameters and the rest, done once
+    graphdef, base, rest = fam.graphdef, fam.template, fam.rest
+    state = lambda params: nnx.state(fam.model(params))
     gd_full, _ = nnx.split(model)
     probe = TraitProbe(text, cfg)
     key = jax.random.key(cfg.seed)
@@ -768,8 +766,7 @@ def run(source: str = "smollm2", cfg: Config = Config(), cache_dir: Path | None 
                     if method == "full":
                         g, trainable, frozen = lora.split(start, lora=False)
                         trained, losses = _train(g, trainable, frozen, batches, cfg.full_lr)
-                        evaluated = trained
-                        s_state = state(evaluated)
+                        s_state = state(trained)
                     else:
                         lora.add_lora(start, int(method[4:]), seed=1000 + seed)
                         g, trainable, frozen = lora.split(start, lora=True)
