@@ -8,9 +8,13 @@ Where the files come from, in order:
 3. a system copy (Fashion-MNIST: ``/usr/share/datasets/fashion-mnist`` from the Debian
    package ``dataset-fashion-mnist``);
 4. the download cache (``$XDG_CACHE_HOME/subliminal-verify/<dataset>``, default
-   ``~/.cache/...``), filled on first use by tensorflow-datasets when it is installed
-   (``pip install ".[tfds]"``), else by fetching the four official IDX files directly and
-   checking each against its published checksum before it is kept.
+   ``~/.cache/...``);
+5. tensorflow-datasets when it is installed (``pip install ".[tfds]"``): its prepared copy in
+   ``$SUBLIMINAL_TFDS_DIR`` (default: tfds' own ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``),
+   which tfds downloads, checks against its registered checksums and builds on first use;
+   the arrays come back in the IDX files' order (see :func:`_load_tfds`);
+6. else the four official IDX files, fetched into the download cache, each kept only if it
+   matches its published checksum.
 
 A directory named in 1 or 2 must hold all four files: nothing is downloaded in its place.
 Every file is checked as it is read (gzip integrity, IDX magic number, shape, payload
@@ -248,22 +252,46 @@ def download(dataset: str, directory: Path) -> Path:
     return directory
 
 
-def _load_tfds(dataset: str) -> Dataset:
-    """The dataset through tensorflow-datasets' TensorFlow-free reader (``tfds.data_source``).
+def _tfds_order(split: str, n: int) -> np.ndarray:
+    """The IDX index of each record of a tfds split, in tfds' stored order: int ``[n]``.
 
-    tfds must have built the dataset once (building MNIST needs TensorFlow); untested here,
-    where neither is installed.
+    tfds' writer stores a split's examples sorted by md5(split name + key) (``tfds.core.hashing``,
+    which tfds keeps stable because it fixes every prepared dataset's order), and the MNIST
+    builders' key is the example's index in the IDX file. md5 digests compare as bytes in the
+    order of tfds' 128-bit integer hash keys.
+    """
+    return np.array(sorted(range(n), key=lambda i: hashlib.md5(f"{split}{i}".encode()).digest()))
+
+
+def _load_tfds(dataset: str, data_dir: Path | str | None = None, download: bool = True) -> Dataset:
+    """The dataset from tensorflow-datasets' prepared copy, in the IDX files' order.
+
+    Reads tfds' ``array_record`` files with its TensorFlow-free reader (``tfds.data_source``;
+    PNG records decoded by PIL) from ``data_dir`` (default: tfds' own, ``$TFDS_DATA_DIR`` or
+    ``~/tensorflow_datasets``). With ``download`` and no prepared copy there, tfds first downloads
+    the official files (checked against its registered checksums) and builds one, which needs
+    TensorFlow (tfds' MNIST builder PNG-encodes each image with it). tfds stores each split in a
+    hashed order; the records are put back in the IDX order (:func:`_tfds_order`), so the arrays
+    equal :func:`load_dir`'s on the same files: tests/test_data_tfds.py checks this bit for bit on
+    a copy tfds builds from the offline IDX files.
     """
     import tensorflow_datasets as tfds
 
-    arrays = {}
-    for split in SPLITS:
-        source = tfds.data_source(DATASETS[dataset].tfds_name, split=split)
-        records = [source[i] for i in range(len(source))]
-        arrays[split] = (np.stack([np.asarray(r["image"], np.uint8).reshape(784) for r in records]),
-                         np.asarray([int(r["label"]) for r in records], np.int32))
+    arrays, where = {}, None
+    for split, n in SPLITS.items():
+        source = tfds.data_source(DATASETS[dataset].tfds_name, split=split, data_dir=data_dir, download=download)
+        where = source.dataset_info.data_dir
+        if len(source) != n:
+            raise DataError(f"{where}: tfds split {split!r} has {len(source)} records, expected {n}")
+        records = source.__getitems__(range(n))  # one batched read: about twice as fast as one by one
+        x = np.stack([np.asarray(r["image"], np.uint8).reshape(784) for r in records])
+        y = np.asarray([r["label"] for r in records], np.int32)
+        if not source.dataset_info.disable_shuffling:
+            where_each = np.argsort(_tfds_order(split, n))  # IDX image i is record where_each[i]
+            x, y = x[where_each], y[where_each]
+        arrays[split] = x, y
     return Dataset(*arrays["train"], *arrays["test"],
-                   source={"dataset": dataset, "tfds": tfds.__version__, "files": {}})
+                   source={"dataset": dataset, "dir": shown(where), "tfds": tfds.__version__, "files": {}})
 
 
 def load(dataset: str = "mnist", data_dir: Path | str | None = None, allow_download: bool = True) -> Dataset:
@@ -288,7 +316,7 @@ def load(dataset: str = "mnist", data_dir: Path | str | None = None, allow_downl
     if not allow_download:
         raise DataError(f"{cache_dir(dataset)}: no {dataset} files found; pass --data-dir or set ${spec.env_var}")
     try:
-        data = _load_tfds(dataset)
+        data = _load_tfds(dataset, os.environ.get("SUBLIMINAL_TFDS_DIR") or None)
         data.source["origin"] = "tensorflow-datasets"
         return data
     except ImportError:
