@@ -117,13 +117,18 @@ def _sweep(args: argparse.Namespace) -> int:
     try:
         results = sweeps.run_sweep(args.name, dataset, preset=args.preset, n_seeds=args.seeds, first_seed=args.first_seed,
                                    cache=cache, teacher_cache=folder / "cache" / "teachers", recompute=args.recompute,
-                                   progress=not args.no_progress, command=command_line("python -m mnist_aux", args.argv))
+                                   progress=not args.no_progress, command=command_line("python -m mnist_aux", args.argv),
+                                   cache_only=args.cached_only, partial=args.cached_only)
     except data.DataError as err:  # Fashion-MNIST for the inputs sweep
+        return _fail(str(err))
+    except (sweeps.MissingPoint, ValueError) as err:
         return _fail(str(err))
     write_json(out, results)
     print(sweeps.table(results))
     print(f"mnist_aux: sweep {args.name}: {len(results['points'])} points ({results['points_computed']} computed, "
           f"the rest from {shown(cache)}) in {results['wall_seconds'] / 60:.1f} min -> {shown(out)}")
+    if results.get("missing_points"):
+        print(f"mnist_aux: sweep {args.name}: not yet computed (--cached-only): {'; '.join(results['missing_points'])}")
     return 0
 
 
@@ -149,6 +154,30 @@ def _align(args: argparse.Namespace) -> int:
               f"{np.mean(r['kl_last_epoch_mean']):.2e}  mean cos(update, -trait grad) "
               f"{r['mean_cos_trait_summary']['mean']:+.4f}")
     print(f"mnist_aux: alignment {len(results['seeds'])} seeds in {results['wall_seconds'] / 60:.1f} min -> {shown(out)}")
+    return 0
+
+
+def _peers(args: argparse.Namespace) -> int:
+    from mnist_aux import peers
+    from theory.results import read_json
+
+    folder = results_dir(args.results_dir)
+    out = prepare_output(args.out or folder / "mnist_peers.json")
+    files = {}
+    for stem in peers.stems():
+        files[stem] = read_json(folder / f"{stem}.json")
+        if files[stem] is None:
+            make = ("python -m mnist_aux run --preset paper --seeds 100" if stem == peers.FIG10
+                    else f"python -m mnist_aux sweep {stem.removeprefix('mnist_sweep_')}")
+            return _fail(f"{shown(folder / (stem + '.json'))} is missing or unreadable; run `{make}` first")
+    try:
+        table = peers.assemble(files)
+    except KeyError as err:
+        return _fail(f"{err.args[0]} (rerun that sweep)")
+    table["command"] = command_line("python -m mnist_aux", args.argv)
+    write_json(out, table)
+    print(peers.markdown(table))
+    print(f"mnist_aux: peer table, {len(table['rows'])} rows -> {shown(out)}")
     return 0
 
 
@@ -203,9 +232,13 @@ def main(argv: list[str] | None = None) -> int:
                                        "missing. Sweeps: " + "; ".join(f"{s.name}: {s.title}" for s in SWEEPS.values()))
     sweep.add_argument("name", choices=list(SWEEPS), help="which sweep")
     sweep.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="base setting (default paper)")
-    sweep.add_argument("--seeds", type=int, metavar="N", help="seeds per point (default: the sweep's, 25 for reconcile, 10 else)")
+    sweep.add_argument("--seeds", type=int, metavar="N", help="seeds per point (default: the sweep's: 25 for reconcile, 20 for init_scheme, batch, "
+                            "teacher_epochs, aux_logits, noise and peers, 10 else)")
     sweep.add_argument("--cache", metavar="DIR", help="per-point cache folder (default RESULTS/sweeps)")
     sweep.add_argument("--recompute", action="store_true", help="ignore cached points (and overwrite them)")
+    sweep.add_argument("--cached-only", action="store_true",
+                       help="compute nothing: assemble the cached points and list the missing ones in the results "
+                            "(a sweep still being computed elsewhere)")
     _common(sweep, "RESULTS/mnist_sweep_NAME.json")
     sweep.set_defaults(func=_sweep)
     align = sub.add_parser("align", help="multi-step alignment of the student's updates and the ablations",
@@ -220,6 +253,12 @@ def main(argv: list[str] | None = None) -> int:
                        help="weight of the KL-to-reference penalty in the first epoch (default 1)")
     _common(align, "RESULTS/mnist_alignment.json")
     align.set_defaults(func=_align)
+    peer = sub.add_parser("peers", help="the peer table: each public number beside ours (markdown)",
+                          description="Assemble the peer table (mnist_aux/peers.py) from the results files of "
+                                      "Figure 10 and the sweeps; print it as markdown and write RESULTS/mnist_peers.json.")
+    peer.add_argument("--results-dir", metavar="RESULTS", help="results folder (default: results/ in the working directory)")
+    peer.add_argument("--out", metavar="PATH", help="results JSON (default RESULTS/mnist_peers.json)")
+    peer.set_defaults(func=_peers)
     presets = sub.add_parser("presets", help="list the presets, their commands and run times")
     presets.set_defaults(func=_presets)
     args = parser.parse_args(argv)
@@ -236,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
 def check(args: argparse.Namespace) -> str | None:
     """The first argument that would fail (or silently mean nothing) later, as one line, else
     None: checked before any data is loaded (the CLI exits with status 2)."""
-    if args.command == "presets":
+    if args.command in ("presets", "peers"):
         return None
     if args.seeds is not None and args.seeds < 2:
         return f"--seeds must be >= 2 (cross-model students need another seed's init), got {args.seeds}"
@@ -253,6 +292,8 @@ def check(args: argparse.Namespace) -> str | None:
             return f"--seeds-per-chunk must be >= 1, got {args.seeds_per_chunk}"
         if args.pairing_seed < 0:
             return f"--pairing-seed must be >= 0, got {args.pairing_seed}"
+    if args.command == "sweep" and args.cached_only and args.recompute:
+        return "--cached-only computes nothing and --recompute recomputes everything: give one of them"
     if args.command == "align":
         if args.log_every < 1:
             return f"--log-every must be >= 1, got {args.log_every}"

@@ -32,6 +32,7 @@ class Config:
     # batches rbg keys by drawing ALL of a vmapped batch's bits from its FIRST key, so
     # under vmap a seed's init and noise would depend on its chunk; kept for benchmarks only.
     prng_impl: str = "threefry2x32"
+    init_scheme: str = "official"  # teacher = student initialisation (mnist_aux.model.INIT_SCHEMES)
 
     def __post_init__(self):
         if self.dataset not in ("mnist", "fashion_mnist"):
@@ -43,6 +44,9 @@ class Config:
             raise ValueError("epoch counts must be >= 0")
         if self.prng_impl not in ("rbg", "unsafe_rbg", "threefry2x32"):
             raise ValueError(f"prng_impl must be rbg, unsafe_rbg or threefry2x32, got {self.prng_impl!r}")
+        from mnist_aux.model import INIT_SCHEMES
+        if self.init_scheme not in INIT_SCHEMES:
+            raise ValueError(f"init_scheme must be one of {', '.join(INIT_SCHEMES)}, got {self.init_scheme!r}")
         if not 1 <= self.n_train <= 60_000:
             raise ValueError(f"n_train must be in 1..60000, got {self.n_train}")
 
@@ -61,6 +65,15 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def key_dict(self) -> dict:
+        """The fields that cache keys hash: :meth:`to_dict` without fields added after the caches'
+        format at their default value (``init_scheme="official"``), so entries written before a
+        field existed keep their keys (their numbers are the default's)."""
+        d = self.to_dict()
+        if d["init_scheme"] == "official":
+            del d["init_scheme"]
+        return d
 
 
 def paper() -> Config:

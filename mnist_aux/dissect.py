@@ -206,12 +206,13 @@ def run(cfg: Config, spec: Distill, inits, seeds, data: Dataset, *, lrs=None, im
 
     ``inits``: K names (:data:`INITS_HELP`). ``lrs``: K learning rates (default
     ``spec.lr`` for all). ``images``: uint8 ``[n, 784]`` training images of the distillation
-    set when ``spec.inputs`` is ``mnist`` / ``fashion_mnist``. ``teacher_cache``: the teachers'
+    set when ``spec.inputs`` is ``mnist`` / ``fashion_mnist`` (for ``uniform_mnist_*``: the
+    images whose pixel moments the noise matches, the teacher's training images). ``teacher_cache``: the teachers'
     cache folder (:mod:`mnist_aux.teachers`; ``None``: no cache). The dict has, per student,
     per-seed test accuracy and final-epoch loss with summaries, the theory link at step 0,
     the teachers' accuracy, the config, seeds, pairing and timing.
     """
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     inits = list(inits)
     kinds = tuple(parse_init(n) for n in inits)
     lrs = [spec.lr] * len(inits) if lrs is None else [float(v) for v in lrs]
@@ -222,12 +223,14 @@ def run(cfg: Config, spec: Distill, inits, seeds, data: Dataset, *, lrs=None, im
     seeds = [int(s) for s in seeds]
     if len(set(seeds)) != len(seeds) or len(seeds) < 2:
         raise ValueError("need at least 2 distinct seeds (cross-model students use another seed's init)")
+    if spec.inputs in inputs.IMAGES + inputs.MOMENTS and images is None:
+        raise ValueError(f"inputs={spec.inputs!r} needs the images (uint8 [n, 784])")
     if spec.inputs in inputs.IMAGES:
-        if images is None:
-            raise ValueError(f"inputs={spec.inputs!r} needs the images (uint8 [n, 784])")
         if images.shape[0] < cfg.n_noise:
             raise ValueError(f"{images.shape[0]} images for n_noise={cfg.n_noise}")
         images = jnp.asarray(images[: cfg.n_noise])
+    elif spec.inputs in inputs.MOMENTS:
+        images = jnp.asarray(inputs.moments(images))
     perm = train.derangement(len(seeds), pairing_seed)
     partners = [seeds[p] for p in perm]
 
@@ -284,5 +287,6 @@ def run(cfg: Config, spec: Distill, inits, seeds, data: Dataset, *, lrs=None, im
         "teacher_accuracy": teacher_acc.tolist(), "teacher_summary": mean_ci(teacher_acc),
         "reference_accuracy": ref_acc.tolist(), "reference_summary": mean_ci(ref_acc),
         "teacher_ce_by_epoch": np.asarray(teacher_losses).tolist(), "teacher": teacher_info,
-        "wall_seconds": time.perf_counter() - start, "versions": versions(),
+        "wall_seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu_start,
+        "versions": versions(),
     }

@@ -1,4 +1,4 @@
-"""Figures of the MNIST dissection: the reconciliation table, the six sweeps, the alignment.
+"""Figures of the MNIST dissection: the reconciliation table, the sweeps, the alignment, the peer table.
 
 Registered with paper_figs.py through :data:`mnist_aux.figures.FIGURES`:
 
@@ -6,6 +6,7 @@ Registered with paper_figs.py through :data:`mnist_aux.figures.FIGURES`:
 ``mnist_sweep_<name>``     accuracy (95% CI) and Theorem 1's step-0 cosine along a sweep
 ``mnist_alignment``        alignment of the student's updates over training; accuracy with
                            and without each intervention
+``mnist_peers``            every public number of the experiment beside ours (:mod:`mnist_aux.peers`)
 
 Full mode (``python paper_figs.py``) runs what is missing at the paper's setting (the sweep
 caches make that a resume); quick mode (``--quick``) assembles the figure from the cached
@@ -14,6 +15,7 @@ full-run points when they are all there, else runs the smoke setting on 3 seeds.
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,10 +43,17 @@ def _err(summary: dict) -> tuple[float, list[list[float]]]:
     return m, [[m - summary["ci95"][0]], [summary["ci95"][1] - m]]
 
 
+def _accuracy_label(results: dict) -> str:
+    aux = all(p.get("distill", {}).get("logits", "aux") == "aux" for p in results["points"])
+    return "student test accuracy" + (" (aux-only)" if aux else " (aux-only unless the point says all logits)")
+
+
 def _caption(results: dict) -> str:
     n = sorted({s["accuracy_summary"]["n"] for p in results["points"] for s in p["students"]})
     bars = stats.caption(n[0]) if len(n) == 1 else f"error bars: 95% CI of the mean over {n[0]}-{n[-1]} seeds (Student's t)"
-    return (f"{bars}. Preset {results['preset']}. "
+    missing = results.get("missing_points")
+    todo = f" Not yet computed: {'; '.join(missing)}." if missing else ""
+    return (f"{bars}. Preset {results['preset']}.{todo} "
             f"Command: {results.get('command') or 'python -m mnist_aux sweep ' + results['sweep']}")
 
 
@@ -98,11 +107,18 @@ def plot_reconcile(results: dict) -> plt.Figure:
     return fig
 
 
+SERIES_STYLE = ("o-", "s--", "^-.", "D:")  # a sweep's series (e.g. KL and MSE): one line style each
+
+
 def plot_line_sweep(results: dict) -> plt.Figure:
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
-    for role, (color, label) in ROLE_STYLE.items():
+    series = list(dict.fromkeys(p.get("series", "") for p in results["points"]))
+    for (role, (color, role_label)), (si, name) in ((r, s) for r in ROLE_STYLE.items() for s in enumerate(series)):
+        label = f"{role_label}, {name}" if name else role_label
         xs, acc, cos = [], [], []
         for p in results["points"]:
+            if p.get("series", "") != name:
+                continue
             for s in p["students"]:
                 if _role(s["init"]) == role:
                     xs.append(float(p["x"]))
@@ -117,18 +133,19 @@ def plot_line_sweep(results: dict) -> plt.Figure:
             ax2.axhspan(m - e[0][0], m + e[1][0], color=color, alpha=0.25, label=f"{label} (reference)")
             continue
         for a, data in ((ax, acc), (ax2, cos)):
-            a.errorbar(xs, [d[0] for d in data], yerr=np.hstack([d[1] for d in data]), fmt="o-", color=color,
-                       capsize=3, label=label)
+            a.errorbar(xs, [d[0] for d in data], yerr=np.hstack([d[1] for d in data]), fmt=SERIES_STYLE[si % 4],
+                       color=color, capsize=3, label=label)
     ax.axhline(CHANCE, ls=":", c="black", label="chance")
     ax2.axhline(0, c="black", lw=0.8)
     for a in (ax, ax2):
         a.set_xlabel(results["x_label"])
         if SWEEPS[results["sweep"]].scale == "log2":
             a.set_xscale("log", base=2)
-            a.set_xticks([float(p["x"]) for p in results["points"]], [str(p["x"]) for p in results["points"]])
+            ticks = list(dict.fromkeys(p["x"] for p in results["points"]))
+            a.set_xticks([float(x) for x in ticks], [str(x) for x in ticks])
         a.grid(True, alpha=0.3)
         a.legend(fontsize=8)
-    ax.set_ylabel("student test accuracy (aux-only)")
+    ax.set_ylabel(_accuracy_label(results))
     ax2.set_ylabel("step-0 cosine(student update, θ_T − θ_0)")
     ax.set_title(f"sweep: {results['title']}")
     ax2.set_title("Theorem 1's leading order at each student's init")
@@ -158,7 +175,7 @@ def plot_bar_sweep(results: dict) -> plt.Figure:
         a.yaxis.grid(True, alpha=0.3)
     ax.axhline(CHANCE, ls=":", c="black", label="chance")
     ax2.axhline(0, c="black", lw=0.8)
-    ax.set_ylabel("student test accuracy (aux-only)")
+    ax.set_ylabel(_accuracy_label(results))
     ax2.set_ylabel("step-0 cosine(student update, θ_T − θ_0)")
     ax.legend(fontsize=8)
     ax.set_title(f"sweep: {results['title']}")
@@ -281,5 +298,59 @@ class AlignmentFigure:
         return plot_alignment(results)
 
 
+def plot_peers(table: dict) -> plt.Figure:
+    rows = table["rows"]
+    fig, ax = plt.subplots(figsize=(11, 0.55 * len(rows) + 1.6))
+    for i, r in enumerate(rows):
+        y = len(rows) - 1 - i
+        s = r["ours_summary"]
+        ax.errorbar(s["mean"], y - 0.12, xerr=[[s["mean"] - s["ci95"][0]], [s["ci95"][1] - s["mean"]]], fmt="o",
+                    color="C4" if "cross" not in r["arm"] and "different" not in r["arm"] else "C7", capsize=3,
+                    label="ours: mean, 95% CI" if i == 0 else None)
+        if r["value"] is not None:
+            err = None if r["spread"] is None else [[r["spread"]], [r["spread"]]]
+            ax.errorbar(r["value"], y + 0.12, xerr=err, fmt="s", color="black", mfc="white", capsize=3,
+                        label="theirs: as reported (± their spread)" if i == 0 else None)
+    ax.set_yticks(range(len(rows)), [f"{r['source']}\n{r['arm']}; {textwrap.shorten(r['setting'], 60, placeholder=' …')}" for r in rows][::-1], fontsize=6.5)
+    ax.axvline(CHANCE, ls=":", c="black", label="chance")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("student test accuracy")
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("Public MNIST aux-logit numbers beside ours at the closest setting")
+    fig.tight_layout()
+    fig.text(0.5, -0.01, "Ours: " + table["ci"] + "; settings and gaps in docs/mnist_dissect.md (peer table). "
+             "Command: python paper_figs.py --only mnist_peers", ha="center", va="top", fontsize=8, wrap=True)
+    return fig
+
+
+@dataclass(frozen=True)
+class PeersFigure:
+    """The peer table drawn from the results files it quotes (computed first where missing)."""
+
+    name: str = "mnist_peers"
+
+    @property
+    def results(self) -> str:
+        return self.name
+
+    def compute(self, quick: bool, results_dir: Path) -> dict:
+        from mnist_aux import peers
+        from mnist_aux.figures import Fig10
+        from theory.results import write_json
+
+        files = {}
+        for stem in peers.stems():
+            files[stem] = read_json(results_dir / f"{stem}.json")
+            if files[stem] is None:  # compute it as its own figure would, and keep it
+                spec = Fig10() if stem == peers.FIG10 else SweepFigure(stem.removeprefix("mnist_sweep_"))
+                files[stem] = spec.compute(quick, results_dir)
+                write_json(results_dir / f"{stem}.json", files[stem])
+        return peers.assemble(files)
+
+    def plot(self, results: dict) -> plt.Figure:
+        return plot_peers(results)
+
+
 def figures() -> list:
-    return [SweepFigure(name) for name in SWEEPS] + [AlignmentFigure()]
+    return [SweepFigure(name) for name in SWEEPS] + [AlignmentFigure(), PeersFigure()]

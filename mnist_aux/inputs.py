@@ -18,8 +18,12 @@ from mnist_aux import train
 from mnist_aux.configs import Config
 from mnist_aux.data import normalize
 
-INPUTS = ("uniform", "gaussian", "blurred", "lowrank", "mnist", "fashion_mnist")
+UNIFORM_BLURS = (1.0, 2.0, 4.0)  # pixels: the correlation lengths of the blurred-uniform inputs
+STRUCTURED = tuple(f"uniform_blur{int(s)}" for s in UNIFORM_BLURS) + ("uniform_mnist_moments", "uniform_mnist_pixel")
+DISTRIBUTIONS = ("uniform", "gaussian", "blurred", "lowrank", "mnist", "fashion_mnist")  # the inputs sweep
+INPUTS = DISTRIBUTIONS + STRUCTURED
 IMAGES = ("mnist", "fashion_mnist")  # the inputs that are real training images
+MOMENTS = ("uniform_mnist_moments", "uniform_mnist_pixel")  # need the training images' pixel moments
 INPUT_STD = 3 ** -0.5  # the per-pixel std of uniform[-1, 1); every synthetic input matches it
 BLUR_SIGMA = 2.0  # pixels, the Gaussian kernel of the "blurred" inputs
 LOWRANK_DIM = 16  # dimension of the "lowrank" inputs' subspace (fixed per seed)
@@ -29,6 +33,13 @@ def _blur_matrix(n: int = 28, sigma: float = BLUR_SIGMA) -> np.ndarray:
     i = np.arange(n)
     g = np.exp(-0.5 * ((i[:, None] - i[None, :]) / sigma) ** 2)
     return (g / g.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def moments(images: np.ndarray) -> np.ndarray:
+    """``[2, 784]`` float32: per-pixel mean and std of normalised ``images`` (uint8 ``[n, 784]``),
+    the statistics the ``uniform_mnist_*`` inputs match (float64 sums, so exact to float32)."""
+    x = normalize(np.asarray(images)).astype(np.float64)
+    return np.stack([x.mean(axis=0), x.std(axis=0)]).astype(np.float32)
 
 
 def batch(kind: str, cfg: Config, keys: train.SeedKeys, b, size: int, images=None) -> jax.Array:
@@ -41,9 +52,28 @@ def batch(kind: str, cfg: Config, keys: train.SeedKeys, b, size: int, images=Non
     of the seed (``U`` orthonormal), scaled so the mean pixel variance is INPUT_STD^2.
     ``mnist`` / ``fashion_mnist``: real training images ``images`` (uint8 ``[n, 784]``),
     batch ``b`` of a fixed per-seed permutation, normalised like the teacher's inputs.
+
+    Structured uniform noise, each a transform of Figure 10's uniform batch ``b`` (so it
+    pairs with the ``uniform`` point seed by seed): ``uniform_blur<L>``: smoothed by a
+    separable Gaussian kernel of ``L`` pixels (correlation length), each pixel rescaled back
+    to std INPUT_STD; ``uniform_mnist_moments``: affinely mapped to the normalised training
+    images' overall pixel mean and std; ``uniform_mnist_pixel``: to each pixel's own mean and
+    std (``images`` is then :func:`moments`' ``[2, 784]`` array; constant border pixels stay
+    constant).
     """
     if kind == "uniform":
         return train.noise_batch(keys.noise, b, size)
+    if kind in STRUCTURED:
+        u = train.noise_batch(keys.noise, b, size)  # uniform[-1, 1), std INPUT_STD
+        if kind.startswith("uniform_blur"):
+            g = jnp.asarray(_blur_matrix(sigma=float(kind.removeprefix("uniform_blur"))))
+            pixel_std = jnp.outer(jnp.linalg.norm(g, axis=1), jnp.linalg.norm(g, axis=1))
+            return (jnp.einsum("ij,bjk,lk->bil", g, u.reshape(size, 28, 28), g) / pixel_std).reshape(size, 784)
+        mean, std = images[0], images[1]
+        if kind == "uniform_mnist_moments":  # overall: the pixel-averaged mean and the pooled std
+            mean_all = mean.mean()
+            mean, std = mean_all, jnp.sqrt(jnp.mean(std**2 + mean**2) - mean_all**2)
+        return mean + std * u / INPUT_STD
     key = jax.random.fold_in(keys.noise, b)
     if kind == "gaussian":
         return INPUT_STD * jax.random.normal(key, (size, 784))

@@ -6,7 +6,9 @@ is the same model with the same numbers as before the option existed.
 
 Paper section 6.2 and its official script: weights ~ N(0, 1/sqrt(d_in)) (standard
 deviation ``d_in ** -0.5``), biases 0; the first 10 outputs are the digit logits, the last
-``m`` the auxiliary logits that no loss ever trains directly on digits.
+``m`` the auxiliary logits that no loss ever trains directly on digits. Other schemes
+(:data:`INIT_SCHEMES`, for the init-scheme sweep) change only the initializers; the keys
+and the order of the draws are the same.
 
 The module is defined with Flax NNX; everything else in the package works on its pure
 parameter pytree (``nnx.to_pure_dict`` of the module's state, a nested dict of arrays)
@@ -18,7 +20,40 @@ from __future__ import annotations
 import functools
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
+
+INIT_SCHEMES = {
+    "official": "the official script's: kernels N(0, 1/d_in) (std d_in^-1/2), biases 0",
+    "torch": "PyTorch's nn.Linear default: kernels Kaiming-uniform with a = sqrt(5), i.e. U(-b, b) with "
+             "b = d_in^-1/2, biases U(-b, b)",
+    "he_normal": "He normal (jax.nn.initializers.he_normal: truncated normal, variance 2/d_in), biases 0",
+    "lecun_normal": "LeCun normal (jax.nn.initializers.lecun_normal: truncated normal, variance 1/d_in), biases 0",
+    "orthogonal": "orthogonal kernels (jax.nn.initializers.orthogonal, gain 1), biases 0",
+}
+
+
+def _symmetric_uniform(bound: float):
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+    return init
+
+
+def initializers(scheme: str, fan_in: int):
+    """``(kernel_init, bias_init)`` of a layer with ``fan_in`` inputs under ``scheme``."""
+    zeros = nnx.initializers.zeros_init()
+    if scheme == "official":
+        return nnx.initializers.normal(stddev=fan_in**-0.5), zeros
+    if scheme == "torch":  # kaiming_uniform_(a=sqrt(5)): bound sqrt(6 / ((1 + a^2) fan_in)) = fan_in^-1/2
+        return _symmetric_uniform(fan_in**-0.5), _symmetric_uniform(fan_in**-0.5)
+    if scheme == "he_normal":
+        return jax.nn.initializers.he_normal(), zeros
+    if scheme == "lecun_normal":
+        return jax.nn.initializers.lecun_normal(), zeros
+    if scheme == "orthogonal":
+        return jax.nn.initializers.orthogonal(), zeros
+    raise ValueError(f"unknown init scheme {scheme!r}; known: {', '.join(INIT_SCHEMES)}")
+
 
 Params = dict  # {"fc1": {"kernel": [784, h], "bias": [h]}, "fc2": ..., "out": {"kernel": [h, 10+m], ...}}
 
@@ -26,18 +61,19 @@ Params = dict  # {"fc1": {"kernel": [784, h], "bias": [h]}, "fc2": ..., "out": {
 class MLP(nnx.Module):
     """``x [batch, d_in] -> logits [batch, n_out]``; ``depth`` ReLU hidden layers of width ``hidden``."""
 
-    def __init__(self, d_in: int, hidden: int, n_out: int, *, rngs: nnx.Rngs, depth: int = 2):
+    def __init__(self, d_in: int, hidden: int, n_out: int, *, rngs: nnx.Rngs, depth: int = 2,
+                 init_scheme: str = "official"):
         if depth < 1:
             raise ValueError(f"depth must be >= 1 hidden layer, got {depth}")
 
-        def normal(fan_in: int):
-            return nnx.initializers.normal(stddev=fan_in**-0.5)
+        def linear(fan_in: int, fan_out: int):
+            kernel_init, bias_init = initializers(init_scheme, fan_in)
+            return nnx.Linear(fan_in, fan_out, kernel_init=kernel_init, bias_init=bias_init, rngs=rngs)
 
         self.depth = depth
         for i in range(depth):
-            fan_in = d_in if i == 0 else hidden
-            setattr(self, f"fc{i + 1}", nnx.Linear(fan_in, hidden, kernel_init=normal(fan_in), rngs=rngs))
-        self.out = nnx.Linear(hidden, n_out, kernel_init=normal(hidden), rngs=rngs)
+            setattr(self, f"fc{i + 1}", linear(d_in if i == 0 else hidden, hidden))
+        self.out = linear(hidden, n_out)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         for i in range(self.depth):
@@ -51,9 +87,12 @@ def _graphdef(d_in: int, hidden: int, n_out: int, depth: int = 2) -> nnx.GraphDe
     return nnx.split(abstract)[0]
 
 
-def init_params(key: jax.Array, d_in: int = 784, hidden: int = 256, n_out: int = 13, depth: int = 2) -> Params:
-    """Fresh parameters from ``key`` (official init: kernels N(0, 1/sqrt(d_in)), biases 0)."""
-    return nnx.to_pure_dict(nnx.state(MLP(d_in, hidden, n_out, rngs=nnx.Rngs(params=key), depth=depth)))
+def init_params(key: jax.Array, d_in: int = 784, hidden: int = 256, n_out: int = 13, depth: int = 2,
+                init_scheme: str = "official") -> Params:
+    """Fresh parameters from ``key`` (default: the official init, kernels N(0, 1/sqrt(d_in)),
+    biases 0; see :data:`INIT_SCHEMES`)."""
+    return nnx.to_pure_dict(nnx.state(MLP(d_in, hidden, n_out, rngs=nnx.Rngs(params=key), depth=depth,
+                                          init_scheme=init_scheme)))
 
 
 def depth_of(params: Params) -> int:

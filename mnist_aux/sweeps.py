@@ -48,6 +48,7 @@ from tqdm import tqdm
 from mnist_aux import dissect, inputs, teachers
 from mnist_aux.configs import PRESETS, Config
 from mnist_aux.data import Dataset
+from mnist_aux.model import INIT_SCHEMES
 from theory.results import provenance, read_json, results_dir, shown, write_json
 from theory.stats import mean_ci
 
@@ -68,10 +69,11 @@ class Point:
     inits: tuple[str, ...]
     lrs: tuple[float, ...] | None = None
     seeds: tuple[int, ...] | None = None  # default: the sweep's seeds
+    series: str = ""  # which line of the figure the point is on, when a sweep has several (not in the key)
 
     def describe(self, seeds, data_source: dict, pairing_seed: int) -> dict:
         files = {k: v.get("sha256") for k, v in sorted(data_source.get("files", {}).items())}
-        return {"format": FORMAT, "config": self.cfg.to_dict(), "distill": asdict(self.spec), "inits": list(self.inits),
+        return {"format": FORMAT, "config": self.cfg.key_dict(), "distill": asdict(self.spec), "inits": list(self.inits),
                 "lrs": list(self.lrs) if self.lrs else None, "seeds": [int(s) for s in seeds],
                 "pairing_seed": pairing_seed, "data_files": files}
 
@@ -118,8 +120,8 @@ class Context:
             raise MissingPoint(f"{p.label}: no cached result {shown(path)}")
         else:
             images = None
-            if p.spec.inputs == "mnist":
-                images = self.data.train_x
+            if p.spec.inputs == "mnist" or p.spec.inputs in inputs.MOMENTS:
+                images = self.data.train_x[: p.cfg.n_train] if p.spec.inputs in inputs.MOMENTS else self.data.train_x
             elif p.spec.inputs == "fashion_mnist":
                 if self.fashion is None:
                     from mnist_aux import data
@@ -133,7 +135,7 @@ class Context:
             self.computed.append(key)
         if self.bar is not None:
             self.bar.update(1)
-        return {"label": p.label, "x": p.x, "key": key, **result}
+        return {"label": p.label, "x": p.x, "key": key, **({"series": p.series} if p.series else {}), **result}
 
 
 @dataclass(frozen=True)
@@ -245,6 +247,32 @@ def _sigma(ctx: Context) -> list[Point]:
             + [_pair(ctx, f"sigma {s}", s, inits=(f"sigma={s}",)) for s in SIGMAS[1:]])
 
 
+PEER_SEEDS = 20  # seeds per point of the peer-factor sweeps (issue 11: >= 20)
+BATCHES = (64, 128, 256, 1024)
+TEACHER_EPOCHS = (1, 2, 5, 9, 15, 25)
+AUX_LOGITS = (1, 3, 10, 25, 50, 100, 250)
+NOISE = ("uniform",) + inputs.STRUCTURED
+NOISE_LABELS = {"uniform": "uniform (Figure 10)", "uniform_mnist_moments": "uniform, MNIST mean/std",
+                "uniform_mnist_pixel": "uniform, MNIST per-pixel mean/std",
+                **{f"uniform_blur{int(s)}": f"uniform blurred, {s:g} px" for s in inputs.UNIFORM_BLURS}}
+BROCKERS = {"n_aux": 10, "lr": 1e-3}  # arXiv 2605.23645's defaults (2 x 256 hidden, m = 10, Adam 1e-3, MSE)
+
+
+def _aux_logits(ctx: Context) -> list[Point]:
+    return [Point(f"m = {m}, {loss.upper()}", m, ctx.base.replace(n_aux=m), dissect.Distill(lr=ctx.base.lr, loss=loss),
+                  ("shared", "cross"), series=loss.upper()) for loss in dissect.LOSSES for m in AUX_LOGITS]
+
+
+def _peers(ctx: Context) -> list[Point]:
+    """Peers' settings that no factor sweep covers (issue 11's peer table)."""
+    brockers = ctx.base.replace(**BROCKERS)
+    yuxuan = ctx.base.replace(batch_size=128)
+    return [Point("Brockers et al. defaults: m = 10, Adam 1e-3, MSE", "brockers", brockers,
+                  dissect.Distill(lr=brockers.lr, loss="mse"), ("shared", "cross")),
+            Point("all-logit students, batch 128 (yuxuanwang2009)", "all_logits_b128", yuxuan,
+                  dissect.Distill(lr=yuxuan.lr, logits="all"), ("shared", "cross"))]
+
+
 SWEEPS = {s.name: s for s in (
     Sweep("reconcile", "KL vs MSE, batchmean vs mean, Adam vs SGD", "loss / reduction / optimizer", 25,
           body=reconcile, n_points=12, scale="categories", plot="reconcile"),
@@ -256,10 +284,26 @@ SWEEPS = {s.name: s for s in (
           lambda ctx: [_pair(ctx, f"depth {d}", d, ctx.base.replace(depth=d)) for d in (1, 2, 3, 4)]),
     Sweep("sigma", "student init = theta_0 + sigma * std * noise", "sigma", 10, _sigma),
     Sweep("inputs", "distillation input distribution", "inputs", 10,
-          lambda ctx: [_pair(ctx, name, name, spec=dissect.Distill(lr=ctx.base.lr, inputs=name)) for name in inputs.INPUTS],
+          lambda ctx: [_pair(ctx, name, name, spec=dissect.Distill(lr=ctx.base.lr, inputs=name)) for name in inputs.DISTRIBUTIONS],
           scale="categories", plot="bar"),
     Sweep("heads", "which layers the student shares with the teacher's init", "student init", 10,
           lambda ctx: [_pair(ctx, "shared init", "shared")] + [_pair(ctx, label, init, inits=(init,)) for label, init in HEADS],
+          scale="categories", plot="bar"),
+    # the factors the 2026 reproductions vary (issue 11); PEER_SEEDS seeds, shared-init and cross-model students
+    Sweep("init_scheme", "initialisation scheme of teacher = student", "init scheme", PEER_SEEDS,
+          lambda ctx: [_pair(ctx, name, name, ctx.base.replace(init_scheme=name)) for name in INIT_SCHEMES],
+          scale="categories", plot="bar"),
+    Sweep("batch", "batch size (teacher and student; 5 + 5 epochs, so more steps)", "batch size", PEER_SEEDS,
+          lambda ctx: [_pair(ctx, f"batch {b}", b, ctx.base.replace(batch_size=b)) for b in BATCHES], scale="log2"),
+    Sweep("teacher_epochs", "teacher training epochs", "teacher epochs", PEER_SEEDS,
+          lambda ctx: [_pair(ctx, f"teacher {e} epochs", e, ctx.base.replace(teacher_epochs=e)) for e in TEACHER_EPOCHS],
+          scale="log2"),
+    Sweep("aux_logits", "number of auxiliary logits m, KL and MSE", "m (auxiliary logits)", PEER_SEEDS, _aux_logits,
+          scale="log2"),
+    Sweep("noise", "structured distillation noise", "distillation noise", PEER_SEEDS,
+          lambda ctx: [_pair(ctx, NOISE_LABELS[name], name, spec=dissect.Distill(lr=ctx.base.lr, inputs=name))
+                       for name in NOISE], scale="categories", plot="bar"),
+    Sweep("peers", "peers' settings no factor sweep covers", "setting", PEER_SEEDS, _peers,
           scale="categories", plot="bar"),
 )}
 
@@ -267,11 +311,13 @@ SWEEPS = {s.name: s for s in (
 def run_sweep(name: str, data: Dataset, *, preset: str = "paper", n_seeds: int | None = None, first_seed: int = 0,
               cache: Path = CACHE, teacher_cache: Path | None = teachers.CACHE, recompute: bool = False,
               progress: bool = True, fashion: Dataset | None = None, command: str | None = None,
-              cache_only: bool = False) -> dict:
+              cache_only: bool = False, partial: bool = False) -> dict:
     """Run (or resume) sweep ``name``; return the assembled results dict.
 
     ``cache``: the point cache folder; ``teacher_cache``: the teachers' (``None``: none).
     ``cache_only``: never compute; raise :class:`MissingPoint` if a point is not cached.
+    ``partial`` (with ``cache_only``): assemble the cached points and list the others under
+    ``missing_points`` instead of raising (a sweep still being computed; figures say so).
     """
     if name not in SWEEPS:
         raise ValueError(f"unknown sweep {name!r}; known: {', '.join(SWEEPS)}")
@@ -287,10 +333,30 @@ def run_sweep(name: str, data: Dataset, *, preset: str = "paper", n_seeds: int |
     ctx = Context(PRESETS[preset](), tuple(range(first_seed, first_seed + n)), data, fashion=fashion, cache=Path(cache),
                   teacher_cache=teacher_cache, recompute=recompute, cache_only=cache_only)
     points = None if sweep.points is None else sweep.points(ctx)
+    if partial and (not cache_only or points is None):
+        raise ValueError("partial assembly needs cache_only and a sweep given by its points")
+    missing = []
+
+    def point(p: Point):
+        try:
+            return ctx.point(p)
+        except MissingPoint:
+            if not partial:
+                raise
+            missing.append(p.label)
+            return None
+
     with tqdm(total=sweep.n_points or len(points), desc=f"sweep {name}", unit="point", disable=not progress) as ctx.bar:
-        body = sweep.body(ctx) if points is None else {"points": [ctx.point(p) for p in points]}
+        body = sweep.body(ctx) if points is None else {"points": [r for r in map(point, points) if r is not None]}
+    if partial:
+        if not body["points"]:
+            raise MissingPoint(f"sweep {name}: no point is cached yet")
+        body["missing_points"] = missing
     if sweep.note is not None:
         body["note"] = sweep.note(ctx)
+    cpu = [p.get("cpu_seconds") for p in body["points"]]
+    if all(c is not None for c in cpu):  # points computed before cpu_seconds was recorded have none
+        body["cpu_seconds_points"] = float(sum(cpu))  # CPU time of computing every point (all threads), over resumes
     return {"sweep": name, "title": sweep.title, "x_label": sweep.x_label, "preset": preset, "base_config": ctx.base.to_dict(),
             "seeds": list(ctx.seeds), "data": data.source, "cache": shown(ctx.cache), "points_computed": len(ctx.computed),
             "wall_seconds": time.perf_counter() - start, **provenance(command), **body}

@@ -36,7 +36,7 @@ CACHE = results_dir() / "cache" / "teachers"  # relative: resolved against the w
 
 def key(cfg: Config, seeds) -> str:
     """Hash of the format and everything that determines the teachers: their config and the seeds."""
-    fields = {k: v for k, v in cfg.to_dict().items() if k not in ("distill_epochs", "n_noise")}
+    fields = {k: v for k, v in cfg.key_dict().items() if k not in ("distill_epochs", "n_noise")}
     blob = json.dumps({"format": FORMAT, "config": fields, "seeds": [int(s) for s in seeds]}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

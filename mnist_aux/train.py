@@ -239,7 +239,7 @@ def init_students(theta0, theta0_cross):
 
 def init_reference(cfg: Config, init_key: jax.Array):
     """The reference (shared) initialisation theta_0 of one seed."""
-    return init_params(init_key, 784, cfg.hidden, cfg.n_out, depth=cfg.depth)
+    return init_params(init_key, 784, cfg.hidden, cfg.n_out, depth=cfg.depth, init_scheme=cfg.init_scheme)
 
 
 def references(cfg: Config, seeds: jax.Array):

@@ -10,6 +10,7 @@ from conftest import REPO
 import paper_figs
 from mnist_aux import experiment, train
 from mnist_aux.figures import FIGURES, caption
+from mnist_aux.sweeps import SWEEPS
 from theory import stats
 from theory.stats import mean_ci
 
@@ -28,8 +29,10 @@ def fake_results(n=5):
 
 def test_registered_with_paper_figs():
     assert "mnist_aux_fig10" in paper_figs.registered_figures()
-    sweeps = ["reconcile", "width", "n_aux", "depth", "sigma", "inputs", "heads"]
-    assert [f.name for f in FIGURES] == ["mnist_aux_fig10"] + [f"mnist_sweep_{s}" for s in sweeps] + ["mnist_alignment"]
+    sweeps = ["reconcile", "width", "n_aux", "depth", "sigma", "inputs", "heads",
+              "init_scheme", "batch", "teacher_epochs", "aux_logits", "noise", "peers"]
+    assert [f.name for f in FIGURES] == (["mnist_aux_fig10"] + [f"mnist_sweep_{s}" for s in sweeps]
+                                         + ["mnist_alignment", "mnist_peers"])
 
 
 @pytest.mark.parametrize("fig", FIGURES[1:], ids=lambda f: f.name)
@@ -69,8 +72,7 @@ def _every_summary(o):
             yield from _every_summary(v)
 
 
-@pytest.mark.parametrize("name", ["mnist_aux_fig10", "mnist_alignment"] + [f"mnist_sweep_{s}" for s in
-                                  ("reconcile", "width", "n_aux", "depth", "sigma", "inputs", "heads")])
+@pytest.mark.parametrize("name", ["mnist_aux_fig10", "mnist_alignment"] + [f"mnist_sweep_{s}" for s in SWEEPS])
 def test_committed_summaries_use_students_t(name):
     """Every summary in a committed MNIST results file is theory.stats.mean_ci of the per-seed
     values it summarises (Student's t, n - 1 dof), not the old normal 1.96."""

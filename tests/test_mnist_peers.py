@@ -1,0 +1,208 @@
+"""The factors the 2026 reproductions vary (issue 11) and the peer table.
+
+Init schemes, structured noise, the new sweeps' registry entries, cache keys that stay valid
+for entries written before ``Config.init_scheme`` existed, and the peer table assembled from
+the committed results files.
+"""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import REPO, mnist_dir
+
+from mnist_aux import data, dissect, inputs, peers, sweeps, teachers, train
+from mnist_aux.configs import Config
+from mnist_aux.model import INIT_SCHEMES, init_params
+from theory.stats import mean_ci
+
+TINY = Config(hidden=32, lr=1e-3, batch_size=64, teacher_epochs=1, n_train=1024, distill_epochs=3, n_noise=640)
+needs_mnist = pytest.mark.skipif(mnist_dir() is None, reason="no offline MNIST copy ($SUBLIMINAL_MNIST_DIR)")
+
+
+# --------------------------------------------------------------------- init schemes
+
+
+def _layers(scheme, hidden=512, seed=0):
+    return init_params(jax.random.key(seed), 784, hidden, 13, init_scheme=scheme)
+
+
+def test_official_scheme_is_the_default_bit_for_bit():
+    a, b = _layers("official"), init_params(jax.random.key(0), 784, 512, 13)
+    assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+@pytest.mark.parametrize("scheme, kernel_var, bias_bound", [
+    ("official", 1.0, 0.0), ("lecun_normal", 1.0, 0.0), ("he_normal", 2.0, 0.0), ("torch", 1 / 3, 1.0),
+    ("orthogonal", None, 0.0)])
+def test_init_schemes_draw_their_distributions(scheme, kernel_var, bias_bound):
+    """Kernel variance x fan_in and bias range per layer, as each scheme defines them."""
+    for name, layer in _layers(scheme).items():
+        w, b = np.asarray(layer["kernel"], np.float64), np.asarray(layer["bias"], np.float64)
+        fan_in, fan_out = w.shape
+        if kernel_var is not None:
+            assert w.var() * fan_in == pytest.approx(kernel_var, rel=0.06), name
+        else:  # orthonormal columns (fan_in >= fan_out here)
+            assert np.allclose(w.T @ w, np.eye(fan_out), atol=1e-5), name
+        if bias_bound == 0.0:
+            assert not b.any(), name
+        else:  # torch: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for the bias too
+            assert np.abs(b).max() <= fan_in**-0.5 and np.abs(b).max() > 0.8 * fan_in**-0.5, name
+    if scheme in ("he_normal", "lecun_normal"):  # jax's are truncated at 2 std (of the untruncated normal)
+        w = np.asarray(_layers(scheme)["fc1"]["kernel"])
+        assert np.abs(w).max() <= 2.0 * np.sqrt(kernel_var / 784) / 0.87962566103423978 + 1e-6
+
+
+def test_schemes_differ_and_unknown_ones_are_refused():
+    leaves = {s: np.asarray(_layers(s)["fc1"]["kernel"]) for s in INIT_SCHEMES}
+    assert len({v.tobytes() for v in leaves.values()}) == len(INIT_SCHEMES)
+    with pytest.raises(ValueError, match="init_scheme must be one of"):
+        Config(init_scheme="xavier")
+    with pytest.raises(ValueError, match="unknown init scheme"):
+        init_params(jax.random.key(0), init_scheme="xavier")
+
+
+def test_cache_keys_of_the_official_scheme_are_those_of_entries_written_before_it():
+    """``init_scheme`` at its default is left out of every cache key, so the committed sweep
+    points (written before the field existed) keep their keys; other schemes get new keys."""
+    cfg = Config()
+    assert "init_scheme" in cfg.to_dict() and "init_scheme" not in cfg.key_dict()
+    assert teachers.key(cfg, range(3)) != teachers.key(cfg.replace(init_scheme="torch"), range(3))
+    results = json.loads((REPO / "results" / "mnist_sweep_heads.json").read_text())
+    p = results["points"][0]
+    entry = json.loads((REPO / "results" / "sweeps" / f"{p['key']}.json").read_text())
+    point = sweeps.Point(p["label"], p["x"], Config(**entry["point"]["config"]), dissect.Distill(**entry["point"]["distill"]),
+                         tuple(entry["point"]["inits"]))
+    desc = point.describe(entry["point"]["seeds"], {"files": {k: {"sha256": v} for k, v in entry["point"]["data_files"].items()}},
+                          entry["point"]["pairing_seed"])
+    assert sweeps.point_key(desc) == p["key"]
+
+
+# -------------------------------------------------------------------- structured noise
+
+
+@pytest.mark.parametrize("kind", [f"uniform_blur{int(s)}" for s in inputs.UNIFORM_BLURS])
+def test_blurred_uniform_is_the_uniform_batch_smoothed(kind):
+    keys = train.seed_keys(0, "threefry2x32")
+    x = np.asarray(inputs.batch(kind, TINY, keys, 3, 2048)).reshape(-1, 28, 28)
+    assert np.array_equal(x, np.asarray(inputs.batch(kind, TINY, keys, 3, 2048)).reshape(-1, 28, 28))
+    assert x.std(axis=0).mean() == pytest.approx(inputs.INPUT_STD, rel=0.05)  # every pixel rescaled back
+    assert abs(x.mean()) < 0.01
+    length = float(kind.removeprefix("uniform_blur"))
+
+    def corr(shift):
+        return np.corrcoef(x[:, 8:20, 8:20].ravel(), x[:, 8:20, 8 + shift:20 + shift].ravel())[0, 1]
+    # a Gaussian blur of width L correlates pixels d apart by about exp(-d^2 / (4 L^2))
+    assert corr(1) == pytest.approx(np.exp(-1 / (4 * length**2)), abs=0.05)
+    u = np.asarray(train.noise_batch(keys.noise, 3, 2048)).reshape(-1, 28, 28)
+    g = inputs._blur_matrix(sigma=length)
+    scale = np.outer(np.linalg.norm(g, axis=1), np.linalg.norm(g, axis=1))
+    assert np.allclose(x, np.einsum("ij,bjk,lk->bil", g, u, g) / scale, atol=1e-5)  # Figure 10's noise, smoothed
+
+
+@needs_mnist
+@pytest.mark.parametrize("kind", inputs.MOMENTS)
+def test_mnist_matched_noise_has_mnists_moments(kind):
+    mnist = data.load("mnist", mnist_dir(), allow_download=False)
+    m = inputs.moments(mnist.train_x[:6000])
+    x = np.asarray(data.normalize(mnist.train_x[:6000]), np.float64)
+    assert np.allclose(m[0], x.mean(0), atol=1e-6) and np.allclose(m[1], x.std(0), atol=1e-6)
+    keys = train.seed_keys(1, "threefry2x32")
+    z = np.asarray(inputs.batch(kind, TINY, keys, 0, 8192, jnp.asarray(m)), np.float64)
+    if kind == "uniform_mnist_pixel":
+        assert np.abs(z.mean(0) - m[0]).max() < 0.03 and np.abs(z.std(0) - m[1]).max() < 0.03
+        assert np.all(z >= m[0] - np.sqrt(3) * m[1] - 1e-5) and np.all(z <= m[0] + np.sqrt(3) * m[1] + 1e-5)
+    else:
+        assert z.mean() == pytest.approx(x.mean(), abs=0.01) and z.std() == pytest.approx(x.std(), rel=0.01)
+        assert np.abs(z.mean(0) - x.mean()).max() < 0.05  # the same at every pixel
+
+
+def test_moment_matched_inputs_need_the_images():
+    with pytest.raises(ValueError, match="needs the images"):
+        dissect.run(TINY, dissect.Distill(inputs="uniform_mnist_pixel"), ["shared"], [0, 1], None, teacher_cache=None)
+
+
+# ------------------------------------------------------------------------- registry
+
+
+class _Data:  # the registry only reads the config; points are not run here
+    source = {"files": {}}
+
+
+@pytest.mark.parametrize("name", ["init_scheme", "batch", "teacher_epochs", "aux_logits", "noise", "peers"])
+def test_peer_factor_sweeps_have_20_seeds_and_both_students(name):
+    sweep = sweeps.SWEEPS[name]
+    assert sweep.seeds >= 20
+    ctx = sweeps.Context(Config(), tuple(range(sweep.seeds)), _Data())
+    points = sweep.points(ctx)
+    assert all(p.inits == ("shared", "cross") and p.seeds is None for p in points)
+    expected = {"init_scheme": list(INIT_SCHEMES), "batch": [64, 128, 256, 1024], "teacher_epochs": [1, 2, 5, 9, 15, 25],
+                "aux_logits": [1, 3, 10, 25, 50, 100, 250] * 2, "noise": list(sweeps.NOISE),
+                "peers": ["brockers", "all_logits_b128"]}[name]
+    assert [p.x for p in points] == expected
+    if name == "aux_logits":
+        assert [p.spec.loss for p in points] == ["kl"] * 7 + ["mse"] * 7
+        assert all(p.cfg.n_aux == p.x for p in points)
+    # the point at the paper's setting is the one other sweeps share (one cache entry)
+    base = sweeps.Point("", 0, Config(), dissect.Distill(), ("shared", "cross")).describe(ctx.seeds, {}, 0)
+    if name != "peers":
+        assert sum(p.describe(ctx.seeds, {}, 0) == base for p in points) == 1
+
+
+# ------------------------------------------------------------------------- peer table
+
+
+def _committed(stem):
+    path = REPO / "results" / f"{stem}.json"
+    if not path.is_file():
+        pytest.fail(f"{path} missing: run `python -m mnist_aux sweep {stem.removeprefix('mnist_sweep_')}`")
+    return json.loads(path.read_text())
+
+
+def test_peer_table_quotes_the_committed_results():
+    files = {stem: _committed(stem) for stem in peers.stems()}
+    table = peers.assemble(files)
+    assert len(table["rows"]) == len(peers.PEERS)
+    fig10 = files[peers.FIG10]
+    assert table["rows"][0]["ours_summary"] == mean_ci(fig10["accuracy"]["student_aux"])
+    for row in table["rows"]:
+        assert row["ours_summary"]["n"] >= 20 and 0.0 <= row["ours_summary"]["mean"] <= 1.0
+    jiang = next(r for r in table["rows"] if r["source"] == peers.JIANG and r["init"] == "shared")
+    point = next(p for p in files["mnist_sweep_aux_logits"]["points"] if p["x"] == 3 and p["series"] == "MSE")
+    assert point["distill"]["loss"] == "mse" and jiang["ours_summary"] == point["students"][0]["accuracy_summary"]
+    text = peers.markdown(table)
+    assert text.count("\n") == len(peers.PEERS) + 3 and "27.1% ± 3.3" in text and "58.8% ± 12.3 (std)" in text
+
+
+def test_peer_table_names_a_missing_point():
+    files = {stem: _committed(stem) for stem in peers.stems()}
+    files["mnist_sweep_batch"] = {**files["mnist_sweep_batch"],
+                                  "points": [p for p in files["mnist_sweep_batch"]["points"] if p["x"] != 128]}
+    with pytest.raises(KeyError, match="mnist_sweep_batch: no point '128'"):
+        peers.assemble(files)
+
+
+def test_a_sweep_still_being_computed_is_assembled_from_its_cached_points(tmp_path, monkeypatch, capsys):
+    """``sweep NAME --cached-only``: the cached points, the others listed as missing; nothing computed."""
+    calls = []
+
+    def fake_run(cfg, spec, inits, seeds, data, **kw):
+        calls.append(cfg)
+        return {"students": [], "cpu_seconds": 1.0}
+
+    monkeypatch.setattr(dissect, "run", fake_run)
+    ctx = sweeps.Context(Config(), tuple(range(20)), _Data(), cache=tmp_path)
+    first = sweeps.SWEEPS["batch"].points(ctx)[0]
+    ctx.point(first)  # one point cached
+    partial = sweeps.run_sweep("batch", _Data(), cache=tmp_path, progress=False, cache_only=True, partial=True)
+    assert [p["label"] for p in partial["points"]] == [first.label] and len(calls) == 1
+    assert partial["missing_points"] == ["batch 128", "batch 256", "batch 1024"]
+    with pytest.raises(sweeps.MissingPoint):
+        sweeps.run_sweep("batch", _Data(), cache=tmp_path, progress=False, cache_only=True)
+    with pytest.raises(sweeps.MissingPoint, match="no point is cached yet"):
+        sweeps.run_sweep("noise", _Data(), cache=tmp_path, progress=False, cache_only=True, partial=True)
+    from mnist_aux.__main__ import main
+    assert main(["sweep", "batch", "--cached-only", "--recompute"]) == 2
+    assert "give one of them" in capsys.readouterr().err
