@@ -29,14 +29,58 @@ INIT_SCHEMES = {
              "b = d_in^-1/2, biases U(-b, b)",
     "he_normal": "He normal (jax.nn.initializers.he_normal: truncated normal, variance 2/d_in), biases 0",
     "lecun_normal": "LeCun normal (jax.nn.initializers.lecun_normal: truncated normal, variance 1/d_in), biases 0",
-    "orthogonal": "orthogonal kernels (jax.nn.initializers.orthogonal, gain 1), biases 0",
+    "orthogonal": "Haar-orthogonal kernels (gain 1: orthonormal columns, or rows when fan_in < fan_out), the polar "
+                  "factor of a Gaussian matrix by Newton-Schulz iterations (the distribution of "
+                  "jax.nn.initializers.orthogonal, whose LAPACK QR hangs XLA CPU under jit + vmap), biases 0",
 }
+
+POLAR_MAX_ITERATIONS = 100  # Newton-Schulz steps at most; a Gaussian 256 x 256 needs about 30-45
+POLAR_TOLERANCE = 2e-6  # stop when max |X^T X - I| is below this (float32 rounding floor: 4e-7 to 7e-7)
 
 
 def _symmetric_uniform(bound: float):
     def init(key, shape, dtype=jnp.float32):
         return jax.random.uniform(key, shape, dtype, -bound, bound)
     return init
+
+
+def polar_factor(a: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(q, steps)``: the orthonormal-column polar factor ``a (a^T a)^-1/2`` of a tall matrix
+    ``a [m, n]`` (m >= n, full column rank), and the number of iterations it took.
+
+    Cubic Newton-Schulz iterations ``x <- 1.5 x - 0.5 x (x^T x)`` from ``x = a / ||a||_F``
+    (every singular value in (0, 1], where the iteration converges to 1) until
+    ``max |x^T x - I| <`` :data:`POLAR_TOLERANCE` or :data:`POLAR_MAX_ITERATIONS` steps. Only
+    matrix products, so it runs inside jit and vmap, where XLA CPU's LAPACK QR hangs here.
+    The polar factor of a Gaussian matrix is Haar-distributed (its law is invariant under
+    orthogonal maps on both sides), the same law as the sign-fixed QR factor that
+    ``jax.nn.initializers.orthogonal`` returns; the matrices differ, the distribution does not.
+    """
+    n = a.shape[-1]
+    eye = jnp.eye(n, dtype=a.dtype)
+
+    def error(x):
+        return jnp.max(jnp.abs(x.T @ x - eye))
+
+    def body(state):
+        x, steps = state
+        return 1.5 * x - 0.5 * x @ (x.T @ x), steps + 1
+
+    def cond(state):
+        x, steps = state
+        return (steps < POLAR_MAX_ITERATIONS) & (error(x) >= POLAR_TOLERANCE)
+
+    return jax.lax.while_loop(cond, body, (a / jnp.linalg.norm(a), jnp.int32(0)))
+
+
+def orthogonal(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
+    """A Haar-orthogonal ``[fan_in, fan_out]`` kernel (gain 1), drawn as
+    ``jax.nn.initializers.orthogonal`` draws its Gaussian matrix, orthogonalised by
+    :func:`polar_factor` instead of QR."""
+    rows, cols = shape
+    tall = (rows, cols) if rows >= cols else (cols, rows)
+    q, _ = polar_factor(jax.random.normal(key, tall, jnp.float32))
+    return (q if rows >= cols else q.T).astype(dtype)
 
 
 def initializers(scheme: str, fan_in: int):
@@ -51,7 +95,7 @@ def initializers(scheme: str, fan_in: int):
     if scheme == "lecun_normal":
         return jax.nn.initializers.lecun_normal(), zeros
     if scheme == "orthogonal":
-        return jax.nn.initializers.orthogonal(), zeros
+        return orthogonal, zeros
     raise ValueError(f"unknown init scheme {scheme!r}; known: {', '.join(INIT_SCHEMES)}")
 
 

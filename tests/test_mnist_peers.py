@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import REPO, mnist_dir
 
-from mnist_aux import data, dissect, inputs, peers, sweeps, teachers, train
+from mnist_aux import data, dissect, inputs, model, peers, sweeps, teachers, train
 from mnist_aux.configs import Config
 from mnist_aux.model import INIT_SCHEMES, init_params
 from theory.stats import mean_ci
@@ -53,6 +53,44 @@ def test_init_schemes_draw_their_distributions(scheme, kernel_var, bias_bound):
     if scheme in ("he_normal", "lecun_normal"):  # jax's are truncated at 2 std (of the untruncated normal)
         w = np.asarray(_layers(scheme)["fc1"]["kernel"])
         assert np.abs(w).max() <= 2.0 * np.sqrt(kernel_var / 784) / 0.87962566103423978 + 1e-6
+
+
+def test_polar_factor_is_orthonormal_and_its_law_is_haar_like_the_qr_one():
+    """Newton-Schulz polar factors of Gaussian matrices have orthonormal columns to the
+    float32 floor, and the same law as the sign-fixed QR factor (Haar): two-sample KS tests
+    on an entry and on a 3 x 3 block's trace against numpy's QR of independent draws."""
+    from scipy.stats import ks_2samp
+    for shape in ((784, 256), (256, 256), (256, 13)):
+        q, steps = jax.jit(model.polar_factor)(jax.random.normal(jax.random.key(1), shape))
+        assert float(jnp.max(jnp.abs(q.T @ q - jnp.eye(shape[1])))) < model.POLAR_TOLERANCE
+        assert int(steps) < model.POLAR_MAX_ITERATIONS, shape
+    n = 2000
+    ours = np.asarray(jax.vmap(lambda k: model.orthogonal(k, (6, 3)))(jax.random.split(jax.random.key(2), n)))
+    rng = np.random.default_rng(3)
+    ref = []
+    for _ in range(n):
+        qr, r = np.linalg.qr(rng.standard_normal((6, 3)))
+        ref.append(qr * np.sign(np.diag(r)))
+    ref = np.array(ref)
+    for stat in (lambda q: q[:, 0, 0], lambda q: np.trace(q[:, :3, :3], axis1=1, axis2=2)):
+        assert ks_2samp(stat(ours), stat(ref)).pvalue > 1e-3
+    assert ks_2samp(ours[:, 0, 0], rng.uniform(-1, 1, n)).pvalue < 1e-6  # the test can tell laws apart
+    wide = model.orthogonal(jax.random.key(4), (13, 256))  # fan_in < fan_out: orthonormal rows
+    assert np.allclose(wide @ wide.T, np.eye(13), atol=1e-5)
+
+
+def test_orthogonal_teachers_build_under_jit_and_vmap():
+    """The orthogonal scheme inside the jitted, seed-vmapped programs (where jax's LAPACK QR
+    initializer hung XLA CPU). Run in a subprocess so a regression fails on its timeout."""
+    import subprocess
+    import sys
+    code = ("import jax, jax.numpy as jnp; from mnist_aux import train; from mnist_aux.configs import Config\n"
+            "cfg = Config(init_scheme='orthogonal')\n"
+            "p = jax.jit(lambda s: train.references(cfg, s)[1])(jnp.arange(4))\n"
+            "k = p['fc2']['kernel']; print(float(jnp.max(jnp.abs(jnp.einsum('sij,sik->sjk', k, k) - jnp.eye(256)))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert float(out.stdout.split()[-1]) < 1e-5
 
 
 def test_schemes_differ_and_unknown_ones_are_refused():
