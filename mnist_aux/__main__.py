@@ -177,6 +177,11 @@ def _peers(args: argparse.Namespace) -> int:
     table["command"] = command_line("python -m mnist_aux", args.argv)
     write_json(out, table)
     print(peers.markdown(table))
+    from mnist_aux import sweeps
+    for name in sweeps.FACTOR_SWEEPS:  # the factor sweeps' tables, as docs/mnist_dissect.md shows them
+        results = read_json(folder / f"mnist_sweep_{name}.json")
+        print("\n" + (sweeps.paired_markdown(results) if results is not None
+                      else f"{name}: not computed yet (`python -m mnist_aux sweep {name}`)"))
     print(f"mnist_aux: peer table, {len(table['rows'])} rows -> {shown(out)}")
     return 0
 

@@ -248,6 +248,7 @@ def _sigma(ctx: Context) -> list[Point]:
 
 
 PEER_SEEDS = 20  # seeds per point of the peer-factor sweeps (issue 11: >= 20)
+FACTOR_SWEEPS = ("noise", "init_scheme", "batch", "teacher_epochs", "aux_logits", "peers")  # in the docs' order
 BATCHES = (64, 128, 256, 1024)
 TEACHER_EPOCHS = (1, 2, 5, 9, 15, 25)
 AUX_LOGITS = (1, 3, 10, 25, 50, 100, 250)
@@ -372,6 +373,39 @@ def summary_rows(results: dict) -> list[dict]:
                          "mean": a["mean"], "ci95": a["ci95"], "cosine": c["mean"], "cosine_ci95": c["ci95"],
                          "final_loss": float(np.mean(s["final_loss"]))})
     return rows
+
+
+def _student(point: dict, init: str) -> dict | None:
+    return next((s for s in point["students"] if s["init"] == init), None)
+
+
+def paired_markdown(results: dict) -> str:
+    """The docs' table of a sweep whose points pair the shared-init student with its
+    cross-model control (docs/mnist_dissect.md): accuracy mean [95% CI] in %, the teachers'
+    mean accuracy, the shared student's mean step-0 cosine and each point's CPU minutes; a
+    sweep still being computed ends with the points it lacks."""
+    name, seeds = results["sweep"], len(results["seeds"])
+    cpu = results.get("cpu_seconds_points")
+    head = (f"**{results['title']}** (`python -m mnist_aux sweep {name}`, {seeds} seeds per point"
+            + (f"; CPU {cpu / 60:.0f} min for its points)" if cpu is not None else ")"))
+    lines = [head, "", "| point | shared init | cross-model init | teacher | step-0 cosine, shared | CPU min |",
+             "| --- | --- | --- | --- | --- | --- |"]
+
+    def acc(s):
+        if s is None:
+            return ""
+        a = s["accuracy_summary"]
+        return f"{100 * a['mean']:.1f} % [{100 * a['ci95'][0]:.1f}, {100 * a['ci95'][1]:.1f}]"
+
+    for p in results["points"]:
+        shared, cross = _student(p, "shared"), _student(p, "cross")
+        cos = "" if shared is None else f"{shared['theory_cosine_summary']['mean']:+.4f}"
+        minutes = "" if p.get("cpu_seconds") is None else f"{p['cpu_seconds'] / 60:.1f}"
+        lines.append(f"| {p['label']} | {acc(shared)} | {acc(cross)} | {100 * p['teacher_summary']['mean']:.1f} % | "
+                     f"{cos} | {minutes} |")
+    if results.get("missing_points"):
+        lines += ["", f"not yet computed: {'; '.join(results['missing_points'])}"]
+    return "\n".join(lines)
 
 
 def table(results: dict) -> str:

@@ -214,6 +214,19 @@ def test_peer_table_quotes_the_committed_results():
     assert text.count("\n") == len(peers.PEERS) + 3 and "27.1% ± 3.3" in text and "58.8% ± 12.3 (std)" in text
 
 
+def test_the_docs_show_the_committed_peer_table_and_factor_sweeps():
+    """docs/mnist_dissect.md carries, verbatim, the peer table of results/mnist_peers.json and
+    each factor sweep's table of its committed results file (what `python -m mnist_aux
+    peers` prints), so the docs cannot drift from the results."""
+    docs = (REPO / "docs" / "mnist_dissect.md").read_text()
+    table = _committed("mnist_peers")
+    assert peers.assemble({stem: _committed(stem) for stem in peers.stems()})["rows"] == table["rows"]
+    assert peers.markdown(table) in docs
+    for name in sweeps.FACTOR_SWEEPS:
+        text = sweeps.paired_markdown(_committed(f"mnist_sweep_{name}"))
+        assert text in docs, f"docs/mnist_dissect.md: the {name} table is not that of its results file"
+
+
 def test_peer_table_names_a_missing_point():
     files = {stem: _committed(stem) for stem in peers.stems()}
     files["mnist_sweep_batch"] = {**files["mnist_sweep_batch"],
