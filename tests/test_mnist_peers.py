@@ -85,10 +85,10 @@ def test_orthogonal_teachers_build_under_jit_and_vmap():
     import subprocess
     import sys
     code = ("import jax, jax.numpy as jnp; from mnist_aux import train; from mnist_aux.configs import Config\n"
-            "cfg = Config(init_scheme='orthogonal')\n"
+            "cfg = Config(init_scheme='orthogonal')  # width 256: jax's QR init hangs here at 4 seeds (64 does not)\n"
             "p = jax.jit(lambda s: train.references(cfg, s)[1])(jnp.arange(4))\n"
             "k = p['fc2']['kernel']; print(float(jnp.max(jnp.abs(jnp.einsum('sij,sik->sjk', k, k) - jnp.eye(256)))))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240, cwd=REPO)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
     assert float(out.stdout.split()[-1]) < 1e-5
 
