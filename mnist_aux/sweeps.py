@@ -400,6 +400,8 @@ def paired_markdown(results: dict) -> str:
     for p in results["points"]:
         shared, cross = _student(p, "shared"), _student(p, "cross")
         cos = "" if shared is None else f"{shared['theory_cosine_summary']['mean']:+.4f}"
+        if cos == "+nan":  # a zero first update (KL on one logit: its softmax is constant) has no direction
+            cos = "undefined (zero update)"
         minutes = "" if p.get("cpu_seconds") is None else f"{p['cpu_seconds'] / 60:.1f}"
         lines.append(f"| {p['label']} | {acc(shared)} | {acc(cross)} | {100 * p['teacher_summary']['mean']:.1f} % | "
                      f"{cos} | {minutes} |")
