@@ -227,6 +227,16 @@ def test_the_docs_show_the_committed_peer_table_and_factor_sweeps():
         assert text in docs, f"docs/mnist_dissect.md: the {name} table is not that of its results file"
 
 
+def test_paired_markdown_marks_a_zero_update_and_the_missing_points():
+    results = _committed("mnist_sweep_aux_logits")
+    m1 = next(p for p in results["points"] if p["x"] == 1 and p["series"] == "KL")
+    shared = next(s for s in m1["students"] if s["init"] == "shared")
+    assert all(v == 0.0 for v in shared["theory_inner"])  # KL on one logit: the student does not move
+    text = sweeps.paired_markdown({**results, "points": [m1], "missing_points": ["m = 3, KL"]})
+    assert "| m = 1, KL | 10.0 % [" in text and "undefined (zero update)" in text
+    assert text.endswith("not yet computed: m = 3, KL") and text.count("\n| m = ") == 1
+
+
 def test_peer_table_names_a_missing_point():
     files = {stem: _committed(stem) for stem in peers.stems()}
     files["mnist_sweep_batch"] = {**files["mnist_sweep_batch"],
