@@ -163,15 +163,15 @@ def _peers(args: argparse.Namespace) -> int:
 
     folder = results_dir(args.results_dir)
     out = prepare_output(args.out or folder / "mnist_peers.json")
-    files = {}
-    for stem in peers.stems():
-        files[stem] = read_json(folder / f"{stem}.json")
-        if files[stem] is None:
-            make = ("python -m mnist_aux run --preset paper --seeds 100" if stem == peers.FIG10
-                    else f"python -m mnist_aux sweep {stem.removeprefix('mnist_sweep_')}")
-            return _fail(f"{shown(folder / (stem + '.json'))} is missing or unreadable; run `{make}` first")
+    def missing(stem):
+        make = ("python -m mnist_aux run --preset paper --seeds 100" if stem == peers.FIG10
+                else f"python -m mnist_aux sweep {stem.removeprefix('mnist_sweep_')}")
+        raise FileNotFoundError(f"{shown(folder / (stem + '.json'))} is missing or unreadable; run `{make}` first")
+
     try:
-        table = peers.assemble(files)
+        table = peers.assemble(peers.load(folder, missing))
+    except FileNotFoundError as err:
+        return _fail(str(err))
     except KeyError as err:
         return _fail(f"{err.args[0]} (rerun that sweep)")
     table["command"] = command_line("python -m mnist_aux", args.argv)

@@ -339,14 +339,13 @@ class PeersFigure:
         from mnist_aux.figures import Fig10
         from theory.results import write_json
 
-        files = {}
-        for stem in peers.stems():
-            files[stem] = read_json(results_dir / f"{stem}.json")
-            if files[stem] is None:  # compute it as its own figure would, and keep it
-                spec = Fig10() if stem == peers.FIG10 else SweepFigure(stem.removeprefix("mnist_sweep_"))
-                files[stem] = spec.compute(quick, results_dir)
-                write_json(results_dir / f"{stem}.json", files[stem])
-        return peers.assemble(files)
+        def missing(stem):  # compute it as its own figure would, and keep it
+            spec = Fig10() if stem == peers.FIG10 else SweepFigure(stem.removeprefix("mnist_sweep_"))
+            result = spec.compute(quick, results_dir)
+            write_json(results_dir / f"{stem}.json", result)
+            return result
+
+        return peers.assemble(peers.load(results_dir, missing))
 
     def plot(self, results: dict) -> plt.Figure:
         return plot_peers(results)

@@ -111,6 +111,20 @@ def stems() -> list[str]:
     return sorted({p.stem for p in PEERS})
 
 
+def load(folder, missing) -> dict:
+    """The results files the table reads, ``stem -> dict`` from ``folder/<stem>.json``;
+    ``missing(stem)`` supplies (or raises for) one that is absent or unreadable."""
+    from pathlib import Path
+
+    from theory.results import read_json
+    files = {}
+    for stem in stems():
+        files[stem] = read_json(Path(folder) / f"{stem}.json")
+        if files[stem] is None:
+            files[stem] = missing(stem)
+    return files
+
+
 def assemble(files: dict) -> dict:
     """The table from the results dicts ``files`` (stem -> dict): one row per :data:`PEERS` entry."""
     rows = []

@@ -237,6 +237,16 @@ def test_paired_markdown_marks_a_zero_update_and_the_missing_points():
     assert text.endswith("not yet computed: m = 3, KL") and text.count("\n| m = ") == 1
 
 
+def test_peers_cli_names_a_missing_results_file_and_writes_nothing(tmp_path, capsys):
+    from mnist_aux.__main__ import main
+    for stem in peers.stems()[1:]:  # all but Figure 10's file
+        (tmp_path / f"{stem}.json").write_text(json.dumps(_committed(stem)))
+    assert main(["peers", "--results-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "mnist_aux_fig10.json is missing or unreadable" in err and "--seeds 100" in err and "\n" not in err
+    assert not (tmp_path / "mnist_peers.json").exists()
+
+
 def test_peer_table_names_a_missing_point():
     files = {stem: _committed(stem) for stem in peers.stems()}
     files["mnist_sweep_batch"] = {**files["mnist_sweep_batch"],
