@@ -79,6 +79,7 @@ def test_polar_factor_is_orthonormal_and_its_law_is_haar_like_the_qr_one():
     assert np.allclose(wide @ wide.T, np.eye(13), atol=1e-5)
 
 
+@pytest.mark.slow  # a subprocess (about 10 s): a regression would otherwise hang the worker
 def test_orthogonal_teachers_build_under_jit_and_vmap():
     """The orthogonal scheme inside the jitted, seed-vmapped programs (where jax's LAPACK QR
     initializer hung XLA CPU). Run in a subprocess so a regression fails on its timeout."""
