@@ -16,7 +16,9 @@ results' 95% CIs (Student's t over seeds).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
+from theory.results import read_json
 from theory.stats import mean_ci
 
 FIG10 = "mnist_aux_fig10"
@@ -114,9 +116,6 @@ def stems() -> list[str]:
 def load(folder, missing) -> dict:
     """The results files the table reads, ``stem -> dict`` from ``folder/<stem>.json``;
     ``missing(stem)`` supplies (or raises for) one that is absent or unreadable."""
-    from pathlib import Path
-
-    from theory.results import read_json
     files = {}
     for stem in stems():
         files[stem] = read_json(Path(folder) / f"{stem}.json")
