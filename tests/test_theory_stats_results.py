@@ -100,3 +100,31 @@ def test_shown_paths_are_relative_to_the_working_folder(tmp_path, monkeypatch):
 def test_provenance_records_versions_and_machine():
     p = results.provenance("python -m x")
     assert p["command"] == "python -m x" and p["versions"]["jax"] and p["machine"]["cpu_count"] >= 1
+
+
+def test_committed_results_name_no_machine_paths():
+    """Every committed results file records paths relative to the working folder (the brief:
+    never a machine's absolute path): no string in them names /work, /root, /home, /tmp, ..."""
+    import re
+    from pathlib import Path
+
+    machine = re.compile(r"(^|[\s('\"=:])/(work|root|home|tmp|check|Users|mnt|opt|var)/")
+    repo = Path(__file__).resolve().parents[1]
+    files = sorted((repo / "results").glob("*.json")) + sorted((repo / "results" / "sweeps").glob("*.json")) \
+        + sorted((repo / "results" / "benchmarks").glob("*.json"))
+    assert len(files) > 20
+
+    def strings(node):
+        if isinstance(node, str):
+            yield node
+        elif isinstance(node, dict):
+            for k, v in node.items():
+                yield k
+                yield from strings(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from strings(v)
+
+    bad = [(f.relative_to(repo).as_posix(), s) for f in files for s in strings(json.loads(f.read_text()))
+           if machine.search(s)]
+    assert not bad, bad[:5]
