@@ -66,6 +66,7 @@ class DatasetSpec:
     mirrors: tuple[str, ...]
     checksums: dict[str, tuple[str, str]]  # file -> (hash algorithm, hex digest), as published
     system_dirs: tuple[str, ...] = ()
+    system_package: str = ""  # the Debian package that installs system_dirs
     tfds_name: str = ""
 
 
@@ -98,6 +99,7 @@ DATASETS = {
             "t10k-labels-idx1-ubyte.gz": ("md5", "bb300cfdad3c16e7a12a480ee83cd310"),
         },
         system_dirs=("/usr/share/datasets/fashion-mnist",),
+        system_package="dataset-fashion-mnist",
         tfds_name="fashion_mnist",
     ),
 }
@@ -216,6 +218,12 @@ def load_dir(directory: Path | str, dataset: str = "mnist") -> Dataset:
                    arrays["test", "images"], arrays["test", "labels"], source)
 
 
+def _home_relative(path) -> str:
+    """``path`` with the home folder written ``~`` (as results record the download cache)."""
+    p, home = Path(path), Path.home()
+    return "~/" + p.relative_to(home).as_posix() if p.is_relative_to(home) else str(path)
+
+
 def cache_dir(dataset: str) -> Path:
     """Where downloads are kept: ``$XDG_CACHE_HOME/subliminal-verify/<dataset>``."""
     root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
@@ -311,7 +319,10 @@ def load(dataset: str = "mnist", data_dir: Path | str | None = None, allow_downl
     for d in (*spec.system_dirs, cache_dir(dataset)):
         if all((Path(d) / f).is_file() for f in FILES.values()):
             data = load_dir(d, dataset)
-            data.source["origin"] = "system copy" if d in spec.system_dirs else "download cache"
+            system = d in spec.system_dirs
+            data.source["origin"] = "system copy" if system else "download cache"
+            # named without this machine's absolute path: the package, or the cache under ~
+            data.source["dir"] = f"Debian package {spec.system_package}" if system else _home_relative(shown(d))
             return data
     if not allow_download:
         raise DataError(f"{cache_dir(dataset)}: no {dataset} files found; pass --data-dir or set ${spec.env_var}")

@@ -169,7 +169,14 @@ def test_fashion_mnist_through_the_same_loader(monkeypatch):
     monkeypatch.delenv("SUBLIMINAL_FASHION_MNIST_DIR", raising=False)
     ds = data.load("fashion_mnist", allow_download=False)
     assert ds.source["origin"] == "system copy" and ds.train_x.shape == (60_000, 784)
+    assert ds.source["dir"] == "Debian package dataset-fashion-mnist"  # no machine path in results
     assert np.bincount(ds.test_y).tolist() == [1000] * 10
+
+
+def test_the_download_cache_is_recorded_under_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert data._home_relative(tmp_path / ".cache" / "subliminal-verify" / "mnist") == "~/.cache/subliminal-verify/mnist"
+    assert data._home_relative("results/x") == "results/x"
 
 
 # ------------------------------------------------------------- bad inputs (issue 14)

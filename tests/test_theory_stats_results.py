@@ -108,7 +108,7 @@ def test_committed_results_name_no_machine_paths():
     import re
     from pathlib import Path
 
-    machine = re.compile(r"(^|[\s('\"=:])/(work|root|home|tmp|check|Users|mnt|opt|var)/")
+    machine = re.compile(r"(^|[\s('\"=:])/(work|root|home|tmp|check|Users|mnt|opt|var|usr|srv)/")
     repo = Path(__file__).resolve().parents[1]
     files = sorted((repo / "results").glob("*.json")) + sorted((repo / "results" / "sweeps").glob("*.json")) \
         + sorted((repo / "results" / "benchmarks").glob("*.json"))
