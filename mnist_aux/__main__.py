@@ -169,7 +169,8 @@ def _peers(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{shown(folder / (stem + '.json'))} is missing or unreadable; run `{make}` first")
 
     try:
-        table = peers.assemble(peers.load(folder, missing))
+        files = peers.load(folder, missing)
+        table = peers.assemble(files)
     except FileNotFoundError as err:
         return _fail(str(err))
     except KeyError as err:
@@ -179,7 +180,8 @@ def _peers(args: argparse.Namespace) -> int:
     print(peers.markdown(table))
     from mnist_aux import sweeps
     for name in sweeps.FACTOR_SWEEPS:  # the factor sweeps' tables, as docs/mnist_dissect.md shows them
-        results = read_json(folder / f"mnist_sweep_{name}.json")
+        stem = f"mnist_sweep_{name}"
+        results = files[stem] if stem in files else read_json(folder / f"{stem}.json")  # each file read once
         print("\n" + (sweeps.paired_markdown(results) if results is not None
                       else f"{name}: not computed yet (`python -m mnist_aux sweep {name}`)"))
     print(f"mnist_aux: peer table, {len(table['rows'])} rows -> {shown(out)}")

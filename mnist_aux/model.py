@@ -56,21 +56,21 @@ def polar_factor(a: jax.Array) -> tuple[jax.Array, jax.Array]:
     orthogonal maps on both sides), the same law as the sign-fixed QR factor that
     ``jax.nn.initializers.orthogonal`` returns; the matrices differ, the distribution does not.
     """
-    n = a.shape[-1]
-    eye = jnp.eye(n, dtype=a.dtype)
+    eye = jnp.eye(a.shape[-1], dtype=a.dtype)
 
-    def error(x):
-        return jnp.max(jnp.abs(x.T @ x - eye))
+    def state(x, steps):  # the Gram matrix x^T x serves both the stopping test and the next step
+        return x, x.T @ x, steps
 
-    def body(state):
-        x, steps = state
-        return 1.5 * x - 0.5 * x @ (x.T @ x), steps + 1
+    def body(s):
+        x, gram, steps = s
+        return state(1.5 * x - 0.5 * x @ gram, steps + 1)
 
-    def cond(state):
-        x, steps = state
-        return (steps < POLAR_MAX_ITERATIONS) & (error(x) >= POLAR_TOLERANCE)
+    def cond(s):
+        _, gram, steps = s
+        return (steps < POLAR_MAX_ITERATIONS) & (jnp.max(jnp.abs(gram - eye)) >= POLAR_TOLERANCE)
 
-    return jax.lax.while_loop(cond, body, (a / jnp.linalg.norm(a), jnp.int32(0)))
+    x, _, steps = jax.lax.while_loop(cond, body, state(a / jnp.linalg.norm(a), jnp.int32(0)))
+    return x, steps
 
 
 def orthogonal(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -399,9 +400,9 @@ def paired_markdown(results: dict) -> str:
 
     for p in results["points"]:
         shared, cross = _student(p, "shared"), _student(p, "cross")
-        cos = "" if shared is None else f"{shared['theory_cosine_summary']['mean']:+.4f}"
-        if cos == "+nan":  # a zero first update (KL on one logit: its softmax is constant) has no direction
-            cos = "undefined (zero update)"
+        cos = "" if shared is None else shared["theory_cosine_summary"]["mean"]
+        if cos != "":  # a zero first update (KL on one logit: its softmax is constant) has no direction
+            cos = "undefined (zero update)" if math.isnan(cos) else f"{cos:+.4f}"
         minutes = "" if p.get("cpu_seconds") is None else f"{p['cpu_seconds'] / 60:.1f}"
         lines.append(f"| {p['label']} | {acc(shared)} | {acc(cross)} | {100 * p['teacher_summary']['mean']:.1f} % | "
                      f"{cos} | {minutes} |")
