@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_aux.configs import PRESETS
+from mnist_aux.configs import PRESETS, Config
 from theory import mesh
-from theory.results import OutputError, command_line, is_writer, prepare_output, results_dir, shown, write_json
+from theory.results import (OutputError, command_line, guard_default_output, is_writer, prepare_output, results_dir,
+                            shown, write_json)
 
 
 def default_out(preset: str, dataset: str, folder: Path) -> Path:
@@ -27,6 +28,10 @@ def default_out(preset: str, dataset: str, folder: Path) -> Path:
     if preset == "paper" and dataset == "mnist":
         return folder / "mnist_aux_fig10.json"
     return folder / f"mnist_aux_{preset}{'' if dataset == 'mnist' else '_' + dataset}.json"
+
+
+# a results file's config in today's form (files written before a field with a default existed lack it)
+_CONFIG = {"config": lambda c: Config(**c).to_dict()}
 
 
 def table(results: dict) -> str:
@@ -80,19 +85,24 @@ def _run(args: argparse.Namespace) -> int:
     if isinstance(devices, str):
         return _fail(devices)
     writer = is_writer()
-    out_path = args.out or default_out(args.preset, cfg.dataset, results_dir(args.results_dir))
-    out = prepare_output(out_path) if writer else out_path  # other hosts write nothing
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    if args.out:
+        out = prepare_output(args.out) if writer else args.out  # other hosts write nothing
+    else:  # the default file is replaced only by the same run (seeds, config)
+        out = default_out(args.preset, cfg.dataset, results_dir(args.results_dir))
+        if writer:
+            out = guard_default_output(out, {"seeds": list(seeds), "config": cfg.to_dict()}, normalize=_CONFIG)
     # Imported here so `--help`, `presets` and argument errors answer without starting JAX.
     from mnist_aux import experiment
 
     dataset = _load(cfg.dataset, args)
     if dataset is None:
         return 2
-    seeds = range(args.first_seed, args.first_seed + args.seeds)
     results = experiment.run(cfg, seeds, dataset, seeds_per_chunk=args.seeds_per_chunk, pairing_seed=args.pairing_seed,
                              devices=devices, progress=not args.no_progress and writer,
                              command=command_line("python -m mnist_aux", args.argv))
     results["preset"] = args.preset
+    results["pairing_seed"] = args.pairing_seed
     if not writer:
         return 0
     write_json(out, results)
@@ -106,9 +116,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    folder = results_dir(args.results_dir)
-    out = prepare_output(args.out or folder / f"mnist_sweep_{args.name}.json")
     from mnist_aux import data, sweeps
+
+    folder = results_dir(args.results_dir)
+    n_seeds = args.seeds or sweeps.SWEEPS[args.name].seeds
+    out = prepare_output(args.out) if args.out else guard_default_output(
+        folder / f"mnist_sweep_{args.name}.json",
+        {"seeds": list(range(args.first_seed, args.first_seed + n_seeds)), "preset": args.preset})
 
     dataset = _load("mnist", args)
     if dataset is None:
@@ -118,7 +132,9 @@ def _sweep(args: argparse.Namespace) -> int:
         results = sweeps.run_sweep(args.name, dataset, preset=args.preset, n_seeds=args.seeds, first_seed=args.first_seed,
                                    cache=cache, teacher_cache=folder / "cache" / "teachers", recompute=args.recompute,
                                    progress=not args.no_progress, command=command_line("python -m mnist_aux", args.argv),
-                                   cache_only=args.cached_only, partial=args.cached_only)
+                                   cache_only=args.cached_only, partial=args.cached_only,
+                                   fashion=lambda: data.load("fashion_mnist", args.fashion_data_dir,
+                                                             allow_download=not args.no_download))
     except data.DataError as err:  # Fashion-MNIST for the inputs sweep
         return _fail(str(err))
     except (sweeps.MissingPoint, ValueError) as err:
@@ -134,13 +150,16 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def _align(args: argparse.Namespace) -> int:
     folder = results_dir(args.results_dir)
-    out = prepare_output(args.out or folder / "mnist_alignment.json")
+    cfg = PRESETS[args.preset]()
+    out = prepare_output(args.out) if args.out else guard_default_output(
+        folder / "mnist_alignment.json",
+        {"seeds": list(range(args.first_seed, args.first_seed + args.seeds)), "config": cfg.to_dict(),
+         "arms": list(args.arms)}, normalize=_CONFIG)
     from mnist_aux import alignment
 
     dataset = _load("mnist", args)
     if dataset is None:
         return 2
-    cfg = PRESETS[args.preset]()
     results = alignment.run(cfg, range(args.first_seed, args.first_seed + args.seeds), dataset, arms=args.arms,
                             log_every=args.log_every, liminal_weight=args.liminal_weight,
                             teacher_cache=folder / "cache" / "teachers", progress=not args.no_progress,
@@ -188,6 +207,39 @@ def _peers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _copies(args: argparse.Namespace) -> int:
+    """Figure 10's arms on the same seeds on two copies of the training images (paired)."""
+    from mnist_aux import data
+
+    cfg = PRESETS[args.preset]()
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    out = prepare_output(args.out) if args.out else guard_default_output(
+        results_dir(args.results_dir) / "mnist_data_copies.json",
+        {"seeds": seeds, "config": cfg.to_dict(), "other_train_images": args.other_train_images}, normalize=_CONFIG)
+    official = _load("mnist", args)
+    if official is None:
+        return 2
+    try:
+        other = data.with_train_images(official, args.other_train_images)
+    except data.DataError as err:
+        return _fail(str(err))
+    from mnist_aux import experiment
+
+    command = command_line("python -m mnist_aux", args.argv)
+    runs = {name: experiment.run(cfg, seeds, ds, progress=not args.no_progress, command=command)
+            for name, ds in (("official", official), ("other", other))}
+    results = {"experiment": "mnist_data_copies", "seeds": seeds, "config": cfg.to_dict(), "preset": args.preset,
+               "other_train_images": args.other_train_images,
+               "comparison": experiment.compare_copies(runs["official"], runs["other"]),
+               "runs": {name: {k: r[k] for k in ("accuracy", "summary", "theory_cosine", "data", "timing")}
+                        for name, r in runs.items()},
+               **{k: runs["official"][k] for k in ("command", "versions", "machine")}}
+    write_json(out, results)
+    print(experiment.copies_markdown(results))
+    print(f"mnist_aux: {len(seeds)} paired seeds on two copies of the training images -> {shown(out)}")
+    return 0
+
+
 def _presets(args: argparse.Namespace) -> int:
     for name, preset in PRESETS.items():
         print(f"{name}: {preset()}\n    {' '.join(preset.__doc__.split())}\n")
@@ -204,7 +256,9 @@ def _common(p: argparse.ArgumentParser, out_default: str, teachers: bool = True)
     p.add_argument("--results-dir", metavar="RESULTS",
                    help="results folder (default: results/ in the working directory)"
                         + ("; the teachers are cached in RESULTS/cache/teachers" if teachers else ""))
-    p.add_argument("--out", metavar="PATH", help=f"results JSON (default {out_default}); checked before any work")
+    p.add_argument("--out", metavar="PATH", help=f"results JSON (default {out_default}; a default file holding "
+                                                 "another run's seeds or config is never overwritten: name --out); "
+                                                 "checked before any work")
     p.add_argument("--no-progress", action="store_true", help="no progress output")
 
 
@@ -243,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
                             "teacher_epochs, aux_logits, noise and peers, 10 else)")
     sweep.add_argument("--cache", metavar="DIR", help="per-point cache folder (default RESULTS/sweeps)")
     sweep.add_argument("--recompute", action="store_true", help="ignore cached points (and overwrite them)")
+    sweep.add_argument("--fashion-data-dir", metavar="DIR",
+                       help="Fashion-MNIST folder for the inputs sweep (default: $SUBLIMINAL_FASHION_MNIST_DIR, the "
+                            "Debian package's copy, the download cache, else download unless --no-download)")
     sweep.add_argument("--cached-only", action="store_true",
                        help="compute nothing: assemble the cached points and list the missing ones in the results "
                             "(a sweep still being computed elsewhere)")
@@ -266,6 +323,18 @@ def main(argv: list[str] | None = None) -> int:
     peer.add_argument("--results-dir", metavar="RESULTS", help="results folder (default: results/ in the working directory)")
     peer.add_argument("--out", metavar="PATH", help="results JSON (default RESULTS/mnist_peers.json)")
     peer.set_defaults(func=_peers)
+    copies = sub.add_parser("copies", help="Figure 10's arms on two copies of the training images, paired by seed",
+                            description="Run Figure 10's arms on the same seeds on the MNIST folder (--data-dir or "
+                                        "the usual places) and on the same data with the training images of "
+                                        "--other-train-images; write each arm's paired difference with its 95%% CI "
+                                        "(how much numbers computed on the other copy moved). Seeds 0-19 of the paper "
+                                        "preset: about 12 minutes on 2 CPU cores.")
+    copies.add_argument("--other-train-images", metavar="FILE", required=True,
+                        help="the other train-images-idx3-ubyte.gz (e.g. ../shared/data/mnist-rebuilt/...)")
+    copies.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="setting (default paper)")
+    copies.add_argument("--seeds", type=int, default=20, metavar="N", help="paired seeds (default 20)")
+    _common(copies, "RESULTS/mnist_data_copies.json", teachers=False)
+    copies.set_defaults(func=_copies)
     presets = sub.add_parser("presets", help="list the presets, their commands and run times")
     presets.set_defaults(func=_presets)
     args = parser.parse_args(argv)

@@ -19,14 +19,21 @@ Where the files come from, in order:
 A directory named in 1 or 2 must hold all four files: nothing is downloaded in its place.
 Every file is checked as it is read (gzip integrity, IDX magic number, shape, payload
 length, label range, image/label counts) and any problem raises :class:`DataError` with
-one line that names the file. The returned :class:`Dataset` records where the data came
-from and each file's sha256, and whether it is the official file
-(:attr:`Dataset.source`), so every results file says which data produced it.
+one line that names the file.
+
+Official or not is decided by CONTENT: the sha256 of each decompressed IDX file against the
+value public projects pin for official MNIST (:attr:`DatasetSpec.content_sha256`). A ``.gz``
+file's own bytes depend on the compressor (a recompressed copy of the official images has other
+``.gz`` bytes and the same content), so they identify a download, not the data. The returned
+:class:`Dataset` records where the data came from and, per file, the sha256 of the ``.gz`` and
+of its content and whether each is the official one, and ``official_content`` for the whole
+set (:attr:`Dataset.source`), so every results file says which data produced it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import hashlib
 import os
@@ -64,7 +71,10 @@ class DatasetSpec:
     name: str
     env_var: str
     mirrors: tuple[str, ...]
-    checksums: dict[str, tuple[str, str]]  # file -> (hash algorithm, hex digest), as published
+    checksums: dict[str, tuple[str, str]]  # file -> (hash algorithm, hex digest) of the .gz, as published
+    # file -> sha256 of the decompressed IDX file of the official release (empty: not known, so a
+    # copy counts as official only when its .gz is the published one)
+    content_sha256: dict[str, str] = field(default_factory=dict)
     system_dirs: tuple[str, ...] = ()
     system_package: str = ""  # the Debian package that installs system_dirs
     tfds_name: str = ""
@@ -83,6 +93,13 @@ DATASETS = {
             "train-labels-idx1-ubyte.gz": ("sha256", "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"),
             "t10k-images-idx3-ubyte.gz": ("sha256", "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
             "t10k-labels-idx1-ubyte.gz": ("sha256", "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
+        },
+        # sha256 of the decompressed official files, as several public projects pin them
+        content_sha256={
+            "train-images-idx3-ubyte.gz": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+            "train-labels-idx1-ubyte.gz": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+            "t10k-images-idx3-ubyte.gz": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+            "t10k-labels-idx1-ubyte.gz": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
         },
         tfds_name="mnist",
     ),
@@ -114,6 +131,17 @@ class Dataset:
     test_x: np.ndarray
     test_y: np.ndarray
     source: dict = field(default_factory=dict)
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """sha256 of the four arrays (shape, dtype, bytes): the data's identity in cache keys,
+        the same whichever route (IDX folder, download, tfds) and whichever ``.gz`` bytes gave it."""
+        h = hashlib.sha256()
+        for a in (self.train_x, self.train_y, self.test_x, self.test_y):
+            a = np.ascontiguousarray(a)
+            h.update(f"{a.dtype.str}{a.shape}".encode())
+            h.update(a.data)
+        return h.hexdigest()
 
 
 @contextlib.contextmanager
@@ -153,6 +181,12 @@ def read_idx(path: Path, magic: int, dims: tuple[int, ...]) -> np.ndarray:
     than a valid file). Raises :class:`DataError` naming ``path`` on a bad gzip stream, a
     wrong magic number, other dimensions, or a payload shorter or longer than the header says.
     """
+    return _read_idx(path, magic, dims)[0]
+
+
+def _read_idx(path: Path, magic: int, dims: tuple[int, ...]) -> tuple[np.ndarray, str]:
+    """:func:`read_idx`'s array and the sha256 of the whole decompressed file (header and
+    payload: the file is exactly those bytes, as the last check makes sure)."""
     header = 4 + 4 * len(dims)
     want = int(np.prod(dims))
     with _gz_errors(path), gzip.open(path, "rb") as fh:
@@ -171,7 +205,9 @@ def read_idx(path: Path, magic: int, dims: tuple[int, ...]) -> np.ndarray:
             raise DataError(f"{path}: truncated, {len(payload)} data bytes where the header needs {want}")
         if fh.read(1):  # reaching the end also checks the gzip CRC; a longer stream is not read on
             raise DataError(f"{path}: unexpected bytes after the {want} data bytes the header gives")
-    return np.frombuffer(payload, np.uint8).reshape(dims)
+    content = hashlib.sha256(head)
+    content.update(payload)
+    return np.frombuffer(payload, np.uint8).reshape(dims), content.hexdigest()
 
 
 def _file_hash(path: Path, algorithm: str) -> str:
@@ -182,8 +218,24 @@ def _file_hash(path: Path, algorithm: str) -> str:
     return h.hexdigest()
 
 
+def _layout(name: str) -> tuple[int, tuple[int, ...]]:
+    """``(magic, dims)`` of one of the four :data:`FILES`."""
+    split, kind = next(k for k, v in FILES.items() if v == name)
+    n = SPLITS[split]
+    return (IMAGE_MAGIC, (n, 28, 28)) if kind == "images" else (LABEL_MAGIC, (n,))
+
+
+def _is_official(spec: DatasetSpec, name: str, gz_digest: str, content_sha256: str) -> bool:
+    """Official content: the decompressed file's sha256 is the pinned one; where no content
+    hash is pinned (Fashion-MNIST), only the published ``.gz`` itself counts."""
+    if name in spec.content_sha256:
+        return content_sha256 == spec.content_sha256[name]
+    return gz_digest == spec.checksums[name][1]
+
+
 def load_dir(directory: Path | str, dataset: str = "mnist") -> Dataset:
-    """Read and validate the four IDX files in ``directory``; record their checksums."""
+    """Read and validate the four IDX files in ``directory``; record their checksums and whether
+    their content is official (see the module docstring)."""
     spec = DATASETS[dataset]
     directory = Path(directory)
     if not directory.exists():
@@ -195,27 +247,54 @@ def load_dir(directory: Path | str, dataset: str = "mnist") -> Dataset:
         path = directory / name
         if not path.exists():
             raise DataError(f"{path}: file not found (a {dataset} folder needs all four IDX .gz files)")
-        n = SPLITS[split]
+        array, content = _read_idx(path, *_layout(name))
         if kind == "images":
-            arrays[split, kind] = read_idx(path, IMAGE_MAGIC, (n, 28, 28)).reshape(n, 784)
+            arrays[split, kind] = array.reshape(SPLITS[split], 784)
         else:
-            labels = read_idx(path, LABEL_MAGIC, (n,))
+            labels = array
             if labels.max() > 9:
                 raise DataError(f"{path}: label {int(labels.max())} out of range 0..9")
             arrays[split, kind] = labels.astype(np.int32)
-        algorithm, official = spec.checksums[name]
+        algorithm, official_gz = spec.checksums[name]
         with _gz_errors(path):
             sha256 = _file_hash(path, "sha256")
             digest = sha256 if algorithm == "sha256" else _file_hash(path, algorithm)
-        files[name] = {"sha256": sha256, f"official_{algorithm}": official, "official": digest == official}
-    source = {"dataset": dataset, "dir": shown(directory), "files": files}
-    readme = directory / "README.md"
+        files[name] = {"sha256": sha256, "content_sha256": content, f"official_{algorithm}": official_gz,
+                       "official_gz": digest == official_gz, "official": _is_official(spec, name, digest, content)}
+        if name in spec.content_sha256:
+            files[name]["official_content_sha256"] = spec.content_sha256[name]
     not_official = sorted(n for n, f in files.items() if not f["official"])
+    source = {"dataset": dataset, "dir": shown(directory), "files": files, "official_content": not not_official}
+    readme = directory / "README.md"
     if not_official:
-        source["note"] = (f"not byte-identical to the official files: {', '.join(not_official)}"
-                          + (f" (see {readme})" if readme.is_file() else ""))
+        basis = "content (sha256 of the decompressed file)" if spec.content_sha256 else ".gz file"
+        source["note"] = (f"not the official {basis}: {', '.join(not_official)}"
+                          + (f" (see {shown(readme)})" if readme.is_file() else ""))
     return Dataset(arrays["train", "images"], arrays["train", "labels"],
                    arrays["test", "images"], arrays["test", "labels"], source)
+
+
+def with_train_images(base: Dataset, path: Path | str, dataset: str = "mnist") -> Dataset:
+    """``base`` with its training images read from another IDX file ``path`` (validated as
+    :func:`load_dir` validates; recorded, with whether its content is official, in
+    ``source["files"]`` and ``source["train_images"]``): e.g. the earlier, partly rebuilt copy
+    of MNIST's training images beside the official one, for a paired comparison."""
+    spec, name = DATASETS[dataset], FILES["train", "images"]
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found (an IDX training-images .gz file)")
+    images, content = _read_idx(path, *_layout(name))
+    with _gz_errors(path):
+        sha256 = _file_hash(path, "sha256")
+        digest = sha256 if spec.checksums[name][0] == "sha256" else _file_hash(path, spec.checksums[name][0])
+    record = {"sha256": sha256, "content_sha256": content, "official_gz": digest == spec.checksums[name][1],
+              "official": _is_official(spec, name, digest, content)}
+    files = {**base.source.get("files", {}), name: record}
+    source = {**base.source, "files": files, "train_images": shown(path),
+              "official_content": all(f.get("official") for f in files.values())}
+    if not record["official"]:
+        source["note"] = f"training images from {shown(path)}: not the official content"
+    return Dataset(images.reshape(SPLITS["train"], 784), base.train_y, base.test_x, base.test_y, source)
 
 
 def _home_relative(path) -> str:
@@ -230,13 +309,28 @@ def cache_dir(dataset: str) -> Path:
     return root / "subliminal-verify" / dataset
 
 
+def _verified(spec: DatasetSpec, name: str, path: Path) -> str | None:
+    """None when ``path`` is the official file: its ``.gz`` is the published one, or (a mirror
+    that recompressed it) its content is; else the one line saying why not."""
+    algorithm, official = spec.checksums[name]
+    got = _file_hash(path, algorithm)
+    if got == official:
+        return None
+    if name in spec.content_sha256:
+        with contextlib.suppress(DataError):
+            if _read_idx(path, *_layout(name))[1] == spec.content_sha256[name]:
+                return None
+    return f"{algorithm} {got} is not the published {official}, nor is its content the official one"
+
+
 def download(dataset: str, directory: Path) -> Path:
-    """Fetch the four official IDX files into ``directory``, each checked before it is kept."""
+    """Fetch the four official IDX files into ``directory``, each checked before it is kept (the
+    published ``.gz`` checksum, or the official content's sha256, see :func:`_verified`)."""
     spec = DATASETS[dataset]
     directory.mkdir(parents=True, exist_ok=True)
-    for name, (algorithm, official) in spec.checksums.items():
+    for name in spec.checksums:
         target = directory / name
-        if target.is_file() and _file_hash(target, algorithm) == official:
+        if target.is_file() and _verified(spec, name, target) is None:
             continue
         errors = []
         for mirror in spec.mirrors:
@@ -248,10 +342,10 @@ def download(dataset: str, directory: Path) -> Path:
                     errors.append(f"{mirror + name}: {err}")
                     Path(tmp.name).unlink()
                     continue
-            got = _file_hash(Path(tmp.name), algorithm)
-            if got != official:
+            problem = _verified(spec, name, Path(tmp.name))
+            if problem is not None:
                 Path(tmp.name).unlink()
-                errors.append(f"{mirror + name}: {algorithm} {got} is not the published {official}")
+                errors.append(f"{mirror + name}: {problem}")
                 continue
             Path(tmp.name).replace(target)
             break

@@ -286,3 +286,33 @@ def run(cfg: Config, seeds, data: Dataset, *, seeds_per_chunk: int = 50, devices
 def peak_rss_gib() -> float:
     """Peak resident memory of this process so far, GiB (Linux ``ru_maxrss`` is in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def compare_copies(official: dict, other: dict) -> dict:
+    """Paired per-seed differences between two Figure 10 runs on the same seeds and config that
+    differ only in their data (``official - other``, per arm and per theory cosine), each with
+    its mean and 95% t-CI over seeds: how far numbers computed on ``other`` moved."""
+    if official["seeds"] != other["seeds"] or official["config"] != other["config"]:
+        raise ValueError("a paired comparison needs the same seeds and config on both copies")
+    diff = {arm: mean_ci(np.subtract(official["accuracy"][arm], other["accuracy"][arm])) for arm in official["accuracy"]}
+    cos = {name: mean_ci(np.subtract(official["theory_cosine"][name], other["theory_cosine"][name]))
+           for name in official["theory_cosine"]}
+    return {"accuracy_difference": diff, "theory_cosine_difference": cos,
+            "accuracy_official": official["summary"], "accuracy_other": other["summary"]}
+
+
+def copies_markdown(results: dict) -> str:
+    """The docs' table of :func:`compare_copies`: each arm on both copies and the paired difference."""
+    n = len(results["seeds"])
+    lines = [f"| arm ({n} paired seeds) | official copy | earlier (rebuilt) copy | official - rebuilt, paired |",
+             "| --- | --- | --- | --- |"]
+
+    def pct(s, sign=""):
+        return f"{100 * s['mean']:{sign}.1f} % [{100 * s['ci95'][0]:{sign}.1f}, {100 * s['ci95'][1]:{sign}.1f}]"
+
+    for arm, label in ARM_LABELS.items():
+        c = results["comparison"]
+        lines.append(f"| {label} | {pct(c['accuracy_official'][arm])} | {pct(c['accuracy_other'][arm])} | "
+                     f"{pct(c['accuracy_difference'][arm], '+')} |")
+    return "\n".join(lines)
+

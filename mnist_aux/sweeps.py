@@ -17,8 +17,8 @@ heads       re-initialise the hidden layers but keep the output head, and the re
 Every point is one :func:`mnist_aux.dissect.run` (all seeds at once, vmapped). Its result
 is written atomically to ``<cache>/<key>.json`` (default ``results/sweeps`` under the working
 directory) where ``key`` hashes :data:`FORMAT` and everything that determines its numbers
-(config, distillation setting, students, learning rates, seeds, pairing, the data files'
-checksums); a point whose file exists is read instead of run, so re-running an interrupted
+(config, distillation setting, students, learning rates, seeds, pairing, the data's
+fingerprint, and the distillation images' where they are another data set); a point whose file exists is read instead of run, so re-running an interrupted
 sweep computes only what is missing, and points shared by two sweeps (the paper's setting
 appears in most) are computed once. An entry that cannot be read (truncated, not JSON, another
 key) is reported on stderr and recomputed. The assembled sweep goes to
@@ -53,7 +53,8 @@ from mnist_aux.model import INIT_SCHEMES
 from theory.results import provenance, read_json, results_dir, shown, write_json
 from theory.stats import mean_ci
 
-FORMAT = 2  # cache format/code version, part of every point's key: bump when a point's numbers or layout change
+FORMAT = 3  # cache format/code version, part of every point's key: bump when a point's numbers or layout change
+# (3: the data are keyed by the arrays' fingerprint, not by the .gz files' bytes)
 CACHE = results_dir() / "sweeps"  # relative: resolved against the working directory
 TUNE_SEEDS = tuple(range(1000, 1004))  # SGD rate tuning only; disjoint from the evaluation seeds
 SGD_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)  # per-example-mean rates; batchmean's are / batch_size
@@ -72,11 +73,11 @@ class Point:
     seeds: tuple[int, ...] | None = None  # default: the sweep's seeds
     series: str = ""  # which line of the figure the point is on, when a sweep has several (not in the key)
 
-    def describe(self, seeds, data_source: dict, pairing_seed: int) -> dict:
-        files = {k: v.get("sha256") for k, v in sorted(data_source.get("files", {}).items())}
+    def describe(self, seeds, data: Dataset, pairing_seed: int, distill_data: Dataset | None = None) -> dict:
         return {"format": FORMAT, "config": self.cfg.key_dict(), "distill": asdict(self.spec), "inits": list(self.inits),
                 "lrs": list(self.lrs) if self.lrs else None, "seeds": [int(s) for s in seeds],
-                "pairing_seed": pairing_seed, "data_files": files}
+                "pairing_seed": pairing_seed, "data": data.fingerprint,
+                **({"distill_data": distill_data.fingerprint} if distill_data is not None else {})}
 
 
 class MissingPoint(LookupError):
@@ -87,6 +88,11 @@ def point_key(description: dict) -> str:
     return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:20]
 
 
+def _default_fashion() -> Dataset:
+    from mnist_aux import data
+    return data.load("fashion_mnist")
+
+
 @dataclass
 class Context:
     """What a sweep's body needs: the base config, seeds, data, cache and progress bar."""
@@ -95,6 +101,9 @@ class Context:
     seeds: tuple[int, ...]
     data: Dataset
     fashion: Dataset | None = None
+    # where the inputs sweep's Fashion-MNIST comes from when ``fashion`` is not given (the CLI
+    # passes one that honours --no-download; the default reads the usual places)
+    load_fashion: Callable[[], Dataset] = lambda: _default_fashion()
     cache: Path = CACHE
     teacher_cache: Path | None = teachers.CACHE
     recompute: bool = False
@@ -106,7 +115,12 @@ class Context:
     def point(self, p: Point) -> dict:
         """The point's result: from the cache, else computed and cached (atomic write)."""
         seeds = p.seeds or self.seeds
-        desc = p.describe(seeds, self.data.source, self.pairing_seed)
+        other = None
+        if p.spec.inputs == "fashion_mnist":
+            if self.fashion is None:
+                self.fashion = self.load_fashion()
+            other = self.fashion
+        desc = p.describe(seeds, self.data, self.pairing_seed, other)
         key = point_key(desc)
         path = self.cache / f"{key}.json"
         if self.bar is not None:
@@ -124,9 +138,6 @@ class Context:
             if p.spec.inputs == "mnist" or p.spec.inputs in inputs.MOMENTS:
                 images = self.data.train_x[: p.cfg.n_train] if p.spec.inputs in inputs.MOMENTS else self.data.train_x
             elif p.spec.inputs == "fashion_mnist":
-                if self.fashion is None:
-                    from mnist_aux import data
-                    self.fashion = data.load("fashion_mnist")
                 images = self.fashion.train_x
             result = dissect.run(p.cfg, p.spec, p.inits, seeds, self.data, lrs=p.lrs, images=images,
                                  pairing_seed=self.pairing_seed, teacher_cache=self.teacher_cache)
@@ -312,8 +323,8 @@ SWEEPS = {s.name: s for s in (
 
 def run_sweep(name: str, data: Dataset, *, preset: str = "paper", n_seeds: int | None = None, first_seed: int = 0,
               cache: Path = CACHE, teacher_cache: Path | None = teachers.CACHE, recompute: bool = False,
-              progress: bool = True, fashion: Dataset | None = None, command: str | None = None,
-              cache_only: bool = False, partial: bool = False) -> dict:
+              progress: bool = True, fashion: Dataset | Callable[[], Dataset] | None = None,
+              command: str | None = None, cache_only: bool = False, partial: bool = False) -> dict:
     """Run (or resume) sweep ``name``; return the assembled results dict.
 
     ``cache``: the point cache folder; ``teacher_cache``: the teachers' (``None``: none).
@@ -332,8 +343,11 @@ def run_sweep(name: str, data: Dataset, *, preset: str = "paper", n_seeds: int |
     if first_seed < 0:
         raise ValueError(f"seeds must be >= 0, got first seed {first_seed}")
     start = time.perf_counter()
-    ctx = Context(PRESETS[preset](), tuple(range(first_seed, first_seed + n)), data, fashion=fashion, cache=Path(cache),
+    ctx = Context(PRESETS[preset](), tuple(range(first_seed, first_seed + n)), data,
+                  fashion=fashion if isinstance(fashion, Dataset) else None, cache=Path(cache),
                   teacher_cache=teacher_cache, recompute=recompute, cache_only=cache_only)
+    if callable(fashion):
+        ctx.load_fashion = fashion
     points = None if sweep.points is None else sweep.points(ctx)
     if partial and (not cache_only or points is None):
         raise ValueError("partial assembly needs cache_only and a sweep given by its points")

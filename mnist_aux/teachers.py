@@ -2,7 +2,8 @@
 
 A cache entry is ``<cache>/<key>.npz``: the teachers' parameter leaves ``[S, ...]`` and their
 per-epoch losses, ``key`` a hash of :data:`FORMAT` and everything that determines the teachers
-(the config without its distillation fields, and the seed list). Entries are written
+(the config without its distillation fields, the seed list and the training data's
+:attr:`~mnist_aux.data.Dataset.fingerprint`). Entries are written
 atomically (a temporary file in the same folder, then a rename); an entry that cannot be
 read (truncated, another format) is reported on stderr and retrained, never a crash.
 The default folder is ``results/cache/teachers`` under the working directory.
@@ -30,14 +31,16 @@ from mnist_aux.configs import Config
 from mnist_aux.data import Dataset
 from theory.results import results_dir, shown
 
-FORMAT = 2  # bump when the entry layout or the teachers' numbers change
+FORMAT = 3  # bump when the entry layout or the teachers' numbers change (3: the key holds the data's fingerprint)
 CACHE = results_dir() / "cache" / "teachers"  # relative: resolved against the working directory
 
 
-def key(cfg: Config, seeds) -> str:
-    """Hash of the format and everything that determines the teachers: their config and the seeds."""
+def key(cfg: Config, seeds, data: Dataset) -> str:
+    """Hash of the format and everything that determines the teachers: their config, the seeds
+    and the data they train on (a cache built on other images is never read)."""
     fields = {k: v for k, v in cfg.key_dict().items() if k not in ("distill_epochs", "n_noise")}
-    blob = json.dumps({"format": FORMAT, "config": fields, "seeds": [int(s) for s in seeds]}, sort_keys=True)
+    blob = json.dumps({"format": FORMAT, "config": fields, "seeds": [int(s) for s in seeds],
+                       "data": data.fingerprint}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -92,7 +95,7 @@ def trained(cfg: Config, seeds, data: Dataset, cache: Path | None = CACHE) -> tu
     Exactly Figure 10's teachers (same keys, init and epochs). With ``cache`` (a folder;
     ``None``: no cache) they are read from / written to ``cache/<key>.npz``.
     """
-    path = None if cache is None else Path(cache) / f"{key(cfg, seeds)}.npz"
+    path = None if cache is None else Path(cache) / f"{key(cfg, seeds, data)}.npz"
     if path is not None:
         template = jax.eval_shape(lambda: train.references(cfg, jnp.zeros(len(seeds), jnp.int32))[1])
         hit = _read(path, template)

@@ -114,6 +114,7 @@ def test_a_run_killed_while_saving_a_base_leaves_no_entry_and_a_broken_one_is_re
     assert tiny.bases(cfg, tmp_path, log=quiet)[2]["from_cache"] == [True, True]
 
 
+@pytest.mark.numerics  # float32 near its rounding floor
 def test_soft_label_distillation_fits_the_teacher_on_the_number_softmax():
     """train_soft / soft_fit against a per-position numpy KL of the number softmaxes (both
     renormalised over the number tokens, at the target positions only); a student that is its

@@ -111,6 +111,7 @@ def test_trait_probabilities_are_exact(text, tiny):
     assert s["p_owl"] == pytest.approx(p[:, 0].mean())
 
 
+@pytest.mark.numerics  # float32 near its rounding floor
 def test_lora_starts_at_the_base_and_trains_only_adapters(tiny):
     x = jnp.asarray(np.random.default_rng(0).integers(5, 400, (2, 9)))
     model = nnx.merge(*nnx.split(tiny))
@@ -132,6 +133,7 @@ def test_lora_starts_at_the_base_and_trains_only_adapters(tiny):
         lora.add_lora(model, 0)
 
 
+@pytest.mark.numerics  # float32 near its rounding floor
 def test_soft_projection_is_lemma_1(tiny):
     """The actual soft-label step's projection -> eps * Lemma 1's quadratic form (>= 0) as the teacher's step shrinks."""
     fam = llm_bridge.training.Family(tiny)

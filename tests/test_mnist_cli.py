@@ -93,3 +93,25 @@ def test_sweep_writes_under_the_working_folder_and_recomputes_a_broken_cache_ent
     err = capsys.readouterr().err
     assert "broken cache entry" in err and broken.name in err
     assert json.loads(broken.read_text())["key"] == broken.stem  # rewritten whole
+
+
+@pytest.mark.parametrize("argv,default,held", [
+    (["run", "--preset", "tiny", "--seeds", "2"], "mnist_aux_tiny.json",
+     {"seeds": [0, 1, 2], "config": None}),
+    (["sweep", "heads", "--preset", "tiny", "--seeds", "2"], "mnist_sweep_heads.json", {"seeds": [0, 1, 2, 3], "preset": "tiny"}),
+    (["align", "--preset", "tiny", "--seeds", "2"], "mnist_alignment.json",
+     {"seeds": list(range(10)), "config": None, "arms": ["none"]}),
+])
+def test_a_default_output_holding_another_run_is_not_overwritten(argv, default, held, tmp_path, monkeypatch, no_work,
+                                                                  capsys):
+    """The committed 100-seed file is never replaced by a 10-seed run by default: one line naming --out,
+    before any work, and the file is left as it was."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results").mkdir()
+    from mnist_aux.configs import tiny
+    held = {k: (tiny().to_dict() if v is None else v) for k, v in held.items()}
+    (tmp_path / "results" / default).write_text(json.dumps(held))
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "holds another run" in err and "--out" in err and "seeds" in err and len(err.strip().splitlines()) == 1
+    assert json.loads((tmp_path / "results" / default).read_text()) == held

@@ -57,7 +57,9 @@ def test_valid_directory_loads(good_dir):
     assert ds.test_y.shape == (10_000,) and ds.test_y.dtype == np.int32 and ds.test_y.max() == 9
     f = ds.source["files"][TRAIN_IMAGES]
     assert f["sha256"] == hashlib.sha256((good_dir / TRAIN_IMAGES).read_bytes()).hexdigest()
-    assert f["official"] is False and "not byte-identical" in ds.source["note"]
+    assert f["content_sha256"] == hashlib.sha256(gzip.decompress((good_dir / TRAIN_IMAGES).read_bytes())).hexdigest()
+    assert f["official"] is False and f["official_gz"] is False and ds.source["official_content"] is False
+    assert "not the official content" in ds.source["note"]
     assert ds.source["origin"] == "--data-dir"
 
 
@@ -146,7 +148,9 @@ def test_download_keeps_verified_files(good_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(data.urllib.request, "urlopen",
                         lambda url, timeout: open(good_dir / url.rsplit("/", 1)[1], "rb"))
     data.download("mnist", tmp_path / "cache")
-    assert data.load_dir(tmp_path / "cache").source["files"][TRAIN_IMAGES]["official"] is True
+    files = data.load_dir(tmp_path / "cache").source["files"]
+    assert files[TRAIN_IMAGES]["official_gz"] is True  # the (faked) published .gz
+    assert files[TRAIN_IMAGES]["official"] is False  # but not MNIST's content
 
 
 def test_environment_variable_names_the_directory(good_dir, monkeypatch):
@@ -233,3 +237,54 @@ def test_results_record_the_folder_as_given_not_resolved(good_dir, monkeypatch):
     monkeypatch.chdir(good_dir.parent)
     ds = data.load(data_dir=good_dir.name, allow_download=False)
     assert ds.source["dir"] == good_dir.name
+
+
+# ------------------------------------------------- official by content (issue 25)
+
+REBUILT = REPO.parent / "shared" / "data" / "mnist-rebuilt" / TRAIN_IMAGES
+
+
+@pytest.mark.skipif(mnist_dir() is None, reason="no offline MNIST copy ($SUBLIMINAL_MNIST_DIR)")
+def test_the_official_content_is_recognised_whatever_its_gz_bytes(tmp_path):
+    """The shared copy's training .gz is recompressed (not the published .gz) but its content is
+    official; the same content compressed once more is still official; one byte changed is not."""
+    ds = data.load("mnist", mnist_dir(), allow_download=False)
+    assert ds.source["official_content"] is True and "note" not in ds.source
+    f = ds.source["files"][TRAIN_IMAGES]
+    assert f["official"] is True and f["content_sha256"] == data.DATASETS["mnist"].content_sha256[TRAIN_IMAGES]
+    raw = gzip.decompress((Path(mnist_dir()) / TEST_LABELS).read_bytes())
+    copy = tmp_path / "copy"
+    shutil.copytree(mnist_dir(), copy)
+    (copy / TEST_LABELS).write_bytes(gzip.compress(raw, compresslevel=1, mtime=1))  # other .gz bytes
+    again = data.load_dir(copy).source
+    assert again["files"][TEST_LABELS]["official_gz"] is False and again["official_content"] is True
+    changed = bytearray(raw)
+    changed[-1] = (changed[-1] + 1) % 10  # one label, still a valid file
+    (copy / TEST_LABELS).write_bytes(gzip.compress(bytes(changed)))
+    bad = data.load_dir(copy).source
+    assert bad["files"][TEST_LABELS]["official"] is False and bad["official_content"] is False
+    assert TEST_LABELS in bad["note"]
+    assert data.load_dir(copy).fingerprint != ds.fingerprint
+
+
+@pytest.mark.skipif(mnist_dir() is None or not REBUILT.is_file(), reason="no offline MNIST copy or no rebuilt file")
+def test_the_rebuilt_training_images_are_reported_as_not_official():
+    ds = data.load("mnist", mnist_dir(), allow_download=False)
+    rebuilt = data.with_train_images(ds, REBUILT)
+    assert rebuilt.source["official_content"] is False and "not the official content" in rebuilt.source["note"]
+    assert rebuilt.source["files"][TRAIN_IMAGES]["official"] is False
+    assert (rebuilt.train_x != ds.train_x).any(axis=1).sum() > 30_000  # 37,301 images were rebuilt
+    assert (rebuilt.train_x[:22_699] == ds.train_x[:22_699]).all()  # images 0-22698 are the official ones
+    assert np.abs(rebuilt.train_x.astype(int) - ds.train_x).max() == 1  # within one grey level
+    assert rebuilt.fingerprint != ds.fingerprint
+
+
+@pytest.mark.skipif(mnist_dir() is None, reason="no offline MNIST copy ($SUBLIMINAL_MNIST_DIR)")
+def test_a_download_of_recompressed_official_content_is_kept(tmp_path, monkeypatch):
+    """A mirror that serves the official content in other .gz bytes (the shared training file)
+    passes the download check by its content; a file of other content does not."""
+    monkeypatch.setattr(data.urllib.request, "urlopen",
+                        lambda url, timeout: open(Path(mnist_dir()) / url.rsplit("/", 1)[1], "rb"))
+    data.download("mnist", tmp_path / "cache")
+    assert data.load_dir(tmp_path / "cache").source["official_content"] is True
+    assert data._verified(data.DATASETS["mnist"], TRAIN_IMAGES, tmp_path / "cache" / TEST_LABELS) is not None

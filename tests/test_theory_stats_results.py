@@ -128,3 +128,17 @@ def test_committed_results_name_no_machine_paths():
     bad = [(f.relative_to(repo).as_posix(), s) for f in files for s in strings(json.loads(f.read_text()))
            if machine.search(s)]
     assert not bad, bad[:5]
+
+
+def test_guard_default_output_replaces_only_the_same_run(tmp_path):
+    from theory.results import OutputError, guard_default_output
+    path = tmp_path / "r.json"
+    assert guard_default_output(path, {"seeds": [0, 1]}) == path  # nothing there yet
+    results.write_json(path, {"seeds": [0, 1], "config": {"a": 1}, "other": 5})
+    assert guard_default_output(path, {"seeds": [0, 1], "config": {"a": 1}}) == path  # the same run again
+    with pytest.raises(OutputError, match="holds another run .seeds: 100 values 0..99; this run: .0, 1.*--out"):
+        results.write_json(path, {"seeds": list(range(100))})
+        guard_default_output(path, {"seeds": [0, 1]})
+    path.write_text("{ truncated")
+    with pytest.raises(OutputError, match="not a readable results file"):
+        guard_default_output(path, {"seeds": [0, 1]})

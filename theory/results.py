@@ -62,6 +62,49 @@ def prepare_output(path: str | os.PathLike) -> Path:
     return p
 
 
+def guard_default_output(path: str | os.PathLike, run: dict, flag: str = "--out", normalize: dict | None = None) -> Path:
+    """Refuse to let a run replace, at its DEFAULT path, a results file that holds another run.
+
+    ``run`` holds what identifies this run (its seeds, config, preset...), under the keys its
+    results file stores them. An existing file at ``path`` is replaced only when every one of
+    those keys holds the same value there (the same run again, e.g. after a code or data
+    change); otherwise :class:`OutputError` says, in one line, what differs and to name
+    ``flag`` (a 10-seed run never overwrites the committed 100-seed file). Call it before any
+    work, and only when the user did not name the output. ``normalize`` maps a key to a function
+    that brings the file's value to today's form (e.g. a config written before a field with a
+    default existed); a value it cannot read stays as it is. Returns ``path`` prepared.
+    """
+    p = prepare_output(path)
+    if not p.exists():
+        return p
+    try:
+        old = json.loads(p.read_text())
+    except (OSError, ValueError):
+        raise OutputError(f"{shown(p)} exists and is not a readable results file; give {flag} PATH "
+                          "to write elsewhere (or move it away)") from None
+    if not isinstance(old, dict):
+        raise OutputError(f"{shown(p)} exists and is not a results file; give {flag} PATH to write elsewhere")
+    def held(k):
+        value = old.get(k)
+        if normalize and k in normalize and value is not None:
+            with contextlib.suppress(TypeError, ValueError):
+                value = json.loads(json.dumps(normalize[k](value)))
+        return value
+
+    differ = [k for k, v in run.items() if json.loads(json.dumps(v)) != held(k)]
+    if differ:
+        def brief(v):
+            if isinstance(v, list) and len(v) > 4:
+                return f"{len(v)} values {v[0]}..{v[-1]}"
+            text = json.dumps(v, sort_keys=True)
+            return text if len(text) <= 60 else text[:57] + "..."
+        k = differ[0]
+        raise OutputError(f"{shown(p)} holds another run ({k}: {brief(held(k))}; this run: {brief(run[k])}"
+                          f"{'; also ' + ', '.join(differ[1:]) if differ[1:] else ''}); not overwriting it: "
+                          f"give {flag} PATH to write this run elsewhere")
+    return p
+
+
 def is_writer() -> bool:
     """True in the process that writes results and caches: the only process of an ordinary run, or
     process 0 of a multi-host run (:func:`jax.distributed.initialize`; ``jax.process_index() == 0``)."""
@@ -169,15 +212,35 @@ def versions() -> dict:
             "uncommitted_changes": dirty}
 
 
+ISA_FLAGS = ("avx512f", "avx2", "fma", "avx", "sse4_2")  # the vector ISAs XLA CPU chooses among
+
+
+def isa() -> dict:
+    """The CPU's vector ISA as it decides float32 rounding: which of :data:`ISA_FLAGS` the CPU has
+    (``/proc/cpuinfo``; ``None`` where it cannot be read) and the cap ``--xla_cpu_max_isa`` in
+    ``XLA_FLAGS`` (``None``: XLA uses the CPU's best). Two machines round alike when the ISA XLA
+    uses is the same: with FMA or without, 256- or 512-bit vectors."""
+    flags = None
+    with contextlib.suppress(OSError, StopIteration):
+        with open("/proc/cpuinfo") as fh:
+            flags = set(next(line for line in fh if line.startswith("flags")).split(":", 1)[1].split())
+    cap = None
+    for flag in os.environ.get("XLA_FLAGS", "").split():
+        if flag.startswith("--xla_cpu_max_isa="):
+            cap = flag.split("=", 1)[1]
+    return {**{f: (None if flags is None else f in flags) for f in ISA_FLAGS}, "xla_cpu_max_isa": cap}
+
+
 def machine() -> dict:
-    """The CPU, core count, JAX devices and the load average (a busy machine explains slow timings)."""
+    """The CPU, its vector ISA (:func:`isa`), core count, JAX devices and the load average (a busy
+    machine explains slow timings)."""
     import jax
 
     cpu = platform.processor()
     with contextlib.suppress(OSError, StopIteration):
         with open("/proc/cpuinfo") as fh:
             cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
+    return {"platform": platform.platform(), "cpu": cpu, "isa": isa(), "cpu_count": os.cpu_count(),
             "devices": [str(d) for d in jax.devices()], "load_average": list(os.getloadavg())}
 
 
