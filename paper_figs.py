@@ -4,7 +4,7 @@ Each figure is drawn from its saved results file (results/NAME.json) when that f
 exists; otherwise the computation behind it runs first and its results are saved
 (atomically), so a second call only re-plots. Figures are registered by the packages
 themselves: ``theory.figures``, ``mnist_aux.figures`` and ``llm_bridge.figures`` each expose
-``FIGURES``, a list of objects following ``theory.figures.FigureSpec``:
+``FIGURES``, a list of objects following ``harness.figures.FigureSpec``:
 
     name     str, the figure's file stem (figures/NAME.png, figures/NAME.pdf)
     results  str, the results file's stem (results/RESULTS.json); figures may share one
@@ -25,7 +25,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 import time
@@ -37,26 +36,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from theory import results  # noqa: E402
-
-REGISTRIES = ("theory.figures", "mnist_aux.figures", "llm_bridge.figures")
-
+from harness import figures as figures_registry  # noqa: E402
+from harness import results  # noqa: E402
 
 def registered_figures() -> dict:
-    """All registered figures, by name, in registry order."""
-    figures = {}
-    for module_name in REGISTRIES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name == module_name:  # this package registers no figures yet
-                continue
-            raise
-        for fig in module.FIGURES:
-            if fig.name in figures:
-                raise ValueError(f"figure {fig.name!r} registered twice")
-            figures[fig.name] = fig
-    return figures
+    """All registered figures, by name, in registry order (:func:`harness.figures.registered`)."""
+    return figures_registry.registered()
 
 
 def load_or_compute(fig, results_dir: Path, quick: bool, recompute: bool, done: dict) -> tuple[dict, str]:

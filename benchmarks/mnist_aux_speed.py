@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from mnist_aux import experiment, train  # noqa: E402
 from mnist_aux.configs import paper  # noqa: E402
-from theory.results import OutputError, command_line, prepare_output, provenance, write_json  # noqa: E402
+from harness.results import OutputError, command_line, prepare_output, provenance, write_json  # noqa: E402
 
 ISSUE_EXACT_TFLOP = 2.47
 

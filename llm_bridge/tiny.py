@@ -56,7 +56,7 @@ from llm_bridge.llama import Llama, LlamaConfig
 from llm_bridge.projection import sequence_projections, student_step, summarise
 from llm_bridge.sampling import generate
 from llm_bridge.training import Family, index, soft_fit, stack, train, train_soft
-from theory.results import atomic_dir, shown
+from harness.results import atomic_dir, shown
 from theory.stats import mean_ci, nested_mean_ci
 
 # Bump when a change to the corpus, the model or the pretraining loop changes what a cached

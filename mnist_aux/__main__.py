@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from mnist_aux.configs import PRESETS, Config
-from theory import mesh
-from theory.results import (OutputError, command_line, guard_default_output, is_writer, prepare_output, results_dir,
+from harness import mesh
+from harness.results import (OutputError, command_line, guard_default_output, is_writer, prepare_output, results_dir,
                             shown, write_json)
 
 
@@ -178,7 +178,7 @@ def _align(args: argparse.Namespace) -> int:
 
 def _peers(args: argparse.Namespace) -> int:
     from mnist_aux import peers
-    from theory.results import read_json
+    from harness.results import read_json
 
     folder = results_dir(args.results_dir)
     out = prepare_output(args.out or folder / "mnist_peers.json")

@@ -37,7 +37,7 @@ import numpy as np
 import optax
 
 import theory
-from theory.results import provenance
+from harness.results import provenance
 from theory.stats import mean_ci
 from mnist_aux import dissect, teachers, train
 from mnist_aux.configs import Config

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from theory.results import shown
+from harness.results import shown
 
 IMAGE_MAGIC = 0x00000803  # IDX: unsigned byte, 3 dimensions
 LABEL_MAGIC = 0x00000801  # IDX: unsigned byte, 1 dimension

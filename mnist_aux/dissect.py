@@ -35,7 +35,7 @@ import numpy as np
 import optax
 
 import theory
-from theory.results import versions
+from harness.results import versions
 from theory.stats import mean_ci
 from mnist_aux import inputs, teachers, train
 from mnist_aux.configs import Config

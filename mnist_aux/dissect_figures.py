@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 
 from mnist_aux.sweeps import SWEEPS  # noqa: E402
 from theory import stats  # noqa: E402
-from theory.results import read_json  # noqa: E402
+from harness.results import read_json  # noqa: E402
 
 CHANCE = 0.1
 QUICK_SEEDS = 3
@@ -337,7 +337,7 @@ class PeersFigure:
     def compute(self, quick: bool, results_dir: Path) -> dict:
         from mnist_aux import peers
         from mnist_aux.figures import Fig10
-        from theory.results import write_json
+        from harness.results import write_json
 
         def missing(stem):  # compute it as its own figure would, and keep it
             spec = Fig10() if stem == peers.FIG10 else SweepFigure(stem.removeprefix("mnist_sweep_"))

@@ -33,7 +33,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 import theory
-from theory.results import provenance
+from harness.results import provenance
 from theory.stats import mean_ci
 from mnist_aux import train
 from mnist_aux.configs import Config

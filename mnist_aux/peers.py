@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from theory.results import read_json
+from harness.results import read_json
 from theory.stats import mean_ci
 
 FIG10 = "mnist_aux_fig10"

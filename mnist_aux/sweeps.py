@@ -50,7 +50,7 @@ from mnist_aux import dissect, inputs, teachers
 from mnist_aux.configs import PRESETS, Config
 from mnist_aux.data import Dataset
 from mnist_aux.model import INIT_SCHEMES
-from theory.results import provenance, read_json, results_dir, shown, write_json
+from harness.results import provenance, read_json, results_dir, shown, write_json
 from theory.stats import mean_ci
 
 FORMAT = 3  # cache format/code version, part of every point's key: bump when a point's numbers or layout change

@@ -29,7 +29,7 @@ import numpy as np
 from mnist_aux import train
 from mnist_aux.configs import Config
 from mnist_aux.data import Dataset
-from theory.results import results_dir, shown
+from harness.results import results_dir, shown
 
 FORMAT = 3  # bump when the entry layout or the teachers' numbers change (3: the key holds the data's fingerprint)
 CACHE = results_dir() / "cache" / "teachers"  # relative: resolved against the working directory

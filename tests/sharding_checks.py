@@ -342,7 +342,7 @@ def distributed(process_id: int, n: int, port: int, folder: Path) -> dict:
 
     import llm_bridge
     from llm_bridge import sharding
-    from theory.results import is_writer
+    from harness.results import is_writer
 
     mesh = sharding.make_mesh({"data": jax.device_count() // 2, "model": 2})
     placed = llm_bridge.load(folder, mesh=mesh)

@@ -17,7 +17,7 @@ import pytest
 from flax import nnx
 
 import theory
-from theory import results
+from harness import results
 from llm_bridge import arms, corpus, tiny, training
 from llm_bridge.__main__ import main
 from llm_bridge.llama import Llama

@@ -1,4 +1,4 @@
-"""Past one device (llm_bridge.sharding, theory.mesh, the MNIST ``--mesh`` / ``--distributed`` flags), on
+"""Past one device (llm_bridge.sharding, harness.mesh, the MNIST ``--mesh`` / ``--distributed`` flags), on
 simulated CPU devices (``XLA_FLAGS=--xla_force_host_platform_device_count=8``).
 
 XLA_FLAGS must be set before JAX starts, so every check that needs several devices runs
@@ -35,7 +35,7 @@ import sharding_checks
 from conftest import REPO, mnist_dir
 from llm_bridge import checkpoint, sharding
 from mnist_aux import __main__ as mnist_cli
-from theory import mesh
+from harness import mesh
 
 CHECKS = REPO / "tests" / "sharding_checks.py"
 TOL = 1e-5  # float32 rounding of a split computation

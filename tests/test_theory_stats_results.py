@@ -1,4 +1,4 @@
-"""The shared statistics convention (theory.stats) and results writer (theory.results)."""
+"""The shared statistics convention (theory.stats) and results writer (harness.results)."""
 
 import json
 import math
@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from theory import results, stats, sign_curve
+from harness import results
+from theory import stats, sign_curve
 
 
 def test_mean_ci_is_the_student_t_interval():
@@ -131,7 +132,7 @@ def test_committed_results_name_no_machine_paths():
 
 
 def test_guard_default_output_replaces_only_the_same_run(tmp_path):
-    from theory.results import OutputError, guard_default_output
+    from harness.results import OutputError, guard_default_output
     path = tmp_path / "r.json"
     assert guard_default_output(path, {"seeds": [0, 1]}) == path  # nothing there yet
     results.write_json(path, {"seeds": [0, 1], "config": {"a": 1}, "other": 5})

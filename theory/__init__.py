@@ -5,7 +5,7 @@ modules are adapted with :func:`theory.nets.pure`. See README "theory API" for t
 of functions and the equations they implement.
 """
 
-from theory import losses, results, stats
+from theory import losses, stats
 from theory.consequences import EpsSearch, smallest_failing_eps, teacher_loss_change, theorem1_branch
 from theory.contrast import perturbed_init
 from theory.core import (
@@ -27,7 +27,7 @@ from theory.sampled import SampleSize, per_sample_inner_products, sampled_studen
 __all__ = [
     "EpsSearch", "MLP", "Projection", "SampleSize", "batches", "cosine", "inner", "inner_product_jvp",
     "lemma1_coefficient", "losses", "mlp", "mse", "per_sample_inner_products", "perturbed_init", "projection",
-    "pure", "results", "sampled_student_update", "samples_for_positive", "sign_curve", "smallest_failing_eps", "softmax_ce",
+    "pure", "sampled_student_update", "samples_for_positive", "sign_curve", "smallest_failing_eps", "softmax_ce",
     "softmax_kl", "stats", "student_update", "teacher_direction", "teacher_loss_change", "teacher_params",
     "theorem1_branch", "weighted_mse",
 ]

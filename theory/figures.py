@@ -15,15 +15,12 @@ All computations run in float64 and record their seeds and configuration.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Protocol
-
 import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
+from harness.figures import Figure
 from theory import demo
 from theory.contrast import perturbed_init
 from theory.core import projection, teacher_direction
@@ -151,49 +148,6 @@ def plot_init_contrast(results: dict, ax) -> None:
     ax.set_xlabel("student's initialisation (σ: θ0 + σ · std(layer) · N(0, I))")
     ax.set_title(f"Student's first step vs teacher's step, {len(data[0])} random networks (eps = "
                  f"{results['config']['eps']:g})", fontsize=9)
-
-
-class FigureSpec(Protocol):
-    """The one figure protocol of paper_figs.py, for every package's ``FIGURES`` list.
-
-    name       the file stem of the figure (figures/NAME.png and .pdf)
-    results    the stem of the results file it is drawn from (results/RESULTS.json); several
-               figures may share one file, which is then computed once
-    compute    ``compute(quick, results_dir) -> dict``: runs the computation (``quick``: a small
-               preset) and returns JSON-ready results with seeds and config; ``results_dir`` is
-               the folder being filled, for computations that reuse other saved results
-    plot       ``plot(results) -> matplotlib Figure``: draws, computes nothing
-    """
-
-    name: str
-    results: str
-
-    def compute(self, quick: bool, results_dir: Path) -> dict: ...
-
-    def plot(self, results: dict) -> plt.Figure: ...
-
-
-@dataclass(frozen=True)
-class Figure:
-    """A :class:`FigureSpec` drawn on one axes: ``draw(results, ax)``; ``compute(quick)``."""
-
-    name: str
-    compute_fn: Callable[[bool], dict]
-    draw: Callable[[dict, object], None]
-    size: tuple[float, float] = (6.4, 4.4)
-    results_name: str | None = None  # the shared results file's stem, when not ``name``
-
-    @property
-    def results(self) -> str:
-        return self.results_name or self.name
-
-    def compute(self, quick: bool, results_dir: Path) -> dict:
-        return self.compute_fn(quick)
-
-    def plot(self, results: dict):
-        fig, ax = plt.subplots(figsize=self.size)
-        self.draw(results, ax)
-        return fig
 
 
 FIGURES = [

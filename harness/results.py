@@ -1,6 +1,6 @@
 """The one results convention of the project: where results go, how they are written, what they record.
 
-mnist_aux and llm_bridge both import theory and never each other, so the shared pieces live here:
+mnist_aux and llm_bridge never import each other, so the pieces they share live here:
 
 - :func:`prepare_output` checks an output path *before* any computation (a 50-minute run is
   not lost to a typo): not a directory, its folder creatable and writable.
@@ -13,7 +13,7 @@ mnist_aux and llm_bridge both import theory and never each other, so the shared 
 - :func:`shown` is how a path appears in a results file or caption: relative to the working
   folder when inside it, else as the user gave it, never resolved to a machine's absolute path.
 - :func:`is_writer` says whether this process writes: in a multi-host run (``--distributed``,
-  :mod:`theory.mesh`) every host computes, but only process 0 writes results and caches.
+  :mod:`harness.mesh`) every host computes, but only process 0 writes results and caches.
 
 Results folders are resolved from the working directory (``results/`` by default, or a
 flag), never from a package's file location, so a non-editable install writes beside the user.
@@ -205,7 +205,7 @@ def versions() -> dict:
     commit = _git("rev-parse", "HEAD") or None
     dirty = None
     if commit is not None:
-        status = _git("status", "--porcelain", "--", "../theory", "../mnist_aux", "../llm_bridge")
+        status = _git("status", "--porcelain", "--", "../harness", "../theory", "../mnist_aux", "../llm_bridge")
         dirty = None if status is None else bool(status)
     return {"python": sys.version.split()[0], "jax": jax.__version__, "jaxlib": jax.lib.__version__,
             "flax": flax.__version__, "optax": optax.__version__, "numpy": np.__version__, "git_commit": commit,

@@ -14,7 +14,7 @@ Axes, always in this order:
 A multi-host run (``--distributed``) calls :func:`jax.distributed.initialize` before anything
 else touches a device; the mesh then spans every host's devices (``jax.devices()``), each host
 reads and computes only its own shards, and only process 0 writes results
-(:func:`theory.results.is_writer`). Launch commands: docs/scaling_up.md.
+(:func:`harness.results.is_writer`). Launch commands: docs/scaling_up.md.
 """
 
 from __future__ import annotations

@@ -1,0 +1,142 @@
+"""On-disk caches keyed by what computed them: config, a fingerprint of the code, a format version.
+
+A cached entry is only as good as the code that wrote it: last month's stale tiny-LM number came
+from a cache keyed by config fields alone, read by code that no longer computed the same thing.
+Here a phase's key hashes
+
+- the config fields the phase reads,
+- :func:`code_fingerprint` of the modules whose code the phase runs (their abstract syntax trees
+  without docstrings: editing a comment, a docstring or the layout keeps the key; editing code
+  changes it),
+- the phase's format version, bumped when its output layout changes,
+- the keys of the phases it consumes, so a change upstream invalidates everything downstream and
+  nothing upstream (as a build tool or a DVC stage does).
+
+:class:`Store` is a run folder of such entries: JSON files and ``.npz`` arrays, each written
+atomically (a reader sees an entry whole or not at all, a killed run leaves at most a hidden
+temporary file), written only by the writing process of a multi-host run, and read back as
+``None`` when missing or unreadable (then recomputed). A run killed at any point resumes at the
+first missing entry.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import hashlib
+import importlib
+import inspect
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+
+from harness import results
+
+
+def _without_docstrings(tree: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+def code_fingerprint(*modules: ModuleType | str) -> str:
+    """sha256 of the code of ``modules`` (modules or their dotted names), independent of comments,
+    docstrings and layout: the abstract syntax tree of each source file, docstrings removed."""
+    h = hashlib.sha256()
+    for name in sorted({m if isinstance(m, str) else m.__name__ for m in modules}):
+        module = importlib.import_module(name)
+        tree = _without_docstrings(ast.parse(inspect.getsource(module)))
+        h.update(name.encode())
+        h.update(ast.dump(tree, annotate_fields=False).encode())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One cached phase: its name, the config fields it reads, the modules whose code it runs, its
+    format version and the phases whose outputs it consumes (their keys enter its key)."""
+
+    name: str
+    fields: tuple[str, ...]
+    code: tuple[str, ...]
+    version: int = 1
+    after: tuple[str, ...] = ()
+
+    def describe(self, config: dict, upstream: dict[str, str]) -> dict:
+        missing = [f for f in self.fields if f not in config]
+        if missing:
+            raise KeyError(f"phase {self.name}: config has no field {missing[0]!r}")
+        return {"phase": self.name, "version": self.version, "config": {f: config[f] for f in self.fields},
+                "code": code_fingerprint(*self.code), "after": {p: upstream[p] for p in self.after}}
+
+
+def key_of(description: dict) -> str:
+    return hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Store:
+    """A run folder of cached entries (``root`` None: nothing is read or written)."""
+
+    root: Path | None
+    keys: dict[str, str] = field(default_factory=dict)  # phase -> key, as :meth:`phase_key` computed them
+
+    def __post_init__(self):
+        if self.root is not None:
+            self.root = Path(self.root)
+            if results.is_writer():
+                self.root.mkdir(parents=True, exist_ok=True)
+
+    def phase_key(self, phase: Phase, config: dict) -> str:
+        """The key of ``phase`` for ``config``; the keys of the phases it comes after must be known."""
+        unknown = [p for p in phase.after if p not in self.keys]
+        if unknown:
+            raise KeyError(f"phase {phase.name} comes after {unknown[0]}, whose key is not known yet")
+        self.keys[phase.name] = key_of(phase.describe(config, self.keys))
+        return self.keys[phase.name]
+
+    def _path(self, name: str, suffix: str) -> Path | None:
+        return None if self.root is None else self.root / f"{name}{suffix}"
+
+    def json(self, name: str):
+        path = self._path(name, ".json")
+        return None if path is None else results.read_json(path)
+
+    def put(self, name: str, value):
+        path = self._path(name, ".json")
+        if path is not None and results.is_writer():
+            results.write_json(path, value)
+        return value
+
+    def arrays(self, name: str) -> dict | None:
+        path = self._path(name, ".npz")
+        if path is None or not path.exists():
+            return None
+        try:
+            with np.load(path) as z:
+                return {k: z[k] for k in z.files}
+        except (OSError, ValueError, EOFError, KeyError):
+            return None
+
+    def put_arrays(self, name: str, value: dict) -> dict:
+        path = self._path(name, ".npz")
+        if path is not None and results.is_writer():
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    np.savez(fh, **value)
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        return value
