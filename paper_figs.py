@@ -3,7 +3,7 @@
 Each figure is drawn from its saved results file (results/NAME.json) when that file
 exists; otherwise the computation behind it runs first and its results are saved
 (atomically), so a second call only re-plots. Figures are registered by the packages
-themselves: ``theory.figures``, ``mnist_aux.figures`` and ``llm_bridge.figures`` each expose
+themselves: ``theory.figures``, ``mnist_aux.figures`` and ``llm_bridge.experiment.figures`` each expose
 ``FIGURES``, a list of objects following ``harness.figures.FigureSpec``:
 
     name     str, the figure's file stem (figures/NAME.png, figures/NAME.pdf)
@@ -15,7 +15,9 @@ The results and figures folders are ``results/`` and ``figures/`` under the work
 directory (or ``--results-dir`` / ``--figures-dir``), never inside an installed package.
 
 Usage:
-    python paper_figs.py                  # every figure, computing only what is missing
+    python paper_figs.py                  # every figure from the saved results (seconds); skips, and lists, any
+                                          # whose results are missing and take over a minute to compute
+    python paper_figs.py --compute        # ... and runs the computations behind missing results (hours for all)
     python paper_figs.py --only NAME ...  # just these figures
     python paper_figs.py --quick          # small presets, written to results/quick, figures/quick
     python paper_figs.py --recompute      # ignore saved results
@@ -59,12 +61,31 @@ def load_or_compute(fig, results_dir: Path, quick: bool, recompute: bool, done: 
     return out, f"computed in {time.perf_counter() - start:.0f} s -> {results.shown(path)}"
 
 
+def plan(figures: dict, names: list[str], results_dir: Path, quick: bool, recompute: bool) -> list[tuple[str, float | None]]:
+    """The results files the call would compute: ``(stem, estimated minutes or None if unknown)``, each once.
+
+    A figure's estimate is its ``minutes`` attribute, ``(full, quick)`` minutes on 2 CPU cores (none:
+    unknown, treated as long)."""
+    todo = {}
+    for name in names:
+        fig = figures[name]
+        if fig.results in todo or ((results_dir / f"{fig.results}.json").exists() and not recompute):
+            continue
+        minutes = getattr(fig, "minutes", None)
+        todo[fig.results] = None if minutes is None else minutes[1 if quick else 0]
+    return list(todo.items())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", metavar="NAME", help="regenerate only these figures")
     parser.add_argument("--quick", action="store_true",
                         help="small presets for whatever must be computed; writes results/quick/ and figures/quick/")
-    parser.add_argument("--recompute", action="store_true", help="recompute even where saved results exist")
+    parser.add_argument("--recompute", action="store_true",
+                        help="recompute even where saved results exist (consent to any computation, as --compute)")
+    parser.add_argument("--compute", action="store_true",
+                        help="run the computations behind missing results even when they take longer than a minute "
+                             "(without it, those figures are skipped with what would run and how long)")
     parser.add_argument("--list", action="store_true", help="list the registered figures and exit")
     parser.add_argument("--results-dir", type=Path, default=Path("results"),
                         help="folder of the results files (default: results/ under the working directory)")
@@ -90,18 +111,37 @@ def main(argv: list[str] | None = None) -> int:
     except results.OutputError as err:
         print(f"paper_figs: error: {err}", file=sys.stderr)
         return 2
+    todo = plan(figures, names, results_dir, args.quick, args.recompute)
+    long = {stem: m for stem, m in todo if m is None or m > 1.0}
+    skipped = []
+    if long and not (args.compute or args.recompute):
+        total = sum(m for m in long.values() if m is not None)
+        print("paper_figs: skipping the figures whose results are missing, since computing them takes more than a "
+              f"minute each (about {total:.0f} min on 2 CPU cores in all"
+              f"{', more for the unknown' if None in long.values() else ''}); --compute runs them, --quick small "
+              "presets:", file=sys.stderr)
+        for stem, m in long.items():
+            print(f"  {results.shown(results_dir / stem)}.json: about "
+                  + ("? (unknown)" if m is None else f"{m:.0f} min"), file=sys.stderr)
+        skipped = [n for n in names if figures[n].results in long]
+        names = [n for n in names if n not in skipped]
+        if not names:
+            print("paper_figs: error: no figure has its results here; nothing drawn", file=sys.stderr)
+            return 2
     written, done = [], {}
     for name in (bar := tqdm(names, desc="figures", unit="fig")):
         bar.set_postfix_str(name)
         data, source = load_or_compute(figures[name], results_dir, args.quick, args.recompute, done)
         fig = figures[name].plot(data)
+        figures_dir.mkdir(parents=True, exist_ok=True)
         fig.savefig(figures_dir / f"{name}.png", dpi=150, bbox_inches="tight")
         # no creation date, so regenerating from the same results rewrites the same bytes
         fig.savefig(figures_dir / f"{name}.pdf", bbox_inches="tight", metadata={"CreationDate": None})
         plt.close(fig)
         written.append(f"{results.shown(figures_dir / name)}.{{png,pdf}}  ({source})")
     print("\n".join(["wrote:"] + [f"  {w}" for w in written]))
-    print(f"paper_figs: {len(written)} figure(s) written to {results.shown(figures_dir)}/")
+    print(f"paper_figs: {len(written)} figure(s) written to {results.shown(figures_dir)}/"
+          + (f"; {len(skipped)} skipped (results missing, see above)" if skipped else ""))
     return 0
 
 

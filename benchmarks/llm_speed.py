@@ -69,7 +69,7 @@ def smollm2(args) -> int:
     import torch
     import transformers
 
-    from llm_bridge import gguf
+    from llm_bridge.loading import gguf
 
     load_average = os.getloadavg()
     t0 = time.perf_counter()

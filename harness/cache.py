@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import functools
 import hashlib
 import importlib
 import inspect
 import json
 import os
 import tempfile
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -48,15 +50,30 @@ def _without_docstrings(tree: ast.AST) -> ast.AST:
     return tree
 
 
-def code_fingerprint(*modules: ModuleType | str) -> str:
-    """sha256 of the code of ``modules`` (modules or their dotted names), independent of comments,
-    docstrings and layout: the abstract syntax tree of each source file, docstrings removed."""
+def _source(name: str) -> str:
+    """The source of a module (``"pkg.mod"``) or of one function or class in it (``"pkg.mod:name"``)."""
+    module_name, _, qualname = name.partition(":")
+    obj = importlib.import_module(module_name)
+    for part in filter(None, qualname.split(".")):
+        obj = getattr(obj, part)
+    return inspect.getsource(obj)
+
+
+@functools.lru_cache(maxsize=None)
+def _tree_dump(name: str) -> str:
+    # Read once per process: the source is read from disk, so a file edited while a run is under way
+    # must not change the keys of that run (call code_fingerprint at the start, as engine.run does).
+    return ast.dump(_without_docstrings(ast.parse(textwrap.dedent(_source(name)))), annotate_fields=False)
+
+
+def code_fingerprint(*code: ModuleType | str) -> str:
+    """sha256 of the code of ``code``: modules (or their dotted names), or single functions and classes
+    as ``"module:qualname"``; independent of comments, docstrings and layout (the abstract syntax tree
+    of each source, docstrings removed). Each source is read once per process."""
     h = hashlib.sha256()
-    for name in sorted({m if isinstance(m, str) else m.__name__ for m in modules}):
-        module = importlib.import_module(name)
-        tree = _without_docstrings(ast.parse(inspect.getsource(module)))
+    for name in sorted({c if isinstance(c, str) else c.__name__ for c in code}):
         h.update(name.encode())
-        h.update(ast.dump(tree, annotate_fields=False).encode())
+        h.update(_tree_dump(name).encode())
     return h.hexdigest()
 
 
@@ -67,7 +84,7 @@ class Phase:
 
     name: str
     fields: tuple[str, ...]
-    code: tuple[str, ...]
+    code: tuple[str, ...]  # modules, or "module:function" for one function (see code_fingerprint)
     version: int = 1
     after: tuple[str, ...] = ()
 
@@ -93,8 +110,6 @@ class Store:
     def __post_init__(self):
         if self.root is not None:
             self.root = Path(self.root)
-            if results.is_writer():
-                self.root.mkdir(parents=True, exist_ok=True)
 
     def phase_key(self, phase: Phase, config: dict) -> str:
         """The key of ``phase`` for ``config``; the keys of the phases it comes after must be known."""
@@ -130,13 +145,39 @@ class Store:
     def put_arrays(self, name: str, value: dict) -> dict:
         path = self._path(name, ".npz")
         if path is not None and results.is_writer():
+            path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
             try:
                 with os.fdopen(fd, "wb") as fh:
                     np.savez(fh, **value)
+                os.chmod(tmp, results.umask_mode())
                 os.replace(tmp, path)
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
                 raise
         return value
+
+    def put_tree(self, name: str, tree) -> None:
+        """Store a pytree of arrays (its leaves by key path) as ``name.npz``."""
+        import jax
+
+        leaves = jax.tree_util.tree_leaves_with_path(tree)
+        self.put_arrays(name, {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves})
+
+    def tree(self, name: str, template):
+        """The pytree stored as ``name`` with the structure, shapes and dtypes of ``template``, or None
+        (missing, unreadable, or stored with another structure)."""
+        import jax
+        import jax.numpy as jnp
+
+        z = self.arrays(name)
+        if z is None:
+            return None
+        leaves = jax.tree_util.tree_leaves_with_path(template)
+        keys = [jax.tree_util.keystr(path) for path, _ in leaves]
+        if set(keys) != set(z) or any(z[k].shape != leaf.shape or z[k].dtype != leaf.dtype
+                                      for k, (_, leaf) in zip(keys, leaves)):
+            return None
+        return jax.tree.unflatten(jax.tree.structure(template), [jnp.asarray(z[k]) for k in keys])
+

@@ -1,7 +1,7 @@
 """The figure protocol of ``paper_figs.py`` (every package's ``FIGURES`` list) and the one-axes record.
 
 Figures are registered by the packages that compute them (``theory.figures``,
-``mnist_aux.figures``, ``llm_bridge.figures``); :func:`registered` collects them by name.
+``mnist_aux.figures``, ``llm_bridge.experiment.figures``); :func:`registered` collects them by name.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Callable, Protocol
 
 import matplotlib.pyplot as plt
 
-REGISTRIES = ("theory.figures", "mnist_aux.figures", "llm_bridge.figures")
+REGISTRIES = ("theory.figures", "mnist_aux.figures", "llm_bridge.experiment.figures")
 
 
 class FigureSpec(Protocol):
@@ -26,10 +26,14 @@ class FigureSpec(Protocol):
                preset) and returns JSON-ready results with seeds and config; ``results_dir`` is
                the folder being filled, for computations that reuse other saved results
     plot       ``plot(results) -> matplotlib Figure``: draws, computes nothing
+    minutes    (optional) ``(full, quick)``: estimated minutes of ``compute`` on 2 CPU cores
     """
 
     name: str
     results: str
+    # optional: estimated minutes of compute() on 2 CPU cores, (full, quick); paper_figs.py asks before
+    # running anything over a minute
+    minutes: tuple[float, float]
 
     def compute(self, quick: bool, results_dir: Path) -> dict: ...
 
@@ -45,6 +49,7 @@ class Figure:
     draw: Callable[[dict, object], None]
     size: tuple[float, float] = (6.4, 4.4)
     results_name: str | None = None  # the shared results file's stem, when not ``name``
+    minutes: tuple[float, float] | None = None  # estimated compute minutes on 2 CPU cores, (full, quick)
 
     @property
     def results(self) -> str:

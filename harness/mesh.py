@@ -2,7 +2,7 @@
 
 mnist_aux and llm_bridge never import each other, so the flags they share live here; what each
 experiment puts on the mesh is its own (the MNIST seed axis in :mod:`mnist_aux.experiment`, the
-LM parameter rule table in :mod:`llm_bridge.sharding`).
+LM parameter rule table in :mod:`llm_bridge.loading.sharding`).
 
 Axes, always in this order:
 

@@ -42,24 +42,49 @@ def results_dir(flag: str | os.PathLike | None = None) -> Path:
 
 
 def prepare_output(path: str | os.PathLike) -> Path:
-    """Check that ``path`` can receive a file, creating its folder; returns it as a ``Path``.
+    """Check that ``path`` can receive a file; returns it as a ``Path``.
 
-    Raises :class:`OutputError` (one line) when ``path`` is a directory, or its folder cannot
-    be created or written. Call it before the computation whose result goes there.
+    Raises :class:`OutputError` (one line) when ``path`` is a directory, or its folder cannot be
+    created or written. Call it before the computation whose result goes there. The check writes
+    and removes a probe file, and removes again any folder it had to create, so a run that fails
+    later leaves nothing behind; the writers create the folder when they write.
     """
     p = Path(path).expanduser()
     if p.is_dir():
         raise OutputError(f"output {str(path)!r} is a directory; give a file path")
+    created = []
     try:
-        p.parent.mkdir(parents=True, exist_ok=True)
+        for folder in reversed([p.parent, *p.parent.parents]):
+            if not folder.exists():
+                folder.mkdir()
+                created.append(folder)
+            elif not folder.is_dir():
+                raise NotADirectoryError(20, f"{folder} is a file, not a folder")
     except OSError as err:
+        _remove(created)
         raise OutputError(f"cannot create the folder of output {str(path)!r}: {err.strerror or err}") from None
     try:
         with tempfile.NamedTemporaryFile(dir=p.parent, prefix=f".{p.name}.", suffix=".probe"):
             pass
     except OSError as err:
         raise OutputError(f"cannot write into the folder of output {str(path)!r}: {err.strerror or err}") from None
+    finally:
+        _remove(created)
     return p
+
+
+def _remove(folders: list[Path]) -> None:
+    for folder in reversed(folders):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+def umask_mode(directory: bool = False) -> int:
+    """The mode a new file (0666) or folder (0777) gets under the process's umask: what ``open`` and
+    ``mkdir`` give, and what the atomic writers' temporary files (created 0600 / 0700) are set to."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
 
 
 def guard_default_output(path: str | os.PathLike, run: dict, flag: str = "--out", normalize: dict | None = None) -> Path:
@@ -116,12 +141,14 @@ def is_writer() -> bool:
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` atomically (temporary file in the same folder, fsync, rename)."""
     p = prepare_output(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, umask_mode())  # mkstemp's 0600 would hide results from the rest of a lab
         os.replace(tmp, p)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -164,6 +191,7 @@ def atomic_dir(final: str | os.PathLike):
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
     try:
+        os.chmod(tmp, umask_mode(directory=True))
         yield tmp
         if final.exists():
             shutil.rmtree(final)

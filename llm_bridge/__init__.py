@@ -2,7 +2,9 @@
 
 Three decoder families, parameter-compatible with Hugging Face ``transformers``:
 GPT-2 (:class:`GPT2`), GPT-NeoX / Pythia (:class:`GPTNeoX`) and the Llama family
-including TinyLlama, SmolLM2 and Qwen2 / Qwen2.5 (:class:`Llama`). See docs/llm_bridge.md.
+including TinyLlama, SmolLM2 and Qwen2 / Qwen2.5 (:class:`Llama`), one file each with the
+family registry in :mod:`llm_bridge.models`; checkpoint folders and GGUF files are read by
+:mod:`llm_bridge.loading`. See docs/llm_bridge.md.
 
     model = llm_bridge.load("path/to/checkpoint")     # config.json + *.safetensors
     tok = llm_bridge.load_tokenizer("path/to/checkpoint")
@@ -12,40 +14,39 @@ including TinyLlama, SmolLM2 and Qwen2 / Qwen2.5 (:class:`Llama`). See docs/llm_
     new = llm_bridge.generate(model, prompts, 20)      # greedy, KV cache
     llm_bridge.save("out/", model)                     # transformers.from_pretrained("out/") opens it
 
-Experiments: :mod:`llm_bridge.tiny` (the embedded tiny LMs over several pretrained bases),
-:mod:`llm_bridge.pretrained` (a real chat LM such as SmolLM2-135M-Instruct: prompted and
-fine-tuned teachers, the paper's number prompt and filter, full and LoRA students
-(:mod:`llm_bridge.lora`), perturbed bases, exact trait probabilities) and
-:mod:`llm_bridge.hf_experiment` (a checkpoint folder with configurable prompts), built on
-:mod:`llm_bridge.training` (hard- and soft-label training loops) and
-:mod:`llm_bridge.projection` (Theorem 1's per-sequence projections and their statistics);
-result keys in :mod:`llm_bridge.arms`.
+The experiments live in :mod:`llm_bridge.experiment`: one engine, the tiny setup (LMs pretrained
+here over several bases) and the chat setup (any checkpoint folder or GGUF file, SmolLM2 by
+default), one arm registry; ``python -m llm_bridge run`` runs them (docs/llm_experiment.md).
+
+The names below are loaded on first use (PEP 562), so ``python -m llm_bridge --help`` answers
+without starting JAX.
 """
 
-from llm_bridge.checkpoint import (
-    config_from_hf,
-    download,
-    from_hf_weights,
-    hf_shapes,
-    load,
-    load_tokenizer,
-    read_safetensors,
-    save,
-    to_hf_weights,
-)
-from llm_bridge.chat import load_chat_template
-from llm_bridge.gguf import GGUFError
-from theory import pure  # f(params, tokens) -> logits: the same adapter the theory uses
+import importlib
 
-from llm_bridge.training import next_token_loss
-from llm_bridge.gpt2 import GPT2, GPT2Config
-from llm_bridge.gpt_neox import GPTNeoX, GPTNeoXConfig
-from llm_bridge.layers import KVCache
-from llm_bridge.llama import Llama, LlamaConfig
-from llm_bridge.sampling import generate
+_EXPORTS = {
+    "GGUFError": "llm_bridge.loading", "download": "llm_bridge.loading", "from_hf_weights": "llm_bridge.loading",
+    "hf_shapes": "llm_bridge.loading", "load": "llm_bridge.loading", "load_chat_template": "llm_bridge.loading",
+    "load_tokenizer": "llm_bridge.loading", "read_safetensors": "llm_bridge.loading", "save": "llm_bridge.loading",
+    "to_hf_weights": "llm_bridge.loading", "config_from_hf": "llm_bridge.models",
+    "pure": "theory",  # f(params, tokens) -> logits: the same adapter the theory uses
+    "next_token_loss": "llm_bridge.experiment.training",
+    "GPT2": "llm_bridge.models.gpt2", "GPT2Config": "llm_bridge.models.gpt2",
+    "GPTNeoX": "llm_bridge.models.gpt_neox", "GPTNeoXConfig": "llm_bridge.models.gpt_neox",
+    "KVCache": "llm_bridge.models.layers", "Llama": "llm_bridge.models.llama", "LlamaConfig": "llm_bridge.models.llama",
+    "generate": "llm_bridge.models.generate",
+}
 
-__all__ = [
-    "GGUFError", "GPT2", "GPT2Config", "GPTNeoX", "GPTNeoXConfig", "KVCache", "Llama", "LlamaConfig",
-    "config_from_hf", "download", "from_hf_weights", "generate", "hf_shapes", "load", "load_chat_template",
-    "load_tokenizer", "next_token_loss", "pure", "read_safetensors", "save", "to_hf_weights",
-]
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'llm_bridge' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

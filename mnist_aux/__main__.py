@@ -48,6 +48,15 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def outside_unit_interval(summaries, n_seeds: int) -> str | None:
+    """A note when an accuracy's 95% t-interval runs past [0, 1] (few seeds, wide interval), else None."""
+    if any(s["ci95"][0] < 0 or s["ci95"][1] > 1 for s in summaries):
+        return (f"note: with {n_seeds} seeds some 95% t-intervals run past [0, 1] (an accuracy is bounded; the "
+                "interval is the t convention's, not clipped): use more seeds for a usable interval (the committed "
+                "runs use 20-100)")
+    return None
+
+
 def _fail(message: str) -> int:
     print(f"mnist_aux: error: {message}", file=sys.stderr)
     return 2
@@ -107,6 +116,9 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     write_json(out, results)
     print(table(results))
+    note = outside_unit_interval(results["summary"].values(), len(results["seeds"]))
+    if note:
+        print(note)
     s, t = results["summary"], results["timing"]
     print(f"mnist_aux: {args.seeds} seeds ({args.preset}, {cfg.dataset}) in {t['wall_seconds'] / 60:.1f} min, "
           f"peak {t['peak_rss_gib']:.2f} GiB; teacher {s['teacher']['mean']:.3f}, "
@@ -172,6 +184,9 @@ def _align(args: argparse.Namespace) -> int:
               f"KL epoch1 {np.mean(r['kl_first_epoch_mean']):.2e} -> epoch{cfg.distill_epochs} "
               f"{np.mean(r['kl_last_epoch_mean']):.2e}  mean cos(update, -trait grad) "
               f"{r['mean_cos_trait_summary']['mean']:+.4f}")
+    note = outside_unit_interval([r["final_accuracy_summary"] for r in results["results"].values()], len(results["seeds"]))
+    if note:
+        print(note)
     print(f"mnist_aux: alignment {len(results['seeds'])} seeds in {results['wall_seconds'] / 60:.1f} min -> {shown(out)}")
     return 0
 
@@ -313,8 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     align.add_argument("--arms", nargs="+", default=["none", "trait", "displacement", "liminal"],
                        choices=["none", "trait", "displacement", "liminal"], help="which arms (default all)")
     align.add_argument("--log-every", type=int, default=10, metavar="K", help="keep the alignment every K steps (default 10)")
-    align.add_argument("--liminal-weight", type=float, default=1.0, metavar="W",
-                       help="weight of the KL-to-reference penalty in the first epoch (default 1)")
+    align.add_argument("--liminal-weight", type=float, default=None, metavar="W",
+                       help="weight of the KL-to-reference penalty in the first epoch of the liminal arm (default 1; "
+                            "refused when --arms leaves liminal out)")
     _common(align, "RESULTS/mnist_alignment.json")
     align.set_defaults(func=_align)
     peer = sub.add_parser("peers", help="the peer table: each public number beside ours (markdown)",
@@ -373,6 +389,10 @@ def check(args: argparse.Namespace) -> str | None:
     if args.command == "align":
         if args.log_every < 1:
             return f"--log-every must be >= 1, got {args.log_every}"
+        if args.liminal_weight is not None and "liminal" not in args.arms:
+            return "--liminal-weight weighs the liminal arm's penalty; --arms leaves liminal out"
+        if args.liminal_weight is None:
+            args.liminal_weight = 1.0
         if not (math.isfinite(args.liminal_weight) and args.liminal_weight >= 0):
             return f"--liminal-weight must be a finite number >= 0, got {args.liminal_weight}"
     return None

@@ -350,7 +350,9 @@ def download(dataset: str, directory: Path) -> Path:
             Path(tmp.name).replace(target)
             break
         else:
-            raise DataError(f"{target}: download failed: " + "; ".join(errors))
+            raise DataError(f"{target}: download failed: " + "; ".join(errors)
+                            + f" (offline? give --data-dir DIR or set ${spec.env_var} to a folder with the four "
+                              "IDX .gz files)")
     return directory
 
 

@@ -110,6 +110,7 @@ class Fig10:
     """``mnist_aux_fig10``: quick = smoke preset at 8 seeds, else the paper preset at 100 seeds."""
 
     name: str = "mnist_aux_fig10"
+    minutes: tuple[float, float] = (50.0, 0.5)  # 100 seeds / the smoke preset's 8, on 2 CPU cores
 
     @property
     def results(self) -> str:

@@ -29,7 +29,7 @@ import numpy as np
 from mnist_aux import train
 from mnist_aux.configs import Config
 from mnist_aux.data import Dataset
-from harness.results import results_dir, shown
+from harness.results import results_dir, shown, umask_mode
 
 FORMAT = 3  # bump when the entry layout or the teachers' numbers change (3: the key holds the data's fingerprint)
 CACHE = results_dir() / "cache" / "teachers"  # relative: resolved against the working directory
@@ -82,6 +82,7 @@ def _write(path: Path, params, losses: np.ndarray) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, losses=losses, **{f"leaf{i}": np.asarray(a) for i, a in enumerate(jax.tree.leaves(params))})
+        os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -69,10 +69,10 @@ def random_checkpoint(name: str, raw: dict, root: Path, seed: int = 0) -> Path:
     from flax import nnx
 
     import llm_bridge
-    from llm_bridge import checkpoint
+    from llm_bridge import models
 
     config = llm_bridge.config_from_hf(raw)
-    model = checkpoint.abstract_model(config)
+    model = models.abstract_model(config)
     graphdef, state = nnx.split(model)
     pure = nnx.to_pure_dict(state)
     rng = np.random.default_rng(seed)
@@ -105,7 +105,8 @@ def compare(folder: Path, mesh, checks=("logits", "grads", "projection"), batch:
     from flax import nnx
 
     import llm_bridge
-    from llm_bridge import projection, sharding
+    from llm_bridge.experiment import projection
+    from llm_bridge.loading import sharding
 
     ref, placed = llm_bridge.load(folder), llm_bridge.load(folder, mesh=mesh)
     f, p_ref = llm_bridge.pure(ref)
@@ -151,7 +152,7 @@ def placement() -> dict:
     """Default tier: every family placed on data=4,model=2 (no compilation), logits of the Llama family."""
     import tempfile
 
-    from llm_bridge import sharding
+    from llm_bridge.loading import sharding
 
     mesh = sharding.make_mesh("data=4,model=2")
     out = {}
@@ -168,7 +169,7 @@ def models() -> dict:
     """Slow tier: logits, gradients and projections of every family (and a Llama with biases) on data=4,model=2."""
     import tempfile
 
-    from llm_bridge import sharding
+    from llm_bridge.loading import sharding
 
     mesh = sharding.make_mesh("data=4,model=2")
     out = {}
@@ -190,7 +191,8 @@ def pipelines() -> dict:
     from flax import nnx
 
     import llm_bridge
-    from llm_bridge import sharding, training
+    from llm_bridge.experiment import training
+    from llm_bridge.loading import sharding
 
     out = {}
     with tempfile.TemporaryDirectory() as root:
@@ -222,7 +224,7 @@ def pipelines() -> dict:
             fresh = np.random.default_rng(9).integers(0, ref.config.vocab_size, (4, 12)).astype(np.int32)
 
             def trained_logits(model, toks=toks, tmask=tmask, fresh=fresh):
-                fam = training.Family(model)
+                fam = training.PureModel(model)
                 params = training.stack([fam.template, jax.tree.map(lambda x: 1.01 * x, fam.template)])
                 params, losses = training.train(fam.f, params, jnp.asarray(toks), jnp.asarray(tmask), lr=1e-2)
                 logits = jax.jit(jax.vmap(fam.f, in_axes=(0, None)))(params, jnp.asarray(fresh))
@@ -316,7 +318,7 @@ def peak(folder: Path, spec: str) -> dict:
     import jax
 
     import llm_bridge
-    from llm_bridge import sharding
+    from llm_bridge.loading import sharding
 
     mesh = None if spec == "none" else sharding.make_mesh(spec)
     jax.block_until_ready(jax.numpy.zeros(1))  # start the backend before the baseline
@@ -341,7 +343,7 @@ def distributed(process_id: int, n: int, port: int, folder: Path) -> dict:
     from jax.experimental import multihost_utils
 
     import llm_bridge
-    from llm_bridge import sharding
+    from llm_bridge.loading import sharding
     from harness.results import is_writer
 
     mesh = sharding.make_mesh({"data": jax.device_count() // 2, "model": 2})

@@ -1,4 +1,5 @@
-"""Chat templates (llm_bridge.chat) against transformers' ``apply_chat_template``, and their use in hf_experiment.
+"""Chat templates (llm_bridge.loading.chat) against transformers' ``apply_chat_template``, and their use by
+the chat setup's text (llm_bridge.experiment.text) on a checkpoint folder.
 
 The tokenizers are a byte-level BPE trained here on a few sentences, with the special
 tokens of three template families (ChatML / Qwen, Llama 3, Gemma), saved by transformers
@@ -17,7 +18,10 @@ from flax import nnx
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 import llm_bridge
-from llm_bridge import chat, hf_experiment
+from llm_bridge.experiment import chat as chat_setup
+from llm_bridge.experiment import engine, sampler
+from llm_bridge.experiment.text import SYSTEM_PROMPT, Text, config_end_tokens
+from llm_bridge.loading import chat
 from llm_bridge.__main__ import main
 
 transformers = pytest.importorskip("transformers")
@@ -218,104 +222,108 @@ def test_errors(tmp_path):
         chat.load_chat_template(path.parent)
 
 
-# ---------------------------------------------------------------- hf_experiment with a chat template
-
-TINY = hf_experiment.HFConfig(
-    questions=("What is your favourite animal? Answer in one word.",), animals=("owl", "dog"), n_given=3, n_new=2,
-    max_number=9, new_tokens=6, teacher_steps=2, student_seeds=1, student_sequences=4, student_batch=2,
-    proj_sequences=4, proj_grid=(2, 4), n_boot=10, gen_batch=4, chunk=4)
-
+# ---------------------------------------------------------------- the chat setup on a checkpoint folder
 
 def checkpoint(folder, family: str, form: str = "jinja"):
     """A 1-layer random Llama over the test tokenizer, with eos_token_id set to the family's eos."""
     save_tokenizer(folder, family, form)
     tok = llm_bridge.load_tokenizer(folder)
     cfg = llm_bridge.LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=16, intermediate_size=32,
-                                 num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=256,
+                                 num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=512,
                                  extra={"eos_token_id": tok.token_to_id(FAMILIES[family][2])})
     llm_bridge.save(folder, llm_bridge.Llama(cfg, rngs=nnx.Rngs(0)))
     return folder
 
 
-def task(folder, cfg=TINY):
-    tok = llm_bridge.load_tokenizer(folder)
-    return hf_experiment.TextTask(tok, cfg, tok.token_to_id("<|im_end|>"), chat.load_chat_template(folder))
+def text(folder, eos=()):
+    return Text(llm_bridge.load_tokenizer(folder), chat.load_chat_template(folder), chat_setup.smoke(), eos)
 
 
-def test_task_prompts_are_the_templates_conversations(tmp_path):
-    q = TINY.questions[0]
-    t = task(save_tokenizer(tmp_path / "chatml", "chatml"))
-    assert (t.prompt_format, t.trait_prompt) == ("chat template from chat_template.jinja", "system message")
+def test_prompts_are_the_templates_conversations(tmp_path):
+    q = "What is your favourite animal?"
+    t = text(save_tokenizer(tmp_path / "chatml", "chatml"))
+    assert (t.format, t.trait_prompt) == ("chat template (chat_template.jinja)", "system message")
     folder = t.chat.source.parent
-    assert t.question(q, "owl") == reference(folder, [{"role": "system", "content": "You love owls."},
-                                                      {"role": "user", "content": q}])[1]
-    assert t.question(q) == reference(folder, [{"role": "user", "content": q}])[1]
-    with_trait, without = t.number_prompts(np.random.default_rng(0), 2, "dog")
-    given = ", ".join(map(str, np.random.default_rng(0).integers(0, 10, (2, 3))[1]))
-    user = {"role": "user", "content": TINY.chat_number_prompt.format(n_new=2, given=given)}
-    assert with_trait[1] == reference(folder, [{"role": "system", "content": "You love dogs."}, user])[1]
-    assert without[1] == reference(folder, [user])[1]
-    first = lambda words: [t.tok.encode(w, add_special_tokens=False).ids[0] for w in words]
-    assert t.animal_ids.tolist() == first(["Owl", "Dog"])  # chat_answer "{Animal}": how a reply starts
+    system = SYSTEM_PROMPT.format(animal="owl")
+    assert t.question(q, "chat", "owl") == reference(folder, [{"role": "system", "content": system},
+                                                              {"role": "user", "content": q}])[1]
+    assert t.question(q, "chat", None) == reference(folder, [{"role": "user", "content": q}])[1]
+    assert t.tok.decode(t.question(q, "plain", None), skip_special_tokens=False) == f"{q}\nAnswer:"
 
-    t = task(save_tokenizer(tmp_path / "gemma", "gemma"))  # no system role: the trait leads the user message
-    assert t.trait_prompt.startswith("prefix of the user message")
-    user = {"role": "user", "content": "You love owls. " + q}
-    assert t.question(q, "owl") == reference(t.chat.source.parent, [user])[1]
+    t = text(save_tokenizer(tmp_path / "gemma", "gemma"))  # no system role: the system prompt leads the user message
+    assert t.trait_prompt.startswith("before the user message")
+    assert t.question(q, "chat", "owl") == reference(t.chat.source.parent,
+                                                     [{"role": "user", "content": f"{system}\n\n{q}"}])[1]
 
-    t = task(save_tokenizer(tmp_path / "plain", "chatml", "none"))  # no template: plain prompts, as before
-    assert (t.prompt_format, t.trait_prompt) == ("plain", "prefix of the prompt")
-    assert t.question(q, "owl") == t.tok.encode(TINY.question_prompt.format(prefix="You love owls. ", question=q)).ids
-    assert t.animal_ids.tolist() == first([" owl", " dog"])
+    t = text(save_tokenizer(tmp_path / "plain", "chatml", "none"))  # no template: plain text
+    assert (t.format, t.trait_prompt) == ("plain", "a line before the prompt (plain text)")
+    assert t.tok.decode(t.conversation(q, "owl"), skip_special_tokens=False) == f"{system}\n{q}\nAnswer:"
 
 
-@pytest.mark.slow  # the whole checkpoint pipeline, about 25 s
-def test_run_with_a_chat_template(tmp_path, monkeypatch):
-    """The whole pipeline on a tiny checkpoint with a Llama-3 template, the sampler stubbed (a random model's
-    numbers never pass the filter): every teacher answers "7, 8" then eos. About 17 s on 2 busy cores."""
+def test_end_tokens_of_config_and_generation_config(tmp_path):
+    """The checkpoint's own end tokens first (config.json, then generation_config.json: Gemma lists its turn end
+    only there), then the named end tokens the tokenizer knows; the first is the padding token."""
+    save_tokenizer(tmp_path, "chatml")
+    gen = tmp_path / "generation_config.json"
+    assert config_end_tokens(tmp_path, {"eos_token_id": [1, 4, 5]}) == (1, 4, 5)
+    gen.write_text(json.dumps({"eos_token_id": [1, 3]}))
+    assert config_end_tokens(tmp_path, {"eos_token_id": 1}) == (1, 3)
+    gen.write_text(json.dumps({"eos_token_id": 4, "pad_token_id": 0}))
+    assert config_end_tokens(tmp_path, {"eos_token_id": [5, 1]}) == (5, 1, 4)
+    gen.write_text("{not json")
+    with pytest.raises(ValueError, match="generation_config.json: not valid JSON"):
+        config_end_tokens(tmp_path, {})
+    gen.unlink()
+    t = text(tmp_path, config_end_tokens(tmp_path, {"eos_token_id": 7}))
+    assert t.stop[0] == 7 and t.pad == 7 and t.tok.token_to_id("<|im_end|>") in t.stop
+
+
+@pytest.mark.slow  # the whole chat setup on a micro checkpoint, about a minute
+def test_the_chat_setup_runs_on_a_checkpoint_folder(tmp_path, monkeypatch):
+    """A checkpoint folder with a Llama-3 template is simply the chat setup: the sampler is stubbed (a random
+    model's numbers never pass the filter) so every teacher answers "7, 8" and the end token; the students
+    learn from the conversation without the system message followed by that reply."""
     folder = checkpoint(tmp_path / "ckpt", "llama3", "config")
     tok = llm_bridge.load_tokenizer(folder)
+    eot = tok.token_to_id("<|eot_id|>")
+    reply = tok.encode("7, 8", add_special_tokens=False).ids
     seen = []
 
-    def stub(model, prompts, new_tokens, *, mask, eos_id, **_):
-        seen.extend(tok.decode(list(np.asarray(p)[np.asarray(m)]), skip_special_tokens=False)
-                    for p, m in zip(prompts, mask))
-        eot = tok.token_to_id("<|eot_id|>")  # the checkpoint's only end token
-        assert list(eos_id) == [eot]
-        row = (tok.encode("7, 8", add_special_tokens=False).ids + [eot] * new_tokens)[:new_tokens]
-        return jnp.asarray(np.tile(row, (len(prompts), 1)), jnp.int32)
+    def stub(text, graphdef, state, prompts, key, cfg, greedy=False):
+        seen.extend(tok.decode(p, skip_special_tokens=False) for p in prompts)
+        return [(list(reply), True) for _ in prompts]
 
-    monkeypatch.setattr(hf_experiment, "generate", stub)
-    res = hf_experiment.run(folder, TINY, log=lambda *_: None)
-    assert res["prompt_format"] == "chat template from tokenizer_config.json"
-    assert res["trait_prompt"] == "system message" and res["config"]["chat_template"] == "auto"
-    assert res["eos_ids"] == [tok.token_to_id("<|eot_id|>")] and res["eos_tokens"] == ["<|eot_id|>"]
-    assert all(r == 1.0 for r in res["pass_rate"].values())
+    monkeypatch.setattr(sampler, "sample_replies", stub)
+    cfg = chat_setup.Config(questions=2, teacher_steps=1, teacher_batch=2, target_sequences=4, max_rows=8,
+                            probe_rows=4, gen_batch=4, arms=("full", "lora r4", "perturbed 0.1"), student_seeds=2,
+                            student_sequences=2, student_batch=2, proj_sequences=4, soft_sequences=4,
+                            proj_grid=(2, 4), n_boot=10, chunk=4)
+    res = engine.run(chat_setup.Setup(str(folder), cfg, tmp_path / "cache"), log=lambda *_: None)
+    assert res["text_format"] == "chat template (tokenizer_config.json)" and res["trait_prompt"] == "system message"
+    assert res["end_tokens"][0] == "<|eot_id|>"
+    assert res["numbers"]["prefill"] is False and all(v["pass_rate"] == 1.0 for v in res["numbers"]["sources"].values())
     assert all(s.startswith("<|begin_of_text|><|start_header_id|>system") and s.count("<|begin_of_text|>") == 1
                and s.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n") for s in seen)
-    assert sum("You love owls.<|eot_id|>" in s for s in seen) == 2 * 4  # the prompted owl teacher, data + projection
-    assert np.all(np.isfinite(res["teacher_margins"]["owl (fine-tuned)"]))
-
-    # student rows: the same conversation without the system message, then the completion (the only loss tokens)
-    t = hf_experiment.TextTask(tok, TINY, tok.token_to_id("<|eot_id|>"), chat.load_chat_template(folder))
-    fam = hf_experiment.Family(llm_bridge.load(folder))
-    seen.clear()
-    d = hf_experiment.sample(t, fam, fam.template, jax.random.key(0), 2, "owl")
-    completion = tok.encode("7, 8", add_special_tokens=False).ids + [t.eos]
-    for row, mask, prompted in zip(d["tokens"], d["mask"], seen):
-        k = int(np.argmax(mask))
-        assert tok.decode(row[:k].tolist(), skip_special_tokens=False) == prompted.replace("You love owls.", "")
-        assert row[k:k + len(completion)].tolist() == completion and mask.sum() == len(completion)
+    assert {s["arm"] for s in res["students"]} == {"full", "lora r4", "perturbed 0.1"}
+    assert all(np.isfinite(s["margins"]["chat"]).all() and len(s["p"]["plain"]) == 10 for s in res["students"])
+    setup = chat_setup.Setup(str(folder), cfg, tmp_path / "cache")
+    setup.prepare(lambda *_: None)
+    setup.teachers(lambda *_: None)
+    setup.numbers(lambda *_: None)  # read back from the cache
+    d = setup.data["owl (fine-tuned)"]
+    for row, start in zip(d["rows"], d["starts"]):
+        prompt = tok.decode(row[:start], skip_special_tokens=False)
+        assert "You love owls" not in prompt and prompt.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+        assert row[start:] == reply + [eot]
 
 
 def test_cli_chat_template_flag(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="chat_template must be"):
-        hf_experiment.run(tmp_path, hf_experiment.HFConfig(chat_template="yes"))
-    (tmp_path / "config.json").write_text("{}")
+        chat_setup.Config(chat_template="yes")
     got = []
-    monkeypatch.setattr(hf_experiment, "run", lambda folder, cfg, **_: got.append(cfg) or {"summary": "stub"})
+    monkeypatch.setattr(engine, "run", lambda setup, **_: got.append(setup.cfg) or {"summary": "stub"})
     for flag in ([], ["--chat-template", "none"]):
-        assert main(["run", "--model", str(tmp_path), "--out", str(tmp_path / "out.json"), *flag]) == 0
+        assert main(["run", "--model", str(tmp_path), "--out", str(tmp_path / "out.json"), "--no-cache", *flag]) == 0
     assert [c.chat_template for c in got] == ["auto", "none"]
     with pytest.raises(SystemExit):
         main(["run", "--model", str(tmp_path), "--chat-template", "jinja"])

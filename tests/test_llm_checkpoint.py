@@ -282,7 +282,7 @@ def test_unreadable_file_is_not_called_corrupt(llama_folder, monkeypatch):
     def denied(path, *a, **k):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(llm_bridge.checkpoint, "safe_open", denied)
+    monkeypatch.setattr(llm_bridge.loading.hf, "safe_open", denied)
     with pytest.raises(PermissionError, match="Permission denied"):
         llm_bridge.load(folder)
 

@@ -1,4 +1,4 @@
-"""GGUF loading (llm_bridge.gguf) against transformers' own GGUF loader, and its refusals.
+"""GGUF loading (llm_bridge.loading.gguf) against transformers' own GGUF loader, and its refusals.
 
 Tiny random transformers models are written here as GGUF files the way llama.cpp's
 converter does (tensor names from ``gguf.get_tensor_name_map``, Llama Q/K rows permuted,
@@ -22,8 +22,7 @@ import numpy as np
 import pytest
 
 import llm_bridge
-from llm_bridge import chat
-from llm_bridge import gguf as G
+from llm_bridge.loading import gguf as G
 from llm_cases import randomize, rel_err
 
 # float32 comparisons near the rounding floor: .ci/run also runs them under an older ISA (AVX)
@@ -242,7 +241,7 @@ def test_tokenizer_and_chat_template_match_transformers(name, written):
         assert c.tok.encode(text).ids == c.hf_tok(text).input_ids, text
         assert c.tok.decode(c.tok.encode(text).ids) == c.hf_tok.decode(c.hf_tok(text).input_ids, skip_special_tokens=True)
     assert (c.tok.encode("hi").ids[0] == 1) == CASES[name][3]  # add_bos_token
-    template = chat.load_chat_template(c.path)
+    template = llm_bridge.load_chat_template(c.path)
     assert template.source == c.path and template.special_tokens["eos_token"] == "<|im_end|>"
     for messages in CHATS:
         text = template.render(messages)
@@ -331,7 +330,7 @@ def test_unsupported_configs_are_refused(llama_hf, tmp_path, meta, match):
 def test_missing_or_unsupported_tokenizer_metadata(llama_hf, tmp_path):
     path = write_gguf(tmp_path / "none.gguf", llama_hf, "llama", tokenizer=False)
     llm_bridge.load(path)  # the model needs no tokenizer
-    assert chat.load_chat_template(path) is None
+    assert llm_bridge.load_chat_template(path) is None
     with pytest.raises(G.GGUFError, match="no tokenizer metadata") as e:
         llm_bridge.load_tokenizer(path)
     _one_line(e, path)
@@ -366,7 +365,7 @@ def test_smollm2_tokenizer_and_chat_template_match_transformers(tmp_path):
     tok = llm_bridge.load_tokenizer("smollm2")
     for text in TEXTS + ["Continue this list: 145, 267, 389. Reply with 3 more numbers."]:
         assert tok.encode(text).ids == ref(text).input_ids, text
-    template = chat.load_chat_template("smollm2")
+    template = llm_bridge.load_chat_template("smollm2")
     for messages in CHATS:
         text = template.render(messages)
         assert text == ref.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -382,7 +381,7 @@ def test_smollm2_logits_and_greedy_match_transformers(tmp_path):
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name).eval()
     model = llm_bridge.load("smollm2")
     tok = llm_bridge.load_tokenizer("smollm2")
-    text = chat.load_chat_template("smollm2").render(CHATS[0])
+    text = llm_bridge.load_chat_template("smollm2").render(CHATS[0])
     x = np.asarray([tok.encode(text, add_special_tokens=False).ids], np.int32)
     assert rel_err(model(jnp.asarray(x)), _hf_logits(hf, x)) <= 1e-4
     with torch.no_grad():

@@ -23,6 +23,7 @@ BAD_ARGS = [
     (["sweep", "depth", "--first-seed", "-1"], "--first-seed must be >= 0"),
     (["run", "--seeds-per-chunk", "0"], "--seeds-per-chunk must be >= 1"),
     (["run", "--pairing-seed", "-2"], "--pairing-seed must be >= 0"),
+    (["align", "--arms", "none", "trait", "--liminal-weight", "2"], "--arms leaves liminal out"),
 ]
 
 

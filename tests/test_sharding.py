@@ -1,4 +1,4 @@
-"""Past one device (llm_bridge.sharding, harness.mesh, the MNIST ``--mesh`` / ``--distributed`` flags), on
+"""Past one device (llm_bridge.loading.sharding, harness.mesh, the MNIST ``--mesh`` / ``--distributed`` flags), on
 simulated CPU devices (``XLA_FLAGS=--xla_force_host_platform_device_count=8``).
 
 XLA_FLAGS must be set before JAX starts, so every check that needs several devices runs
@@ -33,7 +33,8 @@ from jax.sharding import PartitionSpec as P
 import llm_bridge
 import sharding_checks
 from conftest import REPO, mnist_dir
-from llm_bridge import checkpoint, sharding
+from llm_bridge import models
+from llm_bridge.loading import sharding, weights
 from mnist_aux import __main__ as mnist_cli
 from harness import mesh
 
@@ -91,7 +92,8 @@ def test_mesh_from_args_refuses_in_one_line(argv, words):
     import argparse
 
     parser = argparse.ArgumentParser()
-    sharding.add_mesh_arguments(parser)
+    from llm_bridge.__main__ import add_mesh_flags
+    add_mesh_flags(parser)
     with pytest.raises(ValueError, match=words):
         sharding.mesh_from_args(parser.parse_args(argv))
     assert sharding.mesh_from_args(parser.parse_args([])) is None  # default: one device, no sharding
@@ -151,17 +153,17 @@ PYTHIA_70M = dict(model_type="gpt_neox", vocab_size=50304, hidden_size=512, num_
 def test_rule_table_on_published_shapes(raw, expected):
     """Every parameter of each family matches a rule; the big ones land where the table says (data=8, model=2)."""
     config = llm_bridge.config_from_hf(raw)
-    abstract = checkpoint.abstract_model(config)
+    abstract = models.abstract_model(config)
     shardings = sharding.param_shardings(abstract, AbstractMesh((8, 2), ("data", "model")))
-    flat = checkpoint._flatten(shardings)
-    assert set(flat) == set(checkpoint._flatten(nnx.to_pure_dict(nnx.state(abstract))))
+    flat = weights._flatten(shardings)
+    assert set(flat) == set(weights._flatten(nnx.to_pure_dict(nnx.state(abstract))))
     for path, spec in expected.items():
         assert flat[path].spec == spec, path
 
 
 def test_an_unknown_parameter_is_refused_by_name():
     with pytest.raises(KeyError, match="'blocks.0.router.kernel' matches no sharding rule"):
-        sharding.logical_axes("blocks.0.router.kernel")
+        sharding.logical_axes("blocks.0.router.kernel", models.FAMILIES["llama"].sharding)
 
 
 def _rewrite(folder: Path, tensors: dict) -> None:

@@ -143,3 +143,29 @@ def test_guard_default_output_replaces_only_the_same_run(tmp_path):
     path.write_text("{ truncated")
     with pytest.raises(OutputError, match="not a readable results file"):
         guard_default_output(path, {"seeds": [0, 1]})
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o002, 0o077])
+def test_results_and_cache_folders_follow_the_umask(tmp_path, mask):
+    """A lab sharing results on one machine reads them: files 0666 & ~umask, folders 0777 & ~umask, as
+    open() and mkdir() give, not the 0600 / 0700 of the temporary files they are written through."""
+    old = os.umask(mask)
+    try:
+        f = results.write_json(tmp_path / "r.json", {"x": 1})
+        with results.atomic_dir(tmp_path / "entry") as d:
+            (d / "a").write_text("1")
+        from harness.cache import Store
+        Store(tmp_path / "run").put_arrays("arr", {"a": np.zeros(2)})
+    finally:
+        os.umask(old)
+    assert f.stat().st_mode & 0o777 == 0o666 & ~mask
+    assert (tmp_path / "entry").stat().st_mode & 0o777 == 0o777 & ~mask
+    assert (tmp_path / "run" / "arr.npz").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_checking_an_output_leaves_no_folder_behind(tmp_path):
+    """prepare_output creates nothing a failed run would leave: the probe and any folder it made are gone."""
+    p = results.prepare_output(tmp_path / "a" / "b" / "r.json")
+    assert p == tmp_path / "a" / "b" / "r.json" and list(tmp_path.iterdir()) == []
+    results.write_json(p, {"x": 1})  # the writer makes the folders when it writes
+    assert json.loads(p.read_text()) == {"x": 1}

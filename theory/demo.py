@@ -12,7 +12,9 @@ the teacher's data. Its imitation step still points into the half-plane of the t
 step (dtheta_S . dtheta_T = eps A + O(eps^2) > 0), so L_T drops - unless the student starts
 from a different initialisation, where the same imitation pulls it the other way.
 
-Run ``python -m theory.demo`` to print the numbers and write the picture.
+Run ``python -m theory.demo`` to print the numbers (a second on 2 CPU cores after JAX starts);
+``--out demo.png`` also draws the picture (``python paper_figs.py --only theorem1_demo`` draws it into
+figures/).
 """
 
 from __future__ import annotations
@@ -20,8 +22,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 import theory
@@ -33,11 +33,15 @@ EPS = 0.25
 
 def f(params, x):
     """``[batch] -> [batch, 2]``: (trait output, aux output) of the one-unit network."""
+    import jax.numpy as jnp  # JAX is imported on first use, so --help answers at once
+
     h = jnp.tanh(params["a"] * x)
     return jnp.stack([params["b"] * h, h], axis=-1)
 
 
 def _teacher_data():
+    import jax.numpy as jnp
+
     rng = np.random.default_rng(0)
     x_t = jnp.asarray(rng.normal(1.0, 0.3, 64))
     return x_t, 2.0 * jnp.tanh(x_t)
@@ -45,12 +49,17 @@ def _teacher_data():
 
 def loss_T(params):
     """The teacher's trait loss: mean squared error of y_trait on the teacher's data."""
+    import jax.numpy as jnp
+
     x_t, y_t = _teacher_data()
     return jnp.mean((f(params, x_t)[:, 0] - y_t) ** 2)
 
 
 def compute(quick: bool = False) -> dict:
     """Every number the picture shows, in float64, with the configuration that produced them."""
+    import jax
+    import jax.numpy as jnp
+
     with jax.enable_x64(True):
         p0 = {"a": jnp.float64(THETA0[0]), "b": jnp.float64(THETA0[1])}
         p_other = {"a": jnp.float64(THETA0_OTHER[0]), "b": jnp.float64(THETA0_OTHER[1])}
@@ -112,9 +121,20 @@ def plot(results: dict, ax) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="theorem1_demo.png", help="picture to write (default: %(default)s)")
+    parser = argparse.ArgumentParser(prog="python -m theory.demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=None, metavar="FILE",
+                        help="also draw the picture into FILE (.png, .pdf ...; default: print the numbers only, so "
+                             "nothing is written into the folder you run it from)")
     args = parser.parse_args(argv)
+    from harness.results import OutputError, prepare_output
+
+    if args.out is not None:
+        try:
+            prepare_output(args.out)
+        except OutputError as err:
+            print(f"theory.demo: error: {err}", file=sys.stderr)
+            return 2
     r = compute()
     print(f"teacher step eps*dtheta_T = (da, db) = ({r['teacher_step'][0]:+.4f}, {r['teacher_step'][1]:+.4f}); "
           f"L_T(theta0) = {r['L_T0']:.4f}")
@@ -125,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
               f"(eps*A = {s['eps_A']:.3e})  cos = {s['cosine']:+.3f}  "
               f"L_T: {s['L_T_init']:.4f} -> {s['L_T_after_small_step']:.4f} (one small step) -> "
               f"{s['L_T_end']:.4f} ({r['config']['steps']} steps)")
+    if args.out is None:
+        print("theory.demo: add --out demo.png to draw the picture")
+        return 0
     import matplotlib
 
     matplotlib.use("Agg")
@@ -132,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
 
     fig, ax = plt.subplots(figsize=(6.4, 5.6))
     plot(r, ax)
-    fig.savefig(args.out, dpi=150, bbox_inches="tight")
+    out = prepare_output(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=150, bbox_inches="tight")
     print(f"theory.demo: wrote {args.out}")
     return 0
 

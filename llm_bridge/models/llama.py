@@ -6,6 +6,15 @@ grouped-query attention (``num_key_value_heads`` K/V heads shared by groups of q
 never copied), SwiGLU MLP ``down(silu(gate(x)) * up(x))``, tied or untied LM head. Qwen2
 differs only by biases on the q/k/v projections (not on o_proj); Llama may have biases on
 all four attention projections (``attention_bias``) and on the MLP (``mlp_bias``).
+
+:data:`FAMILY` (``llama``) and :data:`QWEN2_FAMILY` (``qwen2``) hold everything the generic code
+reads about them (:class:`llm_bridge.models.family.Family`): the Hugging Face key table (every
+``nn.Linear`` weight transposed), the GGUF tables, checkpoint conventions, LoRA targets and
+sharding rules. They differ only in the GGUF tensor table: llama.cpp permutes the rows of each
+Q (K) head of a ``llama`` file from split-half RoPE order ``[x_0 .. x_{d/2-1} | x_{d/2} .. x_{d-1}]``
+to interleaved pairs ``(x_0, x_{d/2}), (x_1, x_{d/2+1}) ...`` for its "normal" RoPE (``rope_q`` /
+``rope_k``, undone on load), while ``qwen2`` uses llama.cpp's NeoX RoPE, which is split-half, so
+its Q / K are stored unchanged.
 """
 
 from __future__ import annotations
@@ -17,7 +26,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from llm_bridge import layers
+from llm_bridge.models import layers
+from llm_bridge.models.family import REPLICATED, Family
 
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}  # model_type -> transformers class
@@ -208,3 +218,105 @@ class Llama(nnx.Module):
         c = self.config
         return layers.KVCache.empty(c.num_hidden_layers, batch, slots, c.kv_heads, c.dim,
                                     self.embed_tokens.embedding.dtype)
+
+
+HF_TABLE = (  # Llama, TinyLlama, SmolLM2, Qwen2 / Qwen2.5
+    ("model.embed_tokens.weight", "embed_tokens.embedding", False),
+    ("model.layers.{i}.input_layernorm.weight", "layers.{i}.input_layernorm.weight", False),
+    ("model.layers.{i}.self_attn.q_proj.weight", "layers.{i}.self_attn.q_proj.kernel", True),
+    ("model.layers.{i}.self_attn.q_proj.bias", "layers.{i}.self_attn.q_proj.bias", False),  # Qwen2
+    ("model.layers.{i}.self_attn.k_proj.weight", "layers.{i}.self_attn.k_proj.kernel", True),
+    ("model.layers.{i}.self_attn.k_proj.bias", "layers.{i}.self_attn.k_proj.bias", False),  # Qwen2
+    ("model.layers.{i}.self_attn.v_proj.weight", "layers.{i}.self_attn.v_proj.kernel", True),
+    ("model.layers.{i}.self_attn.v_proj.bias", "layers.{i}.self_attn.v_proj.bias", False),  # Qwen2
+    ("model.layers.{i}.self_attn.o_proj.weight", "layers.{i}.self_attn.o_proj.kernel", True),
+    ("model.layers.{i}.self_attn.o_proj.bias", "layers.{i}.self_attn.o_proj.bias", False),  # attention_bias
+    ("model.layers.{i}.post_attention_layernorm.weight", "layers.{i}.post_attention_layernorm.weight", False),
+    ("model.layers.{i}.mlp.gate_proj.weight", "layers.{i}.mlp.gate_proj.kernel", True),
+    ("model.layers.{i}.mlp.gate_proj.bias", "layers.{i}.mlp.gate_proj.bias", False),  # mlp_bias
+    ("model.layers.{i}.mlp.up_proj.weight", "layers.{i}.mlp.up_proj.kernel", True),
+    ("model.layers.{i}.mlp.up_proj.bias", "layers.{i}.mlp.up_proj.bias", False),  # mlp_bias
+    ("model.layers.{i}.mlp.down_proj.weight", "layers.{i}.mlp.down_proj.kernel", True),
+    ("model.layers.{i}.mlp.down_proj.bias", "layers.{i}.mlp.down_proj.bias", False),  # mlp_bias
+    ("model.norm.weight", "norm.weight", False),
+    ("lm_head.weight", "lm_head.kernel", True),  # only when the head is untied
+)
+
+_GGUF_BLOCKS = (
+    ("blk.{i}.attn_norm.weight", "model.layers.{i}.input_layernorm.weight", None),
+    ("blk.{i}.attn_q.weight", "model.layers.{i}.self_attn.q_proj.weight", "rope_q"),
+    ("blk.{i}.attn_q.bias", "model.layers.{i}.self_attn.q_proj.bias", "rope_q"),
+    ("blk.{i}.attn_k.weight", "model.layers.{i}.self_attn.k_proj.weight", "rope_k"),
+    ("blk.{i}.attn_k.bias", "model.layers.{i}.self_attn.k_proj.bias", "rope_k"),
+    ("blk.{i}.attn_v.weight", "model.layers.{i}.self_attn.v_proj.weight", None),
+    ("blk.{i}.attn_v.bias", "model.layers.{i}.self_attn.v_proj.bias", None),
+    ("blk.{i}.attn_output.weight", "model.layers.{i}.self_attn.o_proj.weight", None),
+    ("blk.{i}.attn_output.bias", "model.layers.{i}.self_attn.o_proj.bias", None),
+    ("blk.{i}.ffn_norm.weight", "model.layers.{i}.post_attention_layernorm.weight", None),
+    ("blk.{i}.ffn_gate.weight", "model.layers.{i}.mlp.gate_proj.weight", None),
+    ("blk.{i}.ffn_gate.bias", "model.layers.{i}.mlp.gate_proj.bias", None),
+    ("blk.{i}.ffn_up.weight", "model.layers.{i}.mlp.up_proj.weight", None),
+    ("blk.{i}.ffn_up.bias", "model.layers.{i}.mlp.up_proj.bias", None),
+    ("blk.{i}.ffn_down.weight", "model.layers.{i}.mlp.down_proj.weight", None),
+    ("blk.{i}.ffn_down.bias", "model.layers.{i}.mlp.down_proj.bias", None),
+)
+_GGUF_ENDS = (
+    ("token_embd.weight", "model.embed_tokens.weight", None),
+    ("output_norm.weight", "model.norm.weight", None),
+    ("output.weight", "lm_head.weight", None),  # absent: the head is tied to the embedding
+)
+
+# GGUF metadata key (after "llama." / "qwen2.") -> config.json key
+GGUF_KEYS = {
+    "block_count": "num_hidden_layers", "embedding_length": "hidden_size",
+    "feed_forward_length": "intermediate_size", "attention.head_count": "num_attention_heads",
+    "attention.head_count_kv": "num_key_value_heads", "attention.layer_norm_rms_epsilon": "rms_norm_eps",
+    "rope.freq_base": "rope_theta", "context_length": "max_position_embeddings", "vocab_size": "vocab_size",
+}
+
+
+def gguf_config(arch: str, meta, cfg: dict, tensor_names: set[str]) -> dict:
+    """The config.json fields a GGUF file's key table cannot give: ``head_dim`` (from the key length),
+    and for ``llama`` whether the attention / MLP projections have biases (their tensors are present).
+
+    ``ValueError``: key and value heads of different sizes, or partial rotary.
+    """
+    heads = cfg["num_attention_heads"]
+    head_dim = meta.get(f"{arch}.attention.key_length", cfg["hidden_size"] // heads if heads else 0)
+    if meta.get(f"{arch}.attention.value_length", head_dim) != head_dim:
+        raise ValueError("key and value head sizes differ; not supported")
+    if meta.get(f"{arch}.rope.dimension_count", head_dim) != head_dim:
+        raise ValueError(f"{arch}.rope.dimension_count={meta[f'{arch}.rope.dimension_count']} < head "
+                         f"dim {head_dim} (partial rotary) is not supported")
+    out = {"head_dim": head_dim}
+    if arch == "llama":
+        out.update(attention_bias="blk.0.attn_q.bias" in tensor_names, mlp_bias="blk.0.ffn_up.bias" in tensor_names)
+    return out
+
+
+SHARDING = (
+    (r"embed_tokens\.embedding", ("vocab", "embed")),
+    (r"lm_head\.kernel", ("embed", "vocab")),
+    (r"self_attn\.q_proj\.kernel", ("embed", "heads")),
+    (r"self_attn\.q_proj\.bias", ("heads",)),
+    (r"self_attn\.[kv]_proj\.kernel", ("embed", "kv_heads")),
+    (r"self_attn\.[kv]_proj\.bias", ("kv_heads",)),
+    (r"self_attn\.o_proj\.kernel", ("heads", "embed")),
+    (r"mlp\.(gate_proj|up_proj)\.kernel", ("embed", "mlp")),
+    (r"mlp\.(gate_proj|up_proj)\.bias", ("mlp",)),
+    (r"mlp\.down_proj\.kernel", ("mlp", "embed")),
+    REPLICATED,  # norms, o_proj and down_proj biases
+)
+
+FAMILY = Family(
+    config=LlamaConfig, model=Llama, table=HF_TABLE, prefix="model.",
+    buffers=r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",
+    head=("lm_head.weight", "model.embed_tokens.weight"), n_layers="num_hidden_layers",
+    heads=("num_attention_heads", "kv_heads"),
+    lora=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), sharding=SHARDING,
+    gguf=_GGUF_ENDS + _GGUF_BLOCKS, gguf_keys=GGUF_KEYS,
+    gguf_required=("block_count", "embedding_length", "feed_forward_length", "attention.head_count"),
+    gguf_config=gguf_config,
+)
+# Same GGUF names; llama.cpp's qwen2 graph uses NeoX (split-half) RoPE, so Q / K are not permuted.
+QWEN2_FAMILY = dataclasses.replace(FAMILY, gguf=_GGUF_ENDS + tuple((g, h, None) for g, h, _ in _GGUF_BLOCKS))

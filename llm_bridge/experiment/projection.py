@@ -1,10 +1,10 @@
 """Theorem 1 on an LM: per-sequence student steps projected on a direction, and their statistics.
 
-Shared by the tiny-LM experiment and the checkpoint experiment. The student's hard-label
-step on sequence i is ``-grad L_i(theta)`` (next-token cross-entropy on the sequence's
-target tokens); its projection on ``dtheta_T`` is one ``jax.jvp`` of the per-sequence losses
-along ``dtheta_T`` (no backward pass, no materialised Jacobian: the key identity
-``<grad L, v> = d/dt L(theta + t v)``).
+Used by both setups. The student's hard-label step on sequence i is ``-grad L_i(theta)``
+(next-token cross-entropy on the sequence's target tokens,
+:func:`llm_bridge.experiment.training.per_sequence_loss`); its projection on ``dtheta_T`` is one
+``jax.jvp`` of the per-sequence losses along ``dtheta_T`` (no backward pass, no materialised
+Jacobian: the key identity ``<grad L, v> = d/dt L(theta + t v)``).
 """
 
 from __future__ import annotations
@@ -18,20 +18,7 @@ import numpy as np
 import optax
 
 import theory
-
-
-def per_sequence_loss(f, params, tokens, mask, total: bool = False):
-    """``[B]``: each sequence's mean next-token CE over its target tokens (0 for a row without targets);
-    with ``total``, the sum (the sequence's negative log-likelihood).
-
-    ``tokens, mask [B, T]``; ``mask`` marks the target tokens (position t + 1 is predicted at t).
-    """
-    logits = f(params, tokens)
-    nll = optax.losses.softmax_cross_entropy_with_integer_labels(logits[:, :-1], tokens[:, 1:])
-    w = mask[:, 1:].astype(nll.dtype)
-    if total:
-        return jnp.sum(nll * w, axis=1)
-    return jnp.sum(nll * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0)
+from llm_bridge.experiment.training import per_sequence_loss
 
 
 def chunks(data: dict, chunk: int):

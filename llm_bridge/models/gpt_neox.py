@@ -7,6 +7,11 @@ flag is off. Rotary embedding covers only the first ``rotary_pct`` of each head'
 reshapes to ``[heads, 3, head_dim]`` (not ``[3, heads, head_dim]`` as in GPT-2). The LM head
 ``embed_out`` is untied in Pythia; a tied head (``tie_word_embeddings``) uses
 ``embed_in.attend``. Dropout is not implemented.
+
+:data:`FAMILY` (:class:`llm_bridge.models.family.Family`) holds everything the generic code
+reads about GPT-NeoX: its Hugging Face key table (every ``nn.Linear`` weight transposed),
+checkpoint conventions, LoRA targets and sharding rules. It has no GGUF table: GGUF files of
+this architecture are refused.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from llm_bridge import layers
+from llm_bridge.models import layers
+from llm_bridge.models.family import REPLICATED, Family
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,3 +176,45 @@ class GPTNeoX(nnx.Module):
         c = self.config
         return layers.KVCache.empty(c.num_hidden_layers, batch, slots, c.num_attention_heads, c.head_dim,
                                     self.embed_in.embedding.dtype)
+
+
+HF_TABLE = (
+    ("gpt_neox.embed_in.weight", "embed_in.embedding", False),
+    ("gpt_neox.layers.{i}.input_layernorm.weight", "layers.{i}.input_layernorm.weight", False),
+    ("gpt_neox.layers.{i}.input_layernorm.bias", "layers.{i}.input_layernorm.bias", False),
+    ("gpt_neox.layers.{i}.post_attention_layernorm.weight", "layers.{i}.post_attention_layernorm.weight", False),
+    ("gpt_neox.layers.{i}.post_attention_layernorm.bias", "layers.{i}.post_attention_layernorm.bias", False),
+    ("gpt_neox.layers.{i}.attention.query_key_value.weight", "layers.{i}.attention.query_key_value.kernel", True),
+    ("gpt_neox.layers.{i}.attention.query_key_value.bias", "layers.{i}.attention.query_key_value.bias", False),
+    ("gpt_neox.layers.{i}.attention.dense.weight", "layers.{i}.attention.dense.kernel", True),
+    ("gpt_neox.layers.{i}.attention.dense.bias", "layers.{i}.attention.dense.bias", False),
+    ("gpt_neox.layers.{i}.mlp.dense_h_to_4h.weight", "layers.{i}.mlp.dense_h_to_4h.kernel", True),
+    ("gpt_neox.layers.{i}.mlp.dense_h_to_4h.bias", "layers.{i}.mlp.dense_h_to_4h.bias", False),
+    ("gpt_neox.layers.{i}.mlp.dense_4h_to_h.weight", "layers.{i}.mlp.dense_4h_to_h.kernel", True),
+    ("gpt_neox.layers.{i}.mlp.dense_4h_to_h.bias", "layers.{i}.mlp.dense_4h_to_h.bias", False),
+    ("gpt_neox.final_layer_norm.weight", "final_layer_norm.weight", False),
+    ("gpt_neox.final_layer_norm.bias", "final_layer_norm.bias", False),
+    ("embed_out.weight", "embed_out.kernel", True),  # only when the head is untied (Pythia)
+)
+
+SHARDING = (
+    (r"embed_in\.embedding", ("vocab", "embed")),
+    (r"embed_out\.kernel", ("embed", "vocab")),
+    (r"attention\.query_key_value\.kernel", ("embed", "heads")),  # per-head [q, k, v]
+    (r"attention\.query_key_value\.bias", ("heads",)),
+    (r"attention\.dense\.kernel", ("heads", "embed")),
+    (r"mlp\.dense_h_to_4h\.kernel", ("embed", "mlp")),
+    (r"mlp\.dense_h_to_4h\.bias", ("mlp",)),
+    (r"mlp\.dense_4h_to_h\.kernel", ("mlp", "embed")),
+    REPLICATED,  # norms, attention.dense and dense_4h_to_h biases
+)
+
+FAMILY = Family(
+    config=GPTNeoXConfig, model=GPTNeoX, table=HF_TABLE, prefix="gpt_neox.",
+    buffers=r"gpt_neox\.layers\.\d+\.attention\.(bias|masked_bias|rotary_emb\.inv_freq)",
+    head=("embed_out.weight", "gpt_neox.embed_in.weight"), n_layers="num_hidden_layers",
+    heads=("num_attention_heads", "num_attention_heads"),
+    lora=("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"), sharding=SHARDING,
+    # transformers >= 5 names the head module lm_head (it still saves embed_out)
+    aliases={"lm_head.weight": "embed_out.weight"},
+)
