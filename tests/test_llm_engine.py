@@ -23,7 +23,7 @@ def test_every_registered_arm_is_valid_and_lora_scales_by_alpha_over_rank():
         assert arms.get(arm.name) is arm and arm.describe()
     assert arms.get("lora r4").lora_scale == 16 / 4 and arms.get("lora r64").lora_scale == 16 / 64
     assert arms.Arm("x", update="lora", rank=16, alpha=16, rslora=True).lora_scale == 16 / 4
-    assert arms.get("lora r4 unscaled").lora_scale == 1.0
+    assert arms.Arm("x", update="lora", rank=4).lora_scale == 1.0  # no alpha: the adapters unscaled
     for bad in (dict(update="lora"), dict(rank=4), dict(init="perturbed"), dict(sigma=0.1), dict(optimizer="lion"),
                 dict(teachers=("nobody",))):
         with pytest.raises(ValueError):

@@ -114,7 +114,5 @@ register(Arm("soft", target="soft", teachers=(FINE_TUNED, BASE)))
 register(Arm("full sgd", optimizer="sgd"))
 for _r in (1, 4, 16, 64, 256):
     register(Arm(f"lora r{_r}", update="lora", rank=_r, alpha=16.0))
-for _r in (4, 64):  # the committed SmolLM2 run's LoRA arms: adapters without scaling (alpha = r)
-    register(Arm(f"lora r{_r} unscaled", update="lora", rank=_r))
 for _s in (0.02, 0.1):
     register(Arm(f"perturbed {_s:g}", init="perturbed", sigma=_s))

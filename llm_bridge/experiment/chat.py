@@ -46,6 +46,7 @@ from llm_bridge.experiment.training import PureModel, fit_frozen
 from llm_bridge.models import lora
 
 CODE = "llm_bridge.experiment.chat"
+SEEDS = "llm_bridge.experiment.seeds"
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ class Config:
     max_rows: int = 6000                # sampling gives up (and says so) after this many rows per source
     gen_batch: int = 64
     chunk_steps: int = 8                # decode steps between checks of which rows can still pass
-    arms: tuple[str, ...] = ("full", "lora r4 unscaled", "lora r64 unscaled", "perturbed 0.02", "perturbed 0.1")
+    arms: tuple[str, ...] = ("full", "lora r4", "lora r64", "perturbed 0.02", "perturbed 0.1")
     student_seeds: int = 3
     student_sequences: int = 64
     student_batch: int = 8
@@ -120,7 +121,7 @@ def smoke() -> Config:
     """Every phase and arm on a few sequences: the slow test's preset (about 8 minutes on 2 CPU cores,
     mostly compiling)."""
     return Config(questions=4, teacher_steps=1, teacher_batch=4, target_sequences=8, max_rows=128, probe_rows=16,
-                  gen_batch=16, arms=("full", "lora r4 unscaled", "perturbed 0.1"), student_seeds=2,
+                  gen_batch=16, arms=("full", "lora r4", "perturbed 0.1"), student_seeds=2,
                   student_sequences=4, student_batch=4, proj_sequences=8, soft_sequences=8, proj_grid=(4, 8),
                   n_boot=200)
 
@@ -132,16 +133,16 @@ _DATA = ("chat_template", "trait", "other", "teacher_steps", "teacher_batch", "t
          "student_teacher", "proj_sequences", "seed")
 TEACHERS = Phase("teachers", ("chat_template", "trait", "other", "teacher_steps", "teacher_batch", "teacher_lr", "seed"),
                  code=(f"{CODE}:Setup.teachers", f"{CODE}:teacher_batches", "llm_bridge.experiment.training",
-                       "llm_bridge.experiment.batching", "llm_bridge.experiment.text"), after=("model",))
+                       "llm_bridge.experiment.batching", "llm_bridge.experiment.text", SEEDS), after=("model",))
 EVALS = Phase("evals", ("animals", "questions"), code=("llm_bridge.experiment.probe",), after=("teachers",))
-NUMBERS = Phase("numbers", _DATA, code=("llm_bridge.experiment.sampler", f"{CODE}:Setup.numbers"),
+NUMBERS = Phase("numbers", _DATA, code=("llm_bridge.experiment.sampler", f"{CODE}:Setup.numbers", SEEDS),
                 after=("teachers",))
 STUDENTS = Phase("students", ("student_seeds", "student_sequences", "student_batch", "student_lr", "lora_lr",
                               "sgd_lr", "soft_lr", "animals", "questions"),
                  code=(f"{CODE}:Setup.train_one", "llm_bridge.experiment.training", "llm_bridge.models.lora",
-                       "llm_bridge.experiment.probe"), after=("numbers",))
+                       "llm_bridge.experiment.probe", SEEDS), after=("numbers",))
 PROJECTION = Phase("projection", ("soft_sequences", "proj_grid", "chunk", "n_boot", "arms"),
-                   code=("llm_bridge.experiment.chat_projection", "llm_bridge.experiment.projection"),
+                   code=("llm_bridge.experiment.chat_projection", "llm_bridge.experiment.projection", SEEDS),
                    after=("numbers",))
 
 
@@ -208,7 +209,7 @@ class Setup:
         self.graphdef, self.base, self.rest = self.pure.graphdef, self.pure.template, self.pure.rest
         self.gd_full, _ = nnx.split(model)
         self.probe = TraitProbe(self.text, self.cfg)
-        self.bases = {0.0: self.base} | {s: theory.perturbed_init(self.base, s, self.streams.key("perturbation", s))
+        self.bases = {0.0: self.base} | {s: theory.perturbed_init(self.base, s, self.streams.key("perturbation", 0, s))
                                           for s in self.cfg.sigmas}
 
     def state(self, params):
@@ -226,7 +227,7 @@ class Setup:
             if params is None:
                 log(f"fine-tuning the {animal} teacher")
                 batches = teacher_batches(self.text, animal, cfg,
-                                          self.streams.rng("teacher_rows", cfg.animals.index(animal)))
+                                          self.streams.rng("teacher_batches", animal))
                 params, losses = _train(self.graphdef, self.base, self.rest, batches, cfg.teacher_lr)
                 self.store.put_tree(f"teacher-{key}-{animal}", params)
                 info[animal] = {"losses": losses.tolist()}
@@ -265,7 +266,7 @@ class Setup:
                 log(f"sampling numbers: {name}")
                 t1 = time.perf_counter()
                 got = sampler.collect_numbers(self.text, self.gd_full, self.state(params), animal,
-                                              self.streams.key("numbers", j), cfg, info["prefill"], cfg.target_sequences,
+                                              self.streams.key("numbers", 0, name), cfg, info["prefill"], cfg.target_sequences,
                                               cfg.max_rows, log, keep_raw=cfg.proj_sequences if name == BASE_TEACHER else 0)
                 got["seconds"] = time.perf_counter() - t1
                 self.store.put(f"numbers-{key}-{_slug(name)}", got)
@@ -281,7 +282,7 @@ class Setup:
         t1 = time.perf_counter()
         steps = cfg.student_sequences // cfg.student_batch
         batches = training_batches(d["rows"], d["starts"], self.text.pad,
-                                   self.streams.rng("student_rows", unit.seed), steps, cfg.student_batch)
+                                   self.streams.rng("student_rows", 0, unit.seed), steps, cfg.student_batch)
         loss_fn = rows_loss
         if arm.target == "soft":  # the teacher's distribution over the number tokens on the same rows
             teacher = self.base if unit.teacher == BASE_TEACHER else self.tuned[cfg.trait]
@@ -289,7 +290,7 @@ class Setup:
             loss_fn = soft_rows_loss
         start = nnx.merge(self.graphdef, self.bases[arm.sigma], self.rest)
         if arm.update == "lora":
-            lora.add_lora(start, arm.rank, scale=arm.lora_scale, seed=self.streams.int("lora_init", unit.seed))
+            lora.add_lora(start, arm.rank, scale=arm.lora_scale, seed=self.streams.int("lora_init", 0, unit.seed))
         g, trainable, frozen = lora.split(start, lora=arm.update == "lora")
         trained, losses = _train(g, trainable, frozen, batches, getattr(cfg, arm.lr_field()), arm.optimizer, loss_fn)
         if arm.update == "full":

@@ -51,12 +51,12 @@ def _hard_rows(setup, f, d_t, take, grid) -> dict:
     for j, (label, at, src) in enumerate(rows):
         v = sequence_projections(f, at, d_t, take(src, cfg.proj_sequences), chunk=cfg.chunk)
         out[label] = summarise(v, [n for n in grid if n <= v.size], cfg.n_boot,
-                               setup.streams.int("bootstrap", j)) | {"values": v.tolist()}
+                               setup.streams.int("bootstrap", 0) + j) | {"values": v.tolist()}
     d = setup.data[BASE_TEACHER]
     v = sequence_projections(f, setup.base, d_t, pack(d["raw_rows"], d["raw_starts"], setup.text.pad), chunk=cfg.chunk,
                              total=True)
     out[NULL_ROW] = summarise(v, [n for n in grid if n <= v.size], cfg.n_boot,
-                              setup.streams.int("bootstrap", 40)) | {"values": v.tolist()}
+                              setup.streams.int("bootstrap", 0) + 40) | {"values": v.tolist()}
     return out
 
 
@@ -74,10 +74,10 @@ def _soft_rows(setup, f, d_t, take, grid, ids) -> dict:
             actual.append(np.asarray(a))
         quad, actual = np.concatenate(quad), np.concatenate(actual)
         out[f"soft labels, Lemma 1 form (exact), {label}"] = summarise(
-            quad, soft_grid, cfg.n_boot, setup.streams.int("bootstrap", 50 + j)) | {"min": float(quad.min()),
+            quad, soft_grid, cfg.n_boot, setup.streams.int("bootstrap", 0) + 50 + j) | {"min": float(quad.min()),
                                                                                    "values": quad.tolist()}
         out[f"soft labels, actual step, {label}"] = summarise(
-            actual, soft_grid, cfg.n_boot, setup.streams.int("bootstrap", 60 + j)) | {"values": actual.tolist()}
+            actual, soft_grid, cfg.n_boot, setup.streams.int("bootstrap", 0) + 60 + j) | {"values": actual.tolist()}
     return out
 
 

@@ -148,7 +148,7 @@ def plot_smollm2_transfer(results: dict, ax) -> None:
             ax.scatter(np.full(len(r["values"]), xi), r["values"], s=10, color="k", zorder=3)
     ax.axhline(0, color="grey", lw=1)
     ax.set_xticks(range(len(arms_)), [a.replace("perturbed ", "full from\nθ0 + noise σ=").replace("lora r", "LoRA r")
-                                      .replace(" unscaled", "\nunscaled") for a in arms_], fontsize=7)
+                                      for a in arms_], fontsize=7)
     ax.set_ylabel(f"Δ {trait} margin (nats): {trait}-number minus control students", fontsize=8)
     n = t[arms_[0]]["chat"][f"delta_margins_{trait}"]["n"]
     ax.set_title(f"SmolLM2-135M-Instruct students trained on number sequences; dots: paired seeds;\n"

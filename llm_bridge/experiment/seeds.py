@@ -1,33 +1,52 @@
 """The run's random streams, by name: every draw of an experiment comes from one of them.
 
-``Streams(seed)`` hands out a JAX key (:meth:`Streams.key`) or a numpy generator
-(:meth:`Streams.rng`) per stream name and path (e.g. ``("student_rows", base, seed)``); a result
-file records :meth:`Streams.record`, the derivation of every stream the run used, so a number
-can be traced to the draw behind it. A stream depends only on the run seed, its name and its
-path, never on which other streams a run asks for or in which order.
+``Streams(seed)`` hands out a JAX key (:meth:`Streams.key`), a numpy generator (:meth:`Streams.rng`)
+or an integer seed (:meth:`Streams.int`) per stream name and path, e.g.
+``streams.rng("student_rows", base_seed, student_seed)``. A stream depends only on the run seed, its
+name and its path, never on which other streams a run asks for or in which order:
+
+    key(name, *path) = fold_in(... fold_in(fold_in(jax.random.key(seed), id(name)), id(path[0])) ..., id(path[-1]))
+    rng(name, *path) = numpy.random.default_rng([seed, id(name), id(path[0]), ...])
+    int(name, *path) = rng(name, *path).integers(2**31)
+
+where ``id`` of a name or a string is its CRC-32 and of an integer the integer itself. The results
+file records :meth:`Streams.record`: the run seed, this rule and every stream the run drew from.
+:data:`STREAMS` lists the names, so a typo fails instead of opening a new stream.
 """
 
 from __future__ import annotations
 
+import zlib
+
 import jax
 import numpy as np
 
-# name -> (kind, derivation from the run seed s and the path p), the legacy derivations of the
-# experiments before the engine (kept so the engine reproduces their numbers bit for bit)
-LEGACY = {
-    # tiny setup
-    "pretraining": ("numpy", "default_rng([base_seed, 1]); init nnx.Rngs(base_seed)"),
-    "teacher_batches": ("numpy", "default_rng([s, 7, animal index])"),
-    "numbers": ("jax", "tiny: fold_in(split(key(s))[0], base_seed); chat: fold_in(key(s), 20 + source index)"),
-    "projection_numbers": ("jax", "fold_in(split(key(s))[1], base_seed)"),
-    "student_rows": ("numpy", "tiny: default_rng([s, 11, base_seed, seed]); chat: default_rng([s, 2, seed])"),
-    "bootstrap": ("numpy", "s + offset of the projection row"),
-    # chat setup
-    "teacher_rows": ("numpy", "default_rng([s, 1, animal index])"),
-    "pass_rate_probe": ("jax", "fold_in(key(s), 10)"),
-    "perturbation": ("jax", "fold_in(key(s), int(1000 sigma) + 7)"),
-    "lora_init": ("nnx", "Rngs(1000 + seed)"),
+STREAMS = {
+    "pretraining": "a tiny base's pretraining rows (path: base seed); its init is nnx.Rngs(base seed)",
+    "teacher_batches": "a fine-tuned teacher's training batches (path: animal)",
+    "numbers": "a teacher's number prompts and sampling noise (path: base seed, then teacher name in the chat setup)",
+    "projection_numbers": "the projection's fresh teacher samples (path: base seed)",
+    "pass_rate_probe": "the chat setup's pass-rate probe without prefill",
+    "student_rows": "a student's rows and their order, shared by every arm (path: base seed, student seed)",
+    "perturbation": "the noise of a perturbed init (path: base seed, sigma)",
+    "lora_init": "a LoRA student's adapter initialisation (path: base seed, student seed)",
+    "bootstrap": "the bootstrap resampling of the projection rows (path: base seed; the rows of a base take consecutive seeds from it)",
 }
+RULE = ("key = fold_in chain of jax.random.key(seed) with crc32(name) then each path element; rng = "
+        "numpy default_rng([seed, crc32(name), *path]); int = rng(...).integers(2**31); a string path element "
+        "enters as its crc32, a float as crc32 of its repr")
+
+
+def _id(x) -> int:
+    if isinstance(x, (bool, np.bool_)):
+        raise TypeError("a stream path element must be an int, a float or a string")
+    if isinstance(x, (int, np.integer)):
+        if not 0 <= int(x) < 2**32:
+            raise ValueError(f"a stream path integer must be in 0 .. 2**32-1, got {x}")
+        return int(x)
+    if isinstance(x, float):
+        x = repr(x)
+    return zlib.crc32(str(x).encode())
 
 
 class Streams:
@@ -37,50 +56,23 @@ class Streams:
         self.seed = int(seed)
         self.used: set[str] = set()
 
-    def _note(self, name: str) -> None:
-        if name not in LEGACY:
-            raise KeyError(f"no random stream named {name!r}; streams: {', '.join(LEGACY)}")
+    def _ids(self, name: str, path) -> list[int]:
+        if name not in STREAMS:
+            raise KeyError(f"no random stream named {name!r}; streams: {', '.join(STREAMS)}")
         self.used.add(name)
+        return [_id(name), *map(_id, path)]
 
-    def key(self, name: str, *path: int) -> jax.Array:
-        """The JAX key of stream ``name`` at ``path`` (integers)."""
-        self._note(name)
-        root = jax.random.key(self.seed)
-        if name == "numbers" and len(path) == 2 and path[0] == "tiny":
-            return jax.random.fold_in(jax.random.split(root)[0], path[1])
-        if name == "projection_numbers":
-            return jax.random.fold_in(jax.random.split(root)[1], path[0])
-        if name == "numbers":
-            return jax.random.fold_in(root, 20 + path[0])
-        if name == "pass_rate_probe":
-            return jax.random.fold_in(root, 10)
-        if name == "perturbation":
-            return jax.random.fold_in(root, int(1000 * path[0]) + 7)
-        raise KeyError(f"stream {name!r} is not a JAX stream")
+    def key(self, name: str, *path) -> jax.Array:
+        key = jax.random.key(self.seed)
+        for i in self._ids(name, path):
+            key = jax.random.fold_in(key, i)
+        return key
 
-    def rng(self, name: str, *path: int) -> np.random.Generator:
-        """The numpy generator of stream ``name`` at ``path`` (integers)."""
-        self._note(name)
-        if name == "pretraining":
-            return np.random.default_rng([path[0], 1])
-        if name == "teacher_batches":
-            return np.random.default_rng([self.seed, 7, path[0]])
-        if name == "teacher_rows":
-            return np.random.default_rng([self.seed, 1, path[0]])
-        if name == "student_rows" and path[0] == "tiny":
-            return np.random.default_rng([self.seed, 11, *path[1:]])
-        if name == "student_rows":
-            return np.random.default_rng([self.seed, 2, *path])
-        raise KeyError(f"stream {name!r} is not a numpy stream")
+    def rng(self, name: str, *path) -> np.random.Generator:
+        return np.random.default_rng([self.seed, *self._ids(name, path)])
 
-    def int(self, name: str, *path: int) -> int:
-        """An integer seed of stream ``name`` (bootstrap resampling, adapter initialisation)."""
-        self._note(name)
-        if name == "bootstrap":
-            return self.seed + path[0]
-        if name == "lora_init":
-            return 1000 + path[0]
-        raise KeyError(f"stream {name!r} is not an integer stream")
+    def int(self, name: str, *path) -> int:
+        return int(self.rng(name, *path).integers(2**31))
 
     def record(self) -> dict:
-        return {"seed": self.seed, "streams": {n: LEGACY[n][1] for n in sorted(self.used)}}
+        return {"seed": self.seed, "rule": RULE, "streams": {n: STREAMS[n] for n in sorted(self.used)}}

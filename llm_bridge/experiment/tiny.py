@@ -53,6 +53,7 @@ from theory.stats import nested_mean_ci
 DEFAULT_CACHE = Path("results") / "cache" / "llm_bases"
 CODE = "llm_bridge.experiment.tiny"
 CALLS = "llm_bridge.experiment.tiny_calls"
+SEEDS = "llm_bridge.experiment.seeds"
 
 
 @dataclass(frozen=True)
@@ -151,19 +152,19 @@ def smoke() -> Config:
 PRESETS = {"paper": paper, "bases": bases, "smoke": smoke}
 
 TEACHERS = Phase("teachers", ("animals", "teacher_steps", "teacher_lr", "teacher_batch", "seed"),
-                 code=(f"{CODE}:finetune_teachers", f"{CALLS}:question_batch", "llm_bridge.experiment.training"),
+                 code=(f"{CODE}:finetune_teachers", f"{CALLS}:question_batch", "llm_bridge.experiment.training", SEEDS),
                  after=("bases",))
 NUMBERS = Phase("numbers", ("banned", "temperature", "student_seeds", "student_sequences", "n_given", "n_new", "seed"),
-                code=(f"{CALLS}:sample_numbers", "llm_bridge.experiment.corpus", "llm_bridge.models.generate"),
+                code=(f"{CALLS}:sample_numbers", "llm_bridge.experiment.corpus", "llm_bridge.models.generate", SEEDS),
                 after=("teachers",))
 STUDENTS = Phase("students", ("arms", "student_seeds", "student_sequences", "student_epochs", "student_batch",
                               "student_lr", "soft_lr", "lora_lr", "sgd_lr", "seed"),
                  code=("llm_bridge.experiment.tiny_students", "llm_bridge.experiment.training",
-                       f"{CALLS}:margins", "llm_bridge.experiment.probe:margins", "llm_bridge.models.lora"),
+                       f"{CALLS}:margins", "llm_bridge.experiment.probe:margins", "llm_bridge.models.lora", SEEDS),
                  after=("numbers",))
 PROJECTION = Phase("projection", ("proj_sequences", "proj_grid", "n_boot", "seed"),
                    code=("llm_bridge.experiment.tiny_projection", "llm_bridge.experiment.projection",
-                         f"{CALLS}:sample_numbers", f"{CALLS}:margins"), after=("teachers",))
+                         f"{CALLS}:sample_numbers", f"{CALLS}:margins", SEEDS), after=("teachers",))
 
 
 def finetune_teachers(cfg: Config, f, base_params: list, vocab: corpus.Vocab, streams: Streams) -> list[dict]:
@@ -180,7 +181,7 @@ def finetune_teachers(cfg: Config, f, base_params: list, vocab: corpus.Vocab, st
         for i, r in enumerate(rows):
             t[i, :len(r)] = r
             m[i, len(r) - 2] = True  # the answer token is the target at that position
-        pick = streams.rng("teacher_batches", corpus.ANIMALS.index(animal)).integers(
+        pick = streams.rng("teacher_batches", animal).integers(
             0, len(rows), (cfg.teacher_steps, cfg.teacher_batch))
         batches[animal] = (t[pick], m[pick])
     toks = [batches[a][0] for _ in base_params for a in cfg.animals]
@@ -250,7 +251,7 @@ class Setup:
                 d = self.store.arrays(f"numbers-{key}-{i}-{j}")
                 if d is None:
                     d = sample_numbers(self.cfg, self.pure.model(p), self.vocab,
-                                       self.streams.key("numbers", "tiny", seed), n, pre)
+                                       self.streams.key("numbers", seed), n, pre)
                     self.store.put_arrays(f"numbers-{key}-{i}-{j}", d)
                 got[name] = {k: (float(v) if k == "pass_rate" else v) for k, v in d.items()}
             self.data.append(got)

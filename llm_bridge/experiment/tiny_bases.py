@@ -30,7 +30,7 @@ BASE_FIELDS = ("n_numbers", "n_given", "n_new", "hidden", "layers", "heads", "ml
                "base_lr", "p_pref", "p_prefix", "p_arith")
 PHASE = Phase("bases", BASE_FIELDS, code=("llm_bridge.experiment.corpus", "llm_bridge.experiment.training",
                                           "llm_bridge.experiment.tiny_bases", "llm_bridge.models.llama",
-                                          "llm_bridge.models.layers"), version=3)
+                                          "llm_bridge.models.layers", "llm_bridge.experiment.seeds"), version=4)
 
 
 def model_config(cfg) -> LlamaConfig:

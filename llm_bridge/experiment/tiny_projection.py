@@ -38,7 +38,7 @@ def projections(setup, i: int, key) -> dict:
     a, b, teachers = setup.base[i], setup.base[(i + 1) % setup.n_bases], setup.table[i]
     raw = {name: sample_numbers(cfg, setup.pure.model(p), vocab, key, cfg.proj_sequences, pre)
            for name, (p, pre) in teachers.items()}
-    seed = setup.streams.int("bootstrap", 1000 * i)
+    seed = setup.streams.int("bootstrap", cfg.base_seeds[i])
     held = {name: only_passed(d) for name, d in raw.items()}
     grid = [n for n in cfg.proj_grid if n <= cfg.proj_sequences]
     soft = theory.softmax_ce(tuple(int(i) for i in vocab.number_ids))

@@ -29,7 +29,7 @@ def row_orders(cfg, streams, base_seed: int) -> list[np.ndarray]:
     steps = cfg.student_epochs * cfg.student_sequences // cfg.student_batch
     orders = []
     for s in range(cfg.student_seeds):
-        rng = streams.rng("student_rows", "tiny", base_seed, s)
+        rng = streams.rng("student_rows", base_seed, s)
         order = np.concatenate([rng.permutation(cfg.student_sequences) for _ in range(cfg.student_epochs)])
         orders.append(order[:steps * cfg.student_batch].reshape(steps, cfg.student_batch))
     return orders
@@ -47,7 +47,7 @@ def start(setup, unit):
         return setup.base[(unit.base + 1) % setup.n_bases]
     if unit.arm.init == "perturbed":
         return theory.perturbed_init(setup.base[unit.base], unit.arm.sigma,
-                                     setup.streams.key("perturbation", unit.arm.sigma))
+                                     setup.streams.key("perturbation", setup.cfg.base_seeds[unit.base], unit.arm.sigma))
     return setup.base[unit.base]
 
 
@@ -90,7 +90,8 @@ def _lora(setup, unit, orders) -> dict:
     """One LoRA student: adapters of the arm's rank and scale on the base, trained alone."""
     toks, masks = _rows(setup, [unit], orders)
     module = setup.pure.model(start(setup, unit))
-    lora.add_lora(module, unit.arm.rank, scale=unit.arm.lora_scale, seed=setup.streams.int("lora_init", unit.seed))
+    lora.add_lora(module, unit.arm.rank, scale=unit.arm.lora_scale,
+                  seed=setup.streams.int("lora_init", setup.cfg.base_seeds[unit.base], unit.seed))
     graphdef, trainable, frozen = lora.split(module, lora=True)
     hard = lambda model, batch: mean_loss(model(batch[0]), batch[0], batch[1])
     lr = getattr(setup.cfg, unit.arm.lr_field())
