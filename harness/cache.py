@@ -10,7 +10,9 @@ Here a phase's key hashes
   changes it),
 - the phase's format version, bumped when its output layout changes,
 - the keys of the phases it consumes, so a change upstream invalidates everything downstream and
-  nothing upstream (as a build tool or a DVC stage does).
+  nothing upstream (as a build tool or a DVC stage does),
+- the CPU's vector ISA as XLA uses it (:func:`harness.results.isa`): float32 rounding, and with it
+  the digits of anything trained, depends on it.
 
 :class:`Store` is a run folder of such entries: JSON files and ``.npz`` arrays, each written
 atomically (a reader sees an entry whole or not at all, a killed run leaves at most a hidden
@@ -93,7 +95,10 @@ class Phase:
         if missing:
             raise KeyError(f"phase {self.name}: config has no field {missing[0]!r}")
         return {"phase": self.name, "version": self.version, "config": {f: config[f] for f in self.fields},
-                "code": code_fingerprint(*self.code), "after": {p: upstream[p] for p in self.after}}
+                "code": code_fingerprint(*self.code), "after": {p: upstream[p] for p in self.after},
+                # float32 rounding follows the vector ISA XLA compiles for: an entry computed under another
+                # (another CPU, or XLA_FLAGS=--xla_cpu_max_isa=...) holds other digits and is not read
+                "isa": results.isa()}
 
 
 def key_of(description: dict) -> str:

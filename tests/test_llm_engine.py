@@ -179,3 +179,13 @@ def test_every_arm_runs_in_the_tiny_setup(tiny_micro_run):
         assert "owl - dog (fine-tuned)" in out["transfer"][arm], arm
     soft = [s for s in out["students"] if s["arm"] == "soft"]
     assert all("kl_before" in s and "loss" in s for s in soft)
+
+
+def test_a_cache_entry_is_keyed_by_the_vector_isa(monkeypatch):
+    """Float32 rounding follows the ISA XLA compiles for: an entry made under --xla_cpu_max_isa=AVX is not
+    read by a native run (nor the reverse), so a run under another ISA recomputes from scratch."""
+    phase = Phase("a", (), ("theory.stats",))
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    native = Store(None).phase_key(phase, {})
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_max_isa=AVX")
+    assert Store(None).phase_key(phase, {}) != native
