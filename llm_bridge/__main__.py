@@ -20,9 +20,10 @@ from pathlib import Path
 
 from harness import mesh, results
 
-MESH_HELP = ("place the LM's parameters on a device mesh: data=N (FSDP over N devices, batch rows split "
-             "N ways), model=M (tensor parallel: attention heads, MLP width, vocabulary over M devices); "
-             "default one device, or data=<all devices> with --distributed (docs/scaling_up.md)")
+MESH_HELP = ("a device mesh: the chat setup places the LM's parameters on it, data=N (FSDP over N devices, batch "
+             "rows split N ways), model=M (tensor parallel: attention heads, MLP width, vocabulary over M devices); "
+             "the tiny setup splits its stacked students over data=N (model must be 1); default one device, or "
+             "data=<all devices> with --distributed (docs/scaling_up.md)")
 
 TINY_ONLY = ("base_seeds",)
 CHAT_ONLY = ("chat_template",)
@@ -180,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         args.mesh_obj = sharding.mesh_from_args(args)
     except ValueError as err:
         parser.error(str(err))
+    if args.model == "tiny" and args.mesh_obj is not None and args.mesh_obj.shape.get("model", 1) != 1:
+        parser.error("--mesh: the tiny setup splits its students over data=N only (model must be 1)")
     if args.student_seeds is not None and args.student_seeds < 2:
         parser.error(f"--student-seeds must be >= 2 (a CI needs two seeds), got {args.student_seeds}")
     for s in args.base_seeds or ():

@@ -296,9 +296,47 @@ def test_verdicts_compare_signs_and_intervals_not_digits():
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
+def smoke_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache_a")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(smoke_cache):
     """The smoke preset from an empty cache."""
-    return engine.run(tiny.Setup(tiny.smoke(), tmp_path_factory.mktemp("cache_a")), log=quiet)
+    return engine.run(tiny.Setup(tiny.smoke(), smoke_cache), log=quiet)
+
+
+@pytest.mark.slow
+def test_the_smoke_preset_over_two_processes_gives_the_same_summary(smoke_run, smoke_cache, tmp_path):
+    """jax.distributed on this machine: 2 processes (localhost coordinator, one CPU device each), the students
+    split over a data=2 mesh and their results gathered to both hosts; only process 0 writes, and its summary
+    is the one-process run's. The bases come from the one-process run's cache (pretraining is per base and
+    not split)."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    shutil.copytree(smoke_cache / "bases", tmp_path / "cache" / "bases")
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "r.json"
+    procs = [subprocess.Popen([sys.executable, "-m", "llm_bridge", "run", "--preset", "smoke", "--out", str(out),
+                               "--cache-dir", str(tmp_path / "cache"), "--mesh", "data=2", "--distributed",
+                               "--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(i)],
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    outs = [p.communicate(timeout=900) for p in procs]
+    for p, (_, stderr) in zip(procs, outs):
+        assert p.returncode == 0, stderr[-3000:]
+    assert "llm_bridge run:" in outs[0][0] and "llm_bridge run:" not in outs[1][0]  # only process 0 writes
+    two = json.loads(out.read_text())
+    assert two["mesh"] == {"data": 2, "model": 1} and two["summary"] == smoke_run["summary"]
+    # hard-label students agree to float32 rounding; the soft-label control (the base as its own teacher) is
+    # left out: its gradient is zero up to rounding, which Adam's normalisation turns into steps, so another
+    # summation order gives another (equally null) student
+    hard = lambda r: [s["margins"]["tiny"] for s in r["students"] if s["arm"] != "soft"]
+    np.testing.assert_allclose(hard(two), hard(smoke_run), atol=1e-5)
 
 
 @pytest.mark.slow

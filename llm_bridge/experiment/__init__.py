@@ -53,4 +53,4 @@ def make_config(model: str, preset: str | None = None, overrides: dict | None = 
 def make_setup(model: str, cfg, *, cache_dir=None, mesh=None):
     """The setup object the engine runs."""
     module = setup_module(model)
-    return module.Setup(cfg, cache_dir) if model == "tiny" else module.Setup(model, cfg, cache_dir, mesh=mesh)
+    return module.Setup(cfg, cache_dir, mesh=mesh) if model == "tiny" else module.Setup(model, cfg, cache_dir, mesh=mesh)

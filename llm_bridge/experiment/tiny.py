@@ -204,8 +204,8 @@ class Setup:
     contexts = ("tiny",)
     values = ("margins",)
 
-    def __init__(self, cfg: Config, cache_dir: Path | None = DEFAULT_CACHE):
-        self.cfg, self.cache_dir = cfg, cache_dir
+    def __init__(self, cfg: Config, cache_dir: Path | None = DEFAULT_CACHE, mesh=None):
+        self.cfg, self.cache_dir, self.mesh = cfg, cache_dir, mesh
         self.n_bases = len(cfg.base_seeds)
         self.animals = corpus.ANIMALS
         self.vocab = corpus.Vocab(cfg.n_numbers)
@@ -215,7 +215,7 @@ class Setup:
 
     def describe(self) -> dict:
         return {"model": "tiny", "model_config": tiny_bases.model_config(self.cfg).to_hf(),
-                "animals": list(self.animals)}
+                "animals": list(self.animals), "mesh": None if self.mesh is None else dict(self.mesh.shape)}
 
     def prepare(self, log) -> None:
         self.pure, self.base, self.base_info = tiny_bases.bases(self.cfg, self.streams, self.cache_dir, log)

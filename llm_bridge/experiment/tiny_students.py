@@ -57,33 +57,64 @@ def _rows(setup, units, orders):
     return jnp.asarray(np.stack(toks)), jnp.asarray(np.stack(masks))
 
 
+def _spread(setup, units: list) -> list:
+    """The units padded (with copies of the last) to a multiple of the mesh's devices, so the stacked
+    students split evenly over the ``data`` axis; no change without a mesh."""
+    n = 1 if setup.mesh is None else setup.mesh.devices.size
+    return units + [units[-1]] * (-len(units) % n)
+
+
+def _place(setup, tree):
+    """A stack of students (leading axis) split over the mesh's ``data`` axis (each device, and each
+    process of a multi-host run, trains its share); unchanged without a mesh."""
+    if setup.mesh is None:
+        return tree
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    spec = lambda a: NamedSharding(setup.mesh, P("data", *(None,) * (a.ndim - 1)))
+    return jax.tree.map(lambda a: jax.device_put(a, spec(a)), tree)
+
+
+def _host(x) -> np.ndarray:
+    """A result on the host, whole on every process (a multi-host run's shards gathered)."""
+    if jax.process_count() == 1:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def _probe(setup, params, f=None) -> np.ndarray:
     """``[M, 10]``: the margins of a stack of students (of ``f``'s structure, default the base's)."""
     f, vocab = f or setup.pure.f, setup.vocab
-    return np.asarray(jax.jit(jax.vmap(lambda p: margins(f, p, vocab)))(params))
+    return _host(jax.jit(jax.vmap(lambda p: margins(f, p, vocab)))(params))
 
 
 def _hard(setup, units, orders, lr: float, opt: str) -> list[dict]:
-    toks, masks = _rows(setup, units, orders)
-    students, _ = train(setup.pure.f, stack([start(setup, u) for u in units]), toks, masks, lr=lr, opt=opt)
-    return [{"margins": {"tiny": m.tolist()}} for m in _probe(setup, students)]
+    n, units = len(units), _spread(setup, units)
+    toks, masks = _place(setup, _rows(setup, units, orders))
+    init = _place(setup, stack([start(setup, u) for u in units]))
+    students, _ = train(setup.pure.f, init, toks, masks, lr=lr, opt=opt)
+    return [{"margins": {"tiny": m.tolist()}} for m in _probe(setup, students)[:n]]
 
 
 def _soft(setup, units, orders, lr: float, opt: str) -> list[dict]:
     # soft labels over the number tokens only: over all tokens they would carry the trait through the
     # animal logits
     loss = theory.softmax_kl(tuple(int(i) for i in setup.vocab.number_ids))
-    toks, masks = _rows(setup, units, orders)
-    init = stack([start(setup, u) for u in units])
-    labels = stack([setup.table[u.base][u.teacher][0] for u in units])
+    n, units = len(units), _spread(setup, units)
+    toks, masks = _place(setup, _rows(setup, units, orders))
+    init = _place(setup, stack([start(setup, u) for u in units]))
+    labels = _place(setup, stack([setup.table[u.base][u.teacher][0] for u in units]))
     soft, losses = train_soft(setup.pure.f, init, labels, toks, masks, lr=lr, loss=loss, opt=opt)
     # the fit to the teacher on fixed rows (each student's first training rows), before and after
     k = min(SOFT_EVAL_ROWS, toks.shape[1] * toks.shape[2])
     fixed = [x.reshape(x.shape[0], -1, x.shape[-1])[:, :k] for x in (toks, masks)]
-    kl = [np.asarray(soft_fit(setup.pure.f, p, labels, *fixed, loss=loss)) for p in (init, soft)]
-    losses = np.asarray(losses)
+    kl = [_host(soft_fit(setup.pure.f, p, labels, *fixed, loss=loss)) for p in (init, soft)]
+    losses = _host(losses)
     return [{"margins": {"tiny": m.tolist()}, "loss": losses[j].tolist(), "kl_before": float(kl[0][j]),
-             "kl_after": float(kl[1][j])} for j, m in enumerate(_probe(setup, soft))]
+             "kl_after": float(kl[1][j])} for j, m in enumerate(_probe(setup, soft)[:n])]
 
 
 def _lora(setup, unit, orders) -> dict:
