@@ -1,0 +1,82 @@
+"""The LM numbers of the README and the docs, rendered from the results files (:mod:`harness.render`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from harness.render import ci, num
+from llm_bridge.experiment import names
+
+
+def _load(results_dir: Path, stem: str) -> dict | None:
+    path = Path(results_dir) / f"{stem}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def verdict(summary: dict) -> str:
+    """What a 95% CI says of a mean's sign: ``CI above 0``, ``CI below 0`` or ``CI covers 0``."""
+    lo, hi = summary["ci95"]
+    return "CI above 0" if lo > 0 else "CI below 0" if hi < 0 else "CI covers 0"
+
+
+def _tiny_rows(r: dict, stem: str, command: str) -> list[str]:
+    n = len(r["config"]["base_seeds"])
+    owl, dog = r["config"]["animals"]
+    z = r["projection_over_bases"][names.finetuned(owl)]
+    zs = z[names.P_SHARED]["z"]
+    t = r["transfer"]
+    delta = lambda arm: t[arm][f"{owl} - {dog} (fine-tuned)"]["tiny"][f"delta_margins_{owl}"]
+    arms = [a for a in ("full", "cross-model", "soft") if a in t]
+    per = lambda s: f"positive on {sum(v > 0 for v in s['per_outer'])}/{len(s['per_outer'])} bases"
+    isa = r["provenance"]["machine"].get("isa", {})
+    where = "AVX" if isa.get("xla_cpu_max_isa") == "AVX" else "native ISA"
+    return [
+        f"| tiny LMs, {n} pretrained bases ({where}): Theorem 1 projection z of the shared-init student's step on "
+        f"the owl teacher's update / cross-model / base-number control | **{ci(zs, 1)}** (lowest base "
+        f"{num(min(zs['values']), 1)}) / {ci(z[names.P_CROSS]['z'], 1)} / {ci(z[names.P_CONTROL]['z'], 1)} | {command} |",
+        f"| tiny LMs, {n} bases ({where}): trait transfer Δ_owl (owl-teacher minus dog-teacher students, nats), "
+        + " / ".join(arms) + " | " + " / ".join(
+            f"{'**' if a == 'full' else ''}{ci(delta(a), 2, True)}{'**' if a == 'full' else ''} ({per(delta(a))}, "
+            f"{verdict(delta(a))})" for a in arms) + " | same |"]
+
+
+def readme_rows(results_dir: Path) -> str:
+    """The LM rows of the README's results table (those whose results files are here)."""
+    out = []
+    for stem, command in (("llm_trait_transfer_bases", "`python -m llm_bridge run --model tiny --preset bases`"),
+                          ("llm_trait_transfer_bases_avx", "`XLA_FLAGS=--xla_cpu_max_isa=AVX python -m llm_bridge run "
+                                                           "--model tiny --preset bases --out ...`")):
+        r = _load(results_dir, stem)
+        if r is not None:
+            out += _tiny_rows(r, stem, command)
+    out.append("| SmolLM2-135M-Instruct from its GGUF file: logits vs transformers' GGUF loader / greedy tokens | "
+               "max relative error ≤ 1e-4 (tested), identical 16-token greedy continuation | "
+               "`pytest -m slow tests/test_llm_gguf.py` |")
+    return "\n".join(out)
+
+
+def readme_summary(results_dir: Path) -> str:
+    """The README's sentences on the LM results: what the intervals show, and on which CPUs."""
+    out = []
+    native, avx = _load(results_dir, "llm_trait_transfer_bases"), _load(results_dir, "llm_trait_transfer_bases_avx")
+    five = _load(results_dir, "llm_trait_transfer")
+    if native is not None:
+        owl, dog = native["config"]["animals"]
+        key = f"{owl} - {dog} (fine-tuned)"
+        arms = [a for a in ("full", "cross-model", "soft") if a in native["transfer"]]
+        agree = avx is not None and all(
+            verdict(native["transfer"][a][key]["tiny"][f"delta_margins_{owl}"])
+            == verdict(avx["transfer"][a][key]["tiny"][f"delta_margins_{owl}"]) for a in arms)
+        out.append(
+            f"On the tiny LMs ({len(native['config']['base_seeds'])} pretrained bases), Theorem 1's first-step projection "
+            "is positive on every base; trait transfer through numbers: " + "; ".join(
+                f"{a} {verdict(native['transfer'][a][key]['tiny'][f'delta_margins_{owl}'])}" for a in arms) + "."
+            + (" A run under another vector ISA (`XLA_FLAGS=--xla_cpu_max_isa=AVX`, no FMA) reaches the same verdict "
+               "on every arm." if agree else " Runs under another vector ISA differ in verdict on some arm: see "
+               "docs/llm_experiment.md." if avx is not None else ""))
+    if five is not None:
+        out.append("The default 5-base run (`python -m llm_bridge run --model tiny`, about 10 minutes) is a quick "
+                   "check: its digits depend on the CPU's vector ISA (pretraining's chaos amplifies float32 rounding), "
+                   "so its verdicts are not the committed ones.")
+    return "\n".join(out) if out else "(the LM results are being recomputed with the experiment engine)"
