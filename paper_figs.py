@@ -14,14 +14,20 @@ themselves: ``theory.figures``, ``mnist_aux.figures`` and ``llm_bridge.experimen
 The results and figures folders are ``results/`` and ``figures/`` under the working
 directory (or ``--results-dir`` / ``--figures-dir``), never inside an installed package.
 
-Usage:
-    python paper_figs.py                  # every figure from the saved results (seconds); skips, and lists, any
-                                          # whose results are missing and take over a minute to compute
+Usage (after a non-editable ``pip install .``: ``python -m paper_figs`` with the same flags):
+    python paper_figs.py                  # every figure from the saved results: about 2 s a figure, 55 s for
+                                          # all 21 on 2 CPU cores busy with other jobs (load average 7); skips,
+                                          # and lists, any whose results are missing and take over a minute to
+                                          # compute
     python paper_figs.py --compute        # ... and runs the computations behind missing results (hours for all)
     python paper_figs.py --only NAME ...  # just these figures
     python paper_figs.py --quick          # small presets, written to results/quick, figures/quick
     python paper_figs.py --recompute      # ignore saved results
-    python paper_figs.py --list           # list registered figures and exit
+    python paper_figs.py --list           # list registered figures with their compute times, and exit
+
+Compute times: each figure's ``minutes`` attribute, ``(full, quick)`` minutes on 2 CPU cores, which
+``--list`` prints; from seconds (the theory figures) to about an hour for Figure 10's 100 seeds and the
+reconciliation sweep, five hours for everything the peer table quotes.
 """
 
 from __future__ import annotations
@@ -77,7 +83,10 @@ def plan(figures: dict, names: list[str], results_dir: Path, quick: bool, recomp
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # `python -m paper_figs` (installed module) runs with a module spec; `python paper_figs.py` without one
+    prog = "python -m paper_figs" if __spec__ is not None and __spec__.name == "paper_figs" else None
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", metavar="NAME", help="regenerate only these figures")
     parser.add_argument("--quick", action="store_true",
                         help="small presets for whatever must be computed; writes results/quick/ and figures/quick/")
@@ -86,17 +95,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compute", action="store_true",
                         help="run the computations behind missing results even when they take longer than a minute "
                              "(without it, those figures are skipped with what would run and how long)")
-    parser.add_argument("--list", action="store_true", help="list the registered figures and exit")
-    parser.add_argument("--results-dir", type=Path, default=Path("results"),
+    parser.add_argument("--list", action="store_true",
+                        help="list the registered figures, each with its results file and compute time, and exit")
+    parser.add_argument("--results-dir", type=lambda p: Path(p).expanduser(), default=Path("results"),
                         help="folder of the results files (default: results/ under the working directory)")
-    parser.add_argument("--figures-dir", type=Path, default=Path("figures"),
+    parser.add_argument("--figures-dir", type=lambda p: Path(p).expanduser(), default=Path("figures"),
                         help="folder the figures are written to (default: figures/ under the working directory)")
     args = parser.parse_args(argv)
 
     figures = registered_figures()
     if args.list:
-        for name in figures:
-            print(name)
+        for name, fig in figures.items():
+            minutes = getattr(fig, "minutes", None)
+            cost = "compute time unknown" if minutes is None else (
+                f"computing it: about {minutes[0]:g} min ({minutes[1]:g} with --quick) on 2 CPU cores")
+            print(f"{name:<36} {results.shown(args.results_dir / fig.results)}.json; {cost}")
         return 0
     names = args.only or list(figures)
     unknown = [n for n in names if n not in figures]

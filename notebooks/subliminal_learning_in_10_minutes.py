@@ -42,6 +42,18 @@
 # `llm_bridge`): (1) the theorem in a plane you can see, (2) Lemma 1 in numbers on a small
 # network, (3) the paper's MNIST experiment, (4) the same projection on tiny language models.
 # The notebook writes no files (the language-model part caches into a temporary folder).
+#
+# *The `.ipynb` is committed with the outputs of one run on a 2-core CPU, so it reads without
+# running; the numbers quoted in the text are that run's. After editing this notebook's `.py`
+# twin, regenerate the `.ipynb` and its outputs from the repository root with the command below
+# (3-6 minutes on 2 CPU cores, depending on what else runs there; `$SUBLIMINAL_MNIST_DIR`: a
+# folder with the four MNIST IDX `.gz` files, or leave it unset to download them;
+# `TQDM_DISABLE=1` keeps progress bars out of the saved outputs). It writes no other file.*
+#
+# ```bash
+# jupytext --update --to ipynb notebooks/subliminal_learning_in_10_minutes.py &&
+#   TQDM_DISABLE=1 jupyter execute --inplace notebooks/subliminal_learning_in_10_minutes.ipynb
+# ```
 
 # %%
 import dataclasses
@@ -234,11 +246,11 @@ with jax.enable_x64(True):
 # The paper's setting takes about half a minute per seed on a CPU; here the `smoke` preset
 # (`mnist_aux.configs.smoke()`: width 128, one teacher epoch on 30,720 images, three
 # distillation epochs on 10,240 noise images) on 4 seeds, all seeds trained at once
-# (vmapped). Measured on the 2-core development CPU under load ~3 (shared with other jobs):
-# 25-31 s, half of it compilation; teacher 90.8-92.1 %, aux-only student 21.8-47.1 % (mean
-# 38.0 %), cross-model aux-only student 10.9-15.1 % (mean 12.7 %), chance 10 %. (The `tiny`
-# preset is faster, 23 s, but its teacher reaches only 38-48 % and its aux-only student
-# 11-14 %: too small to show the effect.)
+# (vmapped). In the committed run (outputs below): teacher 90.6-92.2 %, aux-only student
+# 23.4-50.0 % (mean 40.2 %), cross-model aux-only student 9.5-13.2 % (mean 11.8 %), chance
+# 10 %; about a minute on the 2-core development CPU shared with other jobs (load average ~8),
+# half of it compilation, 25-31 s at load ~3. (The `tiny` preset is faster, 23 s, but its teacher reaches
+# only 38-48 % and its aux-only student 11-14 %: too small to show the effect.)
 #
 # The data come from `mnist_aux.data.load()`: `$SUBLIMINAL_MNIST_DIR` if set, a system copy,
 # the download cache, or a download from the official mirror with checksums verified. **Offline**
@@ -281,10 +293,11 @@ plt.show()
 #
 # Here: 2 bases with 150 pretraining steps each, 256 projection sequences, the shared-init and
 # cross-model hard-label students only (a `dataclasses.replace` of `tiny.smoke()`, run by the
-# experiment engine, `llm_bridge.experiment`). Measured on the same CPU under load
-# ~3: 82-112 s, most of it compiling; z (mean/SE of the 256 projections, mean over the 2
-# bases) = 6.2 shared (6.5 and 6.0), −1.8 cross-model, 0.0 control; the shared curve passes
-# 0.95 at 16 sequences.
+# experiment engine, `llm_bridge.experiment`). In the committed run: z (the mean of the 256
+# projections over its standard error) = +10.8 and +6.8 shared (mean 8.8 over the 2 bases),
+# −20.1 and +0.3 cross-model, +0.7 and −0.0 control; the shared curve passes 0.95 at 8
+# sequences. 3-4 minutes on the same CPU at load average ~8 (82-112 s at load ~3), most of it
+# compiling.
 
 # %%
 lm_cfg = dataclasses.replace(tiny.smoke(), base_seeds=(0, 1), base_steps=150, student_sequences=64,
@@ -303,9 +316,10 @@ lm_figures.plot_projection_vs_samples(lm_results, ax)
 plt.show()
 
 # %% [markdown]
-# The shared-init curve climbs from 0.75 (two sequences) to 1: a dozen or so of the teacher's
+# The shared-init curve climbs from about 0.87 (two sequences) to 1: a handful of the teacher's
 # number sequences already push the student's step toward the teacher's. The control stays near 0.5 (no direction)
-# and the cross-model student has no reason to follow the teacher (here it even leans away). That the *trait* itself
+# and the cross-model student has no reason to follow the teacher (here one base's cross-model
+# student even leans away, the other's sits at 0.5: thin lines). That the *trait* itself
 # then shows up in the students after training is a separate, noisier question at this
 # scale (`python -m llm_bridge run --model tiny`; docs/llm_experiment.md).
 #

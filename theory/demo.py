@@ -96,7 +96,7 @@ def plot(results: dict, ax) -> None:
     levels = np.unique(np.round(np.quantile(log_l, np.linspace(0.02, 0.98, 16)), 2))
     ax.contourf(c["a"], c["b"], log_l, levels=levels, cmap="Greys", alpha=0.35)
     cs = ax.contour(c["a"], c["b"], log_l, levels=levels, colors="grey", linewidths=0.6)
-    ax.clabel(cs, fontsize=6, fmt="%.2f")
+    ax.clabel(cs, cs.levels[::2], fontsize=6, fmt="%.2f")  # every other level: the labels crowd where L_T is steep
     t = np.asarray(results["teacher_step"])
     scale = np.linalg.norm(t)
     p0 = np.asarray(results["shared"]["init"])

