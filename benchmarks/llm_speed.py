@@ -144,7 +144,7 @@ def smollm2(args) -> int:
         "logits_max_rel_err": err,
         "results": table,
     }
-    out = Path(args.out)
+    out = Path(args.out).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=1) + "\n")

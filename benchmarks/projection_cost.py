@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import time
+from pathlib import Path
 
 import jax
 
@@ -74,7 +75,7 @@ def main() -> None:
     meta = {"machine": cpu_name(), "cores": os.cpu_count(), "load_average": os.getloadavg(), "jax": jax.__version__,
             "devices": [str(d) for d in jax.devices()], "repeats": args.repeats}
     if args.json:
-        with open(args.json, "w") as fh:
+        with open(Path(args.json).expanduser(), "w") as fh:
             json.dump({"meta": meta, "rows": rows}, fh, indent=1)
     worst = max(r["A_over_fwd_bwd"] for r in rows)
     print(f"projection_cost: A costs at most {worst:.2f}x one forward+backward (target <= 3x)")

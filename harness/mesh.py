@@ -119,10 +119,17 @@ def initialize(args: argparse.Namespace) -> None:
     """``jax.distributed.initialize(...)`` when ``args.distributed``; nothing otherwise.
 
     Must run before any device is used (before the first ``jax.devices()`` or array).
+    ``ValueError`` with one line when JAX cannot start the multi-host run (no coordinator named and
+    no cluster detected, a coordinator that does not answer).
     """
     if not args.distributed:
         return
     import jax
 
-    jax.distributed.initialize(coordinator_address=args.coordinator, num_processes=args.num_processes,
-                               process_id=args.process_id)
+    try:
+        jax.distributed.initialize(coordinator_address=args.coordinator, num_processes=args.num_processes,
+                                   process_id=args.process_id)
+    except (ValueError, RuntimeError) as err:
+        raise ValueError(f"--distributed: JAX could not start the multi-host run ({' '.join(str(err).split())[:200]}); "
+                         "give --coordinator HOST:PORT, --num-processes and --process-id, or launch under SLURM "
+                         "or Open MPI") from None

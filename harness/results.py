@@ -104,7 +104,7 @@ def guard_default_output(path: str | os.PathLike, run: dict, flag: str = "--out"
         return p
     try:
         old = json.loads(p.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         raise OutputError(f"{shown(p)} exists and is not a readable results file; give {flag} PATH "
                           "to write elsewhere (or move it away)") from None
     if not isinstance(old, dict):
@@ -168,15 +168,42 @@ def write_json(path: str | os.PathLike, results: dict) -> Path:
 
 
 def read_json(path: str | os.PathLike) -> dict | None:
-    """A cache entry's JSON, or ``None`` (with a warning on stderr) when it is unreadable or truncated."""
+    """A cache entry's JSON, or ``None`` (with a warning on stderr) when it is unreadable, truncated or
+    nested too deeply to parse. For caches only: every caller computes the entry again on ``None``
+    (as the warning says); a results file the user made is read with :func:`read_results`."""
     try:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RecursionError) as err:
         print(f"warning: ignoring broken cache entry {shown(path)} ({type(err).__name__}); recomputing",
               file=sys.stderr)
         return None
+
+
+def read_results(path: str | os.PathLike) -> dict | None:
+    """A results file's JSON object, or ``None`` when the file does not exist.
+
+    ``ValueError`` with one line naming the file when it cannot be read, is not JSON, is nested too
+    deeply, or holds another JSON type than an object: a results file is never silently skipped
+    nor recomputed behind the user's back.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        return None
+    if not p.is_file():  # a folder, a FIFO (reading it would block), a device
+        raise ValueError(f"{shown(path)}: not a regular file")
+    try:
+        value = json.loads(p.read_text())
+    except OSError as err:
+        raise ValueError(f"{shown(path)}: cannot be read ({err.strerror or err})") from None
+    except ValueError as err:
+        raise ValueError(f"{shown(path)}: not valid JSON ({' '.join(str(err).split())[:200]})") from None
+    except RecursionError:
+        raise ValueError(f"{shown(path)}: not valid JSON (nested too deeply)") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{shown(path)}: not a results file (a JSON {type(value).__name__}, not an object)")
+    return value
 
 
 @contextlib.contextmanager

@@ -53,6 +53,8 @@ def _overrides(args) -> dict:
             fields = json.loads(args.config.read_text())
         except (OSError, ValueError) as err:
             raise ValueError(f"--config {args.config}: {err}") from None
+        except RecursionError:
+            raise ValueError(f"--config {args.config}: JSON nested too deeply") from None
         if not isinstance(fields, dict):
             raise ValueError(f"--config {args.config}: expected a JSON object of config fields")
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}

@@ -22,6 +22,10 @@ from harness.results import (OutputError, command_line, guard_default_output, is
                             shown, write_json)
 
 
+SEED_MAX = 2**31 - 1  # seeds become int32 PRNG seeds (jax.random.key, np.int32 arrays): S + N - 1 must fit
+MAX_SEEDS = 10_000  # 100x the paper's 100-seed run, which takes about 50 minutes on 2 CPU cores
+
+
 def default_out(preset: str, dataset: str, folder: Path) -> Path:
     """``folder/mnist_aux_fig10.json`` for the paper preset on MNIST (what paper_figs reads),
     else ``folder/mnist_aux_<preset>[_<dataset>].json``."""
@@ -89,7 +93,10 @@ def _devices(args: argparse.Namespace):
 
 def _run(args: argparse.Namespace) -> int:
     cfg = PRESETS[args.preset]().replace(dataset=args.dataset)
-    mesh.initialize(args)  # before anything touches a device
+    try:
+        mesh.initialize(args)  # before anything touches a device
+    except ValueError as err:
+        return _fail(str(err))
     devices = _devices(args)
     if isinstance(devices, str):
         return _fail(devices)
@@ -139,7 +146,7 @@ def _sweep(args: argparse.Namespace) -> int:
     dataset = _load("mnist", args)
     if dataset is None:
         return 2
-    cache = Path(args.cache) if args.cache else folder / "sweeps"
+    cache = Path(args.cache).expanduser() if args.cache else folder / "sweeps"
     try:
         results = sweeps.run_sweep(args.name, dataset, preset=args.preset, n_seeds=args.seeds, first_seed=args.first_seed,
                                    cache=cache, teacher_cache=folder / "cache" / "teachers", recompute=args.recompute,
@@ -192,15 +199,24 @@ def _align(args: argparse.Namespace) -> int:
 
 
 def _peers(args: argparse.Namespace) -> int:
-    from mnist_aux import peers
-    from harness.results import read_json
+    from mnist_aux import peers, sweeps
+    from harness.results import read_results
 
     folder = results_dir(args.results_dir)
     out = prepare_output(args.out or folder / "mnist_peers.json")
-    def missing(stem):
-        make = ("python -m mnist_aux run --preset paper --seeds 100" if stem == peers.FIG10
+
+    def make(stem):
+        return ("python -m mnist_aux run --preset paper --seeds 100" if stem == peers.FIG10
                 else f"python -m mnist_aux sweep {stem.removeprefix('mnist_sweep_')}")
-        raise FileNotFoundError(f"{shown(folder / (stem + '.json'))} is missing or unreadable; run `{make}` first")
+
+    def missing(stem):
+        path = folder / f"{stem}.json"
+        try:
+            read_results(path)
+            why = f"{shown(path)} is missing or unreadable"
+        except ValueError as err:  # say what is wrong with it
+            why = f"{shown(path)} is missing or unreadable: {str(err).removeprefix(shown(path) + ': ')}"
+        raise FileNotFoundError(f"{why}; run `{make(stem)}` first")
 
     try:
         files = peers.load(folder, missing)
@@ -212,12 +228,18 @@ def _peers(args: argparse.Namespace) -> int:
     table["command"] = command_line("python -m mnist_aux", args.argv)
     write_json(out, table)
     print(peers.markdown(table))
-    from mnist_aux import sweeps
     for name in sweeps.FACTOR_SWEEPS:  # the factor sweeps' tables, as docs/mnist_dissect.md shows them
         stem = f"mnist_sweep_{name}"
-        results = files[stem] if stem in files else read_json(folder / f"{stem}.json")  # each file read once
-        print("\n" + (sweeps.paired_markdown(results) if results is not None
-                      else f"{name}: not computed yet (`python -m mnist_aux sweep {name}`)"))
+        try:
+            results = files[stem] if stem in files else read_results(folder / f"{stem}.json")  # each file read once
+            text = (sweeps.paired_markdown(results) if results is not None
+                    else f"{name}: not computed yet (`python -m mnist_aux sweep {name}`)")
+        except ValueError as err:
+            text = f"{name}: {err}; rerun `python -m mnist_aux sweep {name}`"
+        except (KeyError, TypeError, IndexError) as err:
+            text = f"{name}: {shown(folder / (stem + '.json'))} is not a sweep results file ({type(err).__name__}: " \
+                   f"{err}); rerun `python -m mnist_aux sweep {name}`"
+        print("\n" + text)
     print(f"mnist_aux: peer table, {len(table['rows'])} rows -> {shown(out)}")
     return 0
 
@@ -263,7 +285,8 @@ def _presets(args: argparse.Namespace) -> int:
 
 def _common(p: argparse.ArgumentParser, out_default: str, teachers: bool = True) -> None:
     """The flags every subcommand shares: where data, results and caches are, seeds, progress."""
-    p.add_argument("--first-seed", type=int, default=0, metavar="S", help="seeds are S .. S+N-1 (default 0; >= 0)")
+    p.add_argument("--first-seed", type=int, default=0, metavar="S",
+                   help="seeds are S .. S+N-1 (default 0; S >= 0 and S+N-1 <= 2**31-1, the int32 PRNG seeds)")
     p.add_argument("--data-dir", metavar="DIR",
                    help="folder with the four IDX .gz files (default: $SUBLIMINAL_MNIST_DIR or "
                         "$SUBLIMINAL_FASHION_MNIST_DIR, a system copy, the download cache, else download)")
@@ -286,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
                                      "every per-seed accuracy, mean and 95% CI to a results JSON.")
     run.add_argument("--preset", choices=sorted(PRESETS), default="paper",
                      help="paper: the paper's setup (default); smoke: a seconds-long check for CI")
-    run.add_argument("--seeds", type=int, default=100, metavar="N", help="number of seeds (models) to train (default 100; >= 2)")
+    run.add_argument("--seeds", type=int, default=100, metavar="N", help="number of seeds (models) to train (default 100; 2 .. 10,000)")
     run.add_argument("--dataset", choices=("mnist", "fashion_mnist"), default="mnist", help="data set (default mnist)")
     run.add_argument("--seeds-per-chunk", type=int, default=50, metavar="K",
                      help="seeds trained at once; bounds memory at about 60 MB per seed (default 50). Numbers "
@@ -371,8 +394,19 @@ def check(args: argparse.Namespace) -> str | None:
         return None
     if args.seeds is not None and args.seeds < 2:
         return f"--seeds must be >= 2 (cross-model students need another seed's init), got {args.seeds}"
+    if args.seeds is not None and args.seeds > MAX_SEEDS:
+        return (f"--seeds must be <= {MAX_SEEDS:,} (the paper's run has 100 seeds; each takes about 30 s on 2 CPU "
+                f"cores), got {args.seeds:,}")
     if args.first_seed < 0:
         return f"--first-seed must be >= 0, got {args.first_seed}"
+    n = args.seeds
+    if n is None and args.command == "sweep":
+        from mnist_aux.sweeps import SWEEPS
+
+        n = SWEEPS[args.name].seeds
+    if args.first_seed + (n or 1) - 1 > SEED_MAX:
+        return (f"--first-seed {args.first_seed} with {n} seeds runs past seed {SEED_MAX} (2**31-1, the largest "
+                f"int32 PRNG seed); the last seed is --first-seed + --seeds - 1")
     if args.command == "run":
         problem = mesh.check_arguments(args)
         if problem:
@@ -384,6 +418,8 @@ def check(args: argparse.Namespace) -> str | None:
             return f"--seeds-per-chunk must be >= 1, got {args.seeds_per_chunk}"
         if args.pairing_seed < 0:
             return f"--pairing-seed must be >= 0, got {args.pairing_seed}"
+        if args.pairing_seed > SEED_MAX:
+            return f"--pairing-seed must be <= 2**31-1 (an int32 PRNG seed), got {args.pairing_seed}"
     if args.command == "sweep" and args.cached_only and args.recompute:
         return "--cached-only computes nothing and --recompute recomputes everything: give one of them"
     if args.command == "align":

@@ -16,10 +16,13 @@ Where the files come from, in order:
 6. else the four official IDX files, fetched into the download cache, each kept only if it
    matches its published checksum.
 
+Every folder a user names, in a flag or an environment variable (1, 2, ``$XDG_CACHE_HOME``,
+``$SUBLIMINAL_TFDS_DIR``), has ``~`` expanded; results record it as given.
+
 A directory named in 1 or 2 must hold all four files: nothing is downloaded in its place.
-Every file is checked as it is read (gzip integrity, IDX magic number, shape, payload
-length, label range, image/label counts) and any problem raises :class:`DataError` with
-one line that names the file.
+Every file is checked as it is read (a regular file, by ``os.stat`` before it is opened, so a
+FIFO cannot block; gzip integrity, IDX magic number, shape, payload length, label range,
+image/label counts) and any problem raises :class:`DataError` with one line that names the file.
 
 Official or not is decided by CONTENT: the sha256 of each decompressed IDX file against the
 value public projects pin for official MNIST (:attr:`DatasetSpec.content_sha256`). A ``.gz``
@@ -38,6 +41,7 @@ import gzip
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 import urllib.request
 import warnings
@@ -161,6 +165,17 @@ def _gz_errors(path: Path):
         raise DataError(f"{path}: corrupted, not a readable gzip file ({err})") from None
 
 
+def _regular(path: Path) -> None:
+    """Check with ``os.stat``, before opening, that ``path`` is a regular file: opening a FIFO for
+    reading blocks until someone writes to it (forever), and a device may never end."""
+    with _gz_errors(path):
+        mode = os.stat(path).st_mode
+    if stat.S_ISDIR(mode):
+        raise DataError(f"{path}: is a folder, expected a .gz file")
+    if not stat.S_ISREG(mode):
+        raise DataError(f"{path}: not a regular file (a FIFO, socket or device); expected a .gz file")
+
+
 def _read_exactly(fh, n: int) -> bytes:
     """Up to ``n`` decompressed bytes (fewer only at the end of the stream)."""
     parts, left = [], n
@@ -189,6 +204,7 @@ def _read_idx(path: Path, magic: int, dims: tuple[int, ...]) -> tuple[np.ndarray
     payload: the file is exactly those bytes, as the last check makes sure)."""
     header = 4 + 4 * len(dims)
     want = int(np.prod(dims))
+    _regular(path)
     with _gz_errors(path), gzip.open(path, "rb") as fh:
         head = _read_exactly(fh, header)
         if len(head) < header:
@@ -211,6 +227,7 @@ def _read_idx(path: Path, magic: int, dims: tuple[int, ...]) -> tuple[np.ndarray
 
 
 def _file_hash(path: Path, algorithm: str) -> str:
+    _regular(path)
     h = hashlib.new(algorithm)
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -237,7 +254,7 @@ def load_dir(directory: Path | str, dataset: str = "mnist") -> Dataset:
     """Read and validate the four IDX files in ``directory``; record their checksums and whether
     their content is official (see the module docstring)."""
     spec = DATASETS[dataset]
-    directory = Path(directory)
+    given, directory = directory, Path(directory).expanduser()  # results record the folder as given (~ kept)
     if not directory.exists():
         raise DataError(f"{directory}: folder not found (a {dataset} folder holds the four IDX .gz files)")
     if not directory.is_dir():
@@ -264,7 +281,7 @@ def load_dir(directory: Path | str, dataset: str = "mnist") -> Dataset:
         if name in spec.content_sha256:
             files[name]["official_content_sha256"] = spec.content_sha256[name]
     not_official = sorted(n for n, f in files.items() if not f["official"])
-    source = {"dataset": dataset, "dir": shown(directory), "files": files, "official_content": not not_official}
+    source = {"dataset": dataset, "dir": shown(given), "files": files, "official_content": not not_official}
     readme = directory / "README.md"
     if not_official:
         basis = "content (sha256 of the decompressed file)" if spec.content_sha256 else ".gz file"
@@ -280,7 +297,7 @@ def with_train_images(base: Dataset, path: Path | str, dataset: str = "mnist") -
     ``source["files"]`` and ``source["train_images"]``): e.g. the earlier, partly rebuilt copy
     of MNIST's training images beside the official one, for a paired comparison."""
     spec, name = DATASETS[dataset], FILES["train", "images"]
-    path = Path(path)
+    given, path = path, Path(path).expanduser()
     if not path.exists():
         raise DataError(f"{path}: file not found (an IDX training-images .gz file)")
     images, content = _read_idx(path, *_layout(name))
@@ -290,10 +307,10 @@ def with_train_images(base: Dataset, path: Path | str, dataset: str = "mnist") -
     record = {"sha256": sha256, "content_sha256": content, "official_gz": digest == spec.checksums[name][1],
               "official": _is_official(spec, name, digest, content)}
     files = {**base.source.get("files", {}), name: record}
-    source = {**base.source, "files": files, "train_images": shown(path),
+    source = {**base.source, "files": files, "train_images": shown(given),
               "official_content": all(f.get("official") for f in files.values())}
     if not record["official"]:
-        source["note"] = f"training images from {shown(path)}: not the official content"
+        source["note"] = f"training images from {shown(given)}: not the official content"
     return Dataset(images.reshape(SPLITS["train"], 784), base.train_y, base.test_x, base.test_y, source)
 
 
@@ -305,7 +322,7 @@ def _home_relative(path) -> str:
 
 def cache_dir(dataset: str) -> Path:
     """Where downloads are kept: ``$XDG_CACHE_HOME/subliminal-verify/<dataset>``."""
-    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
     return root / "subliminal-verify" / dataset
 
 
@@ -423,7 +440,8 @@ def load(dataset: str = "mnist", data_dir: Path | str | None = None, allow_downl
     if not allow_download:
         raise DataError(f"{cache_dir(dataset)}: no {dataset} files found; pass --data-dir or set ${spec.env_var}")
     try:
-        data = _load_tfds(dataset, os.environ.get("SUBLIMINAL_TFDS_DIR") or None)
+        tfds_dir = os.environ.get("SUBLIMINAL_TFDS_DIR")
+        data = _load_tfds(dataset, str(Path(tfds_dir).expanduser()) if tfds_dir else None)
         data.source["origin"] = "tensorflow-datasets"
         return data
     except ImportError:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from harness.results import read_json
+from harness.results import read_results
 from theory.stats import mean_ci
 
 FIG10 = "mnist_aux_fig10"
@@ -103,7 +103,9 @@ def _ours(peer: PeerNumber, files: dict) -> dict:
     x, series = (peer.point.split("/") + [""])[:2]
     for p in res["points"]:
         if str(p["x"]) == x and p.get("series", "") == series:
-            student = next(s for s in p["students"] if s["init"] == peer.init)
+            student = next((s for s in p["students"] if s["init"] == peer.init), None)
+            if student is None:
+                raise KeyError(f"{peer.stem}: point {peer.point!r} has no {peer.init!r} student")
             return {"accuracy": student["accuracy"], "seeds": len(p["seeds"]), "label": p["label"]}
     raise KeyError(f"{peer.stem}: no point {peer.point!r}")
 
@@ -115,23 +117,38 @@ def stems() -> list[str]:
 
 def load(folder, missing) -> dict:
     """The results files the table reads, ``stem -> dict`` from ``folder/<stem>.json``;
-    ``missing(stem)`` supplies (or raises for) one that is absent or unreadable."""
+    ``missing(stem)`` supplies (or raises for) one that is absent or unreadable (not JSON, not a
+    JSON object: :func:`harness.results.read_results`)."""
     files = {}
     for stem in stems():
-        files[stem] = read_json(Path(folder) / f"{stem}.json")
+        try:
+            files[stem] = read_results(Path(folder) / f"{stem}.json")
+        except ValueError:
+            files[stem] = None
         if files[stem] is None:
             files[stem] = missing(stem)
     return files
 
 
 def assemble(files: dict) -> dict:
-    """The table from the results dicts ``files`` (stem -> dict): one row per :data:`PEERS` entry."""
+    """The table from the results dicts ``files`` (stem -> dict): one row per :data:`PEERS` entry.
+
+    ``KeyError`` with one line naming the file where one lacks the point or student a row reads,
+    or is not laid out as a results file at all.
+    """
     rows = []
     for peer in PEERS:
-        ours = _ours(peer, files)
-        rows.append({**asdict(peer), "ours_summary": mean_ci(ours["accuracy"]), "ours_seeds": ours["seeds"],
+        try:
+            ours = _ours(peer, files)
+            summary = mean_ci(ours["accuracy"])
+        except KeyError:
+            raise
+        except (TypeError, ValueError, IndexError, AttributeError) as err:
+            raise KeyError(f"{peer.stem}: not laid out as a results file ({type(err).__name__}: "
+                           f"{' '.join(str(err).split())[:200]})") from None
+        rows.append({**asdict(peer), "ours_summary": summary, "ours_seeds": ours["seeds"],
                      "ours_point": ours.get("label", peer.init)})
-    return {"rows": rows, "sources": {s: files[s].get("command", "") for s in stems()},
+    return {"rows": rows, "sources": {s: str(files[s].get("command", "")) for s in stems()},
             "ci": "95% CI of the mean over seeds (Student's t)"}
 
 

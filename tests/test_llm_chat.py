@@ -21,7 +21,7 @@ import llm_bridge
 from llm_bridge.experiment import chat as chat_setup
 from llm_bridge.experiment import engine, sampler
 from llm_bridge.experiment.text import SYSTEM_PROMPT, Text, config_end_tokens
-from llm_bridge.loading import chat
+from llm_bridge.loading import chat, sandbox
 from llm_bridge.__main__ import main
 
 transformers = pytest.importorskip("transformers")
@@ -344,7 +344,7 @@ def test_cli_chat_template_flag(tmp_path, monkeypatch):
      "{% set ns.n = ns.n + 1 %}{% endfor %}{% endfor %}{{ ns.n }}", "ran longer than"),
 ])
 def test_untrusted_template_fails_with_one_line(tmp_path, monkeypatch, template, match):
-    monkeypatch.setattr(chat, "MAX_SECONDS", 0.5)
+    monkeypatch.setattr(sandbox, "MAX_SECONDS", 0.5)
     source = tmp_path / "chat_template.jinja"
     compiled = chat.compile_template(template, source, {})
     with pytest.raises(ValueError, match=match) as e:

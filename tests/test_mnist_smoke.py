@@ -10,6 +10,8 @@ least 3 standard errors inside those values, so the test tolerates another CPU's
 not a broken experiment. It runs the CLI end to end and plots the figure from its output.
 """
 
+import gzip
+import hashlib
 import json
 import subprocess
 import sys
@@ -18,6 +20,7 @@ import matplotlib.pyplot as plt
 import pytest
 from conftest import mnist_dir
 
+from mnist_aux.data import DATASETS
 from mnist_aux.figures import FIGURES
 
 pytestmark = pytest.mark.skipif(mnist_dir() is None, reason="no offline MNIST copy ($SUBLIMINAL_MNIST_DIR)")
@@ -90,9 +93,15 @@ def test_align_and_sweep_clis_end_to_end(workdir):
 
 @pytest.mark.slow
 def test_smoke_results_record_data_source_and_plot(smoke_results):
+    """Each file's "official" flag is what hashing its decompressed bytes here says (the shared copy was
+    once a partial reconstruction of the training images and is now the official content)."""
     files = smoke_results["data"]["files"]
-    assert not files["train-images-idx3-ubyte.gz"]["official"]  # the shared copy's rebuilt train images
-    assert files["t10k-images-idx3-ubyte.gz"]["official"]
+    for name, record in files.items():
+        with gzip.open(mnist_dir() / name, "rb") as f:
+            content = hashlib.file_digest(f, "sha256").hexdigest()
+        assert record["content_sha256"] == content
+        assert record["official"] == (content == DATASETS["mnist"].content_sha256[name]), name
+    assert smoke_results["data"]["official_content"] == all(r["official"] for r in files.values())
     assert smoke_results["preset"] == "smoke" and smoke_results["seeds"] == list(range(8))
     fig = FIGURES[0].plot(smoke_results)
     assert len(fig.axes) == 3

@@ -20,32 +20,26 @@ and ``{% generation %}`` blocks rendered as their body. The variables are ``mess
 so the text ends where the assistant's reply starts. It already holds BOS etc.: encode it
 with ``add_special_tokens=False``.
 
-Templates are untrusted code, so rendering is bounded beyond the sandbox: the output may
-not exceed :data:`MAX_OUTPUT_CHARS`, ``*`` and ``**`` may not build a string, list or number
-larger than that, and the render may not run longer than :data:`MAX_SECONDS` (checked on
-every line the compiled template executes, so a nested loop that prints nothing stops too).
-Any failure, a Python error inside the template included, is one ``ValueError`` line
-naming the file.
+Templates are untrusted code, so they are compiled and rendered in
+:class:`llm_bridge.loading.sandbox.BoundedSandbox`: the sandbox with every operation bounded in
+size and time (values, output, numbers, nesting, a deadline per compile and per render; that
+module lists the bounds and where each is checked). Any failure, a bound hit or a Python error
+inside the template included, is one ``ValueError`` line naming the file.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import operator
-import sys
-import time
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import jinja2
 import jinja2.ext
 import jinja2.nodes
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-MAX_OUTPUT_CHARS = 1_000_000  # a chat prompt is a few thousand characters; this is far beyond any
-MAX_SECONDS = 2.0  # rendering a real template takes about a millisecond
+from llm_bridge.loading import sandbox
+from llm_bridge.loading.hf import folder_file
+from llm_bridge.loading.sandbox import MAX_OUTPUT_CHARS, MAX_SECONDS, BoundedSandbox, Overrun  # noqa: F401
 
 SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
@@ -81,10 +75,10 @@ class ChatTemplate:
         variables = dict(messages=messages, tools=None, documents=None, add_generation_prompt=True,
                          **self.special_tokens)
         try:
-            return _bounded(lambda: _join(self.template.generate(**variables)))
+            return self.template.render(**variables)  # a BoundedTemplate: under the sandbox's bounds
         except TemplateRefusal:
             raise
-        except _Overrun as err:
+        except Overrun as err:
             raise ValueError(f"{self.source}: the chat template {err}") from None
         except RecursionError:
             raise ValueError(f"{self.source}: the chat template failed: recursion too deep") from None
@@ -101,86 +95,60 @@ class ChatTemplate:
         return True
 
 
-class _Overrun(Exception):
-    """The template exceeded a bound (output size, value size or time)."""
+MAX_FILE_BYTES = 64 << 20  # tokenizer_config.json, special_tokens_map.json (real ones: up to a few MB)
 
 
-def _join(pieces) -> str:
-    """The rendered text, stopping as soon as it exceeds :data:`MAX_OUTPUT_CHARS`."""
-    out, size = [], 0
-    for piece in pieces:
-        size += len(piece)
-        if size > MAX_OUTPUT_CHARS:
-            raise _Overrun(f"output exceeds {MAX_OUTPUT_CHARS:,} characters")
-        out.append(piece)
-    return "".join(out)
-
-
-def _bounded(render):
-    """``render()`` with a deadline of :data:`MAX_SECONDS`, checked on each line of compiled template code.
-
-    Only frames of jinja's compiled code (file name ``<template>``) are traced line by line,
-    so the rest of the program runs at full speed; the previous trace function is restored.
-    """
-    deadline = time.monotonic() + MAX_SECONDS
-
-    def on_line(frame, event, arg):
-        if time.monotonic() > deadline:
-            raise _Overrun(f"ran longer than {MAX_SECONDS} s")
-        return on_line
-
-    def on_call(frame, event, arg):
-        return on_line if frame.f_code.co_filename == "<template>" else None
-
-    previous = sys.gettrace()
-    sys.settrace(on_call)
+def _read_text(path: Path, limit: int) -> str:
+    """The UTF-8 text of a regular file of at most ``limit`` bytes; ValueError (one line) otherwise."""
+    if path.stat().st_size > limit:
+        raise ValueError(f"{path}: {path.stat().st_size:,} bytes; at most {limit:,} are read")
     try:
-        return render()
-    finally:
-        sys.settrace(previous)
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
 
 
-class _BoundedSandbox(ImmutableSandboxedEnvironment):
-    """The sandbox with ``*`` and ``**`` checked, so that ``'a' * 10**10`` fails before it allocates."""
-
-    intercepted_binops = frozenset({"*", "**"})
-
-    def call_binop(self, context, operator_name, left, right):
-        if operator_name == "**":
-            if isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and right * math.log2(abs(left)) > 1e5:
-                raise _Overrun(f"computes a number too large ({left} ** {right})")
-            return operator.pow(left, right)
-        for seq, n in ((left, right), (right, left)):
-            if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > MAX_OUTPUT_CHARS:
-                raise _Overrun(f"builds a value larger than {MAX_OUTPUT_CHARS:,} items")
-        return operator.mul(left, right)
+def _present(path: Path) -> bool:
+    """Whether the folder has ``path``; one that is there is checked as a weights file is
+    (:func:`llm_bridge.loading.hf.folder_file`: a regular file, links resolved to inside the folder
+    or a Hugging Face cache's blobs/), so a FIFO cannot block and a link cannot read a foreign file."""
+    if not path.exists() and not path.is_symlink():
+        return False
+    folder_file(path.parent, path.name)
+    return True
 
 
 def _read_json(path: Path) -> dict:
+    """A JSON object file, or {} where there is none; ValueError (one line) for anything else."""
+    if not _present(path):
+        return {}
     try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        value = json.loads(_read_text(path, MAX_FILE_BYTES))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON: {err}") from err
+        raise ValueError(f"{path}: not valid JSON: {err}") from None
+    except RecursionError:
+        raise ValueError(f"{path}: not valid JSON: nested too deeply") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    return value
 
 
 def _compile(text, source: Path) -> jinja2.Template:
     def raise_exception(message):
         raise TemplateRefusal(f"{source}: the chat template refuses the conversation: {message}")
 
-    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
     if not isinstance(text, str):
         raise ValueError(f"{source}: the chat template is a {type(text).__name__}, not a string")
-    env = _BoundedSandbox(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[_Generation, jinja2.ext.loopcontrols])
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    env = BoundedSandbox(trim_blocks=True, lstrip_blocks=True, extensions=[_Generation, jinja2.ext.loopcontrols],
+                         filters={"tojson": sandbox.tojson},
+                         globals={"raise_exception": raise_exception, "strftime_now": sandbox.strftime_now})
     try:
-        return env.from_string(text)
+        return sandbox.compile_template(env, text)
     except jinja2.TemplateSyntaxError as err:
-        raise ValueError(f"{source}: malformed chat template (line {err.lineno}): {err.message}") from err
+        message = " ".join(str(err.message).split())[:300]
+        raise ValueError(f"{source}: malformed chat template (line {err.lineno}): {message}") from None
+    except Overrun as err:
+        raise ValueError(f"{source}: the chat template {err}") from None
 
 
 def compile_template(text, source: Path, special_tokens: dict[str, str]) -> ChatTemplate:
@@ -199,16 +167,17 @@ def load_chat_template(folder: str | Path) -> ChatTemplate | None:
     config_path = folder / "tokenizer_config.json"
     config = _read_json(config_path)
     special = _read_json(folder / "special_tokens_map.json") | config
-    special = {k: v["content"] if isinstance(v, dict) else v for k, v in special.items() if k in SPECIAL_TOKENS}
+    special = {k: v.get("content") if isinstance(v, dict) else v for k, v in special.items() if k in SPECIAL_TOKENS}
     special = {k: str(v) for k, v in special.items() if v is not None}
     jinja_path = folder / "chat_template.jinja"
-    if jinja_path.is_file():
-        return ChatTemplate(jinja_path, _compile(jinja_path.read_text(encoding="utf-8"), jinja_path), special)
+    if _present(jinja_path):
+        text = _read_text(jinja_path, 4 * sandbox.MAX_TEMPLATE_CHARS)  # UTF-8: at most 4 bytes a character
+        return ChatTemplate(jinja_path, _compile(text, jinja_path), special)
     text = config.get("chat_template")
     if text is None:
         return None
     if isinstance(text, list):
-        named = {t.get("name"): t.get("template") for t in text if isinstance(t, dict)}
+        named = {t.get("name"): t.get("template") for t in text if isinstance(t, dict) and isinstance(t.get("name"), str)}
         if "default" not in named:
             raise ValueError(f"{config_path}: chat_template is a list without a 'default' entry "
                              f"(names: {sorted(map(str, named))})")

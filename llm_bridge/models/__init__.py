@@ -26,8 +26,7 @@ The generic code reads only these records: loading (:mod:`llm_bridge.loading.wei
 
 from __future__ import annotations
 
-import dataclasses
-import numbers
+import reprlib
 from collections.abc import Mapping
 from typing import Union
 
@@ -35,7 +34,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from llm_bridge.models import gpt2, gpt_neox, llama
-from llm_bridge.models.family import Family
+from llm_bridge.models.family import Family, check_fields
 
 __all__ = ["FAMILIES", "Config", "Family", "Model", "abstract_model", "config_from_hf", "family_of"]
 
@@ -60,18 +59,18 @@ def family_of(config_or_model) -> Family:
 def config_from_hf(cfg: Mapping) -> Config:
     """The config dataclass of a config.json dict, chosen by its ``model_type``.
 
-    Every size (an ``int`` field of the dataclass: widths, head and layer counts, vocabulary)
-    that the dict sets must be a positive integer; ``ValueError`` otherwise.
+    Every architecture field the dict sets is checked before anything is built
+    (:data:`llm_bridge.models.family.LIMITS`: type, range and an upper bound per field), then the
+    family's divisibility rules (heads into width ...); ``ValueError`` with one line naming the
+    field otherwise.
     """
+    if not isinstance(cfg, Mapping):
+        raise ValueError(f"a config must be a JSON object, not {type(cfg).__name__}")
     model_type = cfg.get("model_type")
-    if model_type not in FAMILIES:
-        raise ValueError(f"model_type {model_type!r} is not supported; supported: {sorted(FAMILIES)}")
-    config_type = FAMILIES[model_type].config
-    for field in dataclasses.fields(config_type):
-        value = cfg.get(field.name)
-        if "int" in str(field.type) and value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
-            raise ValueError(f"config {field.name}={value!r}: must be a positive integer")
-    return config_type.from_hf(dict(cfg))
+    if not isinstance(model_type, str) or model_type not in FAMILIES:
+        raise ValueError(f"model_type {reprlib.repr(model_type)} is not supported; supported: {sorted(FAMILIES)}")
+    check_fields(cfg)
+    return FAMILIES[model_type].config.from_hf(dict(cfg))
 
 
 def abstract_model(config: Config, dtype=jnp.float32) -> Model:

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from llm_bridge.models import layers
-from llm_bridge.models.family import REPLICATED, Family
+from llm_bridge.models.family import REPLICATED, Family, check_fields
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +49,7 @@ class GPT2Config:
     architecture = "GPT2LMHeadModel"
 
     def __post_init__(self):
+        check_fields({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"})
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} is not a multiple of n_head={self.n_head}")
         layers.check_activation(self.activation_function)

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from llm_bridge.models import layers
-from llm_bridge.models.family import REPLICATED, Family
+from llm_bridge.models.family import REPLICATED, Family, check_fields
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +50,7 @@ class GPTNeoXConfig:
     architecture = "GPTNeoXForCausalLM"
 
     def __post_init__(self):
+        check_fields({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"})
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"hidden_size={self.hidden_size} is not a multiple of "
                              f"num_attention_heads={self.num_attention_heads}")

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from llm_bridge.models import layers
-from llm_bridge.models.family import REPLICATED, Family
+from llm_bridge.models.family import REPLICATED, Family, check_fields
 
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}  # model_type -> transformers class
@@ -55,10 +55,14 @@ class LlamaConfig:
     extra: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
+        check_fields({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"})
         if self.model_type not in ARCHITECTURES:
             raise ValueError(f"model_type {self.model_type!r} is not one of {sorted(ARCHITECTURES)}")
         if self.hidden_act != "silu":
             raise ValueError(f"hidden_act={self.hidden_act!r}: the Llama family here implements SwiGLU with silu only")
+        if self.head_dim is None and self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size={self.hidden_size} is not a multiple of num_attention_heads="
+                             f"{self.num_attention_heads} (give head_dim for heads of another size)")
         if self.num_attention_heads % self.kv_heads:
             raise ValueError(f"num_attention_heads={self.num_attention_heads} is not a multiple of "
                              f"num_key_value_heads={self.kv_heads}")
@@ -281,14 +285,16 @@ def gguf_config(arch: str, meta, cfg: dict, tensor_names: set[str]) -> dict:
 
     ``ValueError``: key and value heads of different sizes, or partial rotary.
     """
-    heads = cfg["num_attention_heads"]
-    head_dim = meta.get(f"{arch}.attention.key_length", cfg["hidden_size"] // heads if heads else 0)
+    heads, hidden = cfg["num_attention_heads"], cfg["hidden_size"]
+    head_dim = meta.get(f"{arch}.attention.key_length")
+    if head_dim is None and hidden % heads == 0:
+        head_dim = hidden // heads
+    out = {} if head_dim is None else {"head_dim": head_dim}  # None: LlamaConfig refuses the width
     if meta.get(f"{arch}.attention.value_length", head_dim) != head_dim:
         raise ValueError("key and value head sizes differ; not supported")
     if meta.get(f"{arch}.rope.dimension_count", head_dim) != head_dim:
         raise ValueError(f"{arch}.rope.dimension_count={meta[f'{arch}.rope.dimension_count']} < head "
                          f"dim {head_dim} (partial rotary) is not supported")
-    out = {"head_dim": head_dim}
     if arch == "llama":
         out.update(attention_bias="blk.0.attn_q.bias" in tensor_names, mlp_bias="blk.0.ffn_up.bias" in tensor_names)
     return out
