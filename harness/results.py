@@ -22,6 +22,7 @@ flag), never from a package's file location, so a non-editable install writes be
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import platform
@@ -226,6 +227,22 @@ def atomic_dir(final: str | os.PathLike):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def lazy_module(name: str):
+    """The module ``name``, executed at its first attribute access (:class:`importlib.util.LazyLoader`): a
+    module-level import of a heavy module (one that imports JAX) that costs nothing until used, so that
+    a CLI's ``--help`` answers at once."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec(name)
+    if spec is None:
+        raise ModuleNotFoundError(f"no module named {name!r}", name=name)
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def shown(path: str | os.PathLike | None) -> str | None:

@@ -308,7 +308,9 @@ def main(argv: list[str] | None = None) -> int:
                          description="Train, for each seed, a teacher and four students (section 6.2) and write "
                                      "every per-seed accuracy, mean and 95% CI to a results JSON.")
     run.add_argument("--preset", choices=sorted(PRESETS), default="paper",
-                     help="paper: the paper's setup (default); smoke: a seconds-long check for CI")
+                     help="paper: the paper's setup (default; 100 seeds take about an hour on 2 CPU cores); smoke: the CI "
+                          "check (8 seeds, 20-45 s); tiny: the CLIs' end-to-end check (seconds; its numbers mean "
+                          "nothing). `python -m mnist_aux presets` prints each preset's config")
     run.add_argument("--seeds", type=int, default=100, metavar="N", help="number of seeds (models) to train (default 100; 2 .. 10,000)")
     run.add_argument("--dataset", choices=("mnist", "fashion_mnist"), default="mnist", help="data set (default mnist)")
     run.add_argument("--seeds-per-chunk", type=int, default=50, metavar="K",
@@ -328,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     sweep = sub.add_parser("sweep", help="run or resume a named sweep (cached point by point)",
                            description="Run one of the named sweeps; every finished point is cached under "
                                        "RESULTS/sweeps/, so re-running an interrupted sweep computes only what is "
-                                       "missing. Sweeps: " + "; ".join(f"{s.name}: {s.title}" for s in SWEEPS.values()))
+                                       "missing. Sweeps (minutes for the paper preset on 2 CPU cores): "
+                                       + "; ".join(f"{s.name} (~{s.minutes:.0f} min): {s.title}" for s in SWEEPS.values()))
     sweep.add_argument("name", choices=list(SWEEPS), help="which sweep")
     sweep.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="base setting (default paper)")
     sweep.add_argument("--seeds", type=int, metavar="N", help="seeds per point (default: the sweep's: 25 for reconcile, 20 for init_scheme, batch, "
@@ -345,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     sweep.set_defaults(func=_sweep)
     align = sub.add_parser("align", help="multi-step alignment of the student's updates and the ablations",
                            description="Follow the aux-only student's updates against the teacher displacement and "
-                                       "the trait gradient, with the projection ablations and liminal training.")
+                                       "the trait gradient, with the projection ablations and liminal training "
+                                       "(paper preset, 10 seeds: about 5 minutes on 2 CPU cores).")
     align.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="setting (default paper)")
     align.add_argument("--seeds", type=int, default=10, metavar="N", help="seeds (default 10)")
     align.add_argument("--arms", nargs="+", default=["none", "trait", "displacement", "liminal"],
@@ -367,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
                                         "the usual places) and on the same data with the training images of "
                                         "--other-train-images; write each arm's paired difference with its 95%% CI "
                                         "(how much numbers computed on the other copy moved). Seeds 0-19 of the paper "
-                                        "preset: about 12 minutes on 2 CPU cores.")
+                                        "preset: about 25 minutes on 2 CPU cores.")
     copies.add_argument("--other-train-images", metavar="FILE", required=True,
                         help="the other train-images-idx3-ubyte.gz (e.g. ../shared/data/mnist-rebuilt/...)")
     copies.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="setting (default paper)")

@@ -277,18 +277,15 @@ def _full_run_dir(results_dir: Path, quick: bool) -> Path:
 
 # wall minutes of each sweep on 2 CPU cores, from the committed results (cpu_seconds of the points / 2 where
 # they were assembled from the cache); the quick presets take about a minute each
-SWEEP_MINUTES = {"reconcile": 60.0, "width": 25.0, "n_aux": 7.0, "depth": 7.0, "sigma": 5.0, "inputs": 5.0,
-                 "heads": 1.2, "noise": 18.0, "init_scheme": 20.0, "batch": 19.0, "teacher_epochs": 31.0,
-                 "aux_logits": 55.0, "peers": 8.5}
-
-
 @dataclass(frozen=True)
 class SweepFigure:
     sweep: str
 
     @property
     def minutes(self) -> tuple[float, float]:
-        return SWEEP_MINUTES.get(self.sweep, 30.0), 1.0
+        from mnist_aux.sweeps import SWEEPS
+
+        return SWEEPS[self.sweep].minutes, 1.0
 
     @property
     def name(self) -> str:

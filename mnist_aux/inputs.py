@@ -15,15 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from mnist_aux import train
-from mnist_aux.configs import Config
+from mnist_aux.configs import DISTRIBUTIONS, IMAGES, INPUTS, MOMENTS, STRUCTURED, UNIFORM_BLURS, Config  # noqa: F401
 from mnist_aux.data import normalize
 
-UNIFORM_BLURS = (1.0, 2.0, 4.0)  # pixels: the correlation lengths of the blurred-uniform inputs
-STRUCTURED = tuple(f"uniform_blur{int(s)}" for s in UNIFORM_BLURS) + ("uniform_mnist_moments", "uniform_mnist_pixel")
-DISTRIBUTIONS = ("uniform", "gaussian", "blurred", "lowrank", "mnist", "fashion_mnist")  # the inputs sweep
-INPUTS = DISTRIBUTIONS + STRUCTURED
-IMAGES = ("mnist", "fashion_mnist")  # the inputs that are real training images
-MOMENTS = ("uniform_mnist_moments", "uniform_mnist_pixel")  # need the training images' pixel moments
 INPUT_STD = 3 ** -0.5  # the per-pixel std of uniform[-1, 1); every synthetic input matches it
 BLUR_SIGMA = 2.0  # pixels, the Gaussian kernel of the "blurred" inputs
 LOWRANK_DIM = 16  # dimension of the "lowrank" inputs' subspace (fixed per seed)

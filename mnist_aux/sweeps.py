@@ -46,12 +46,17 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
-from mnist_aux import dissect, inputs, teachers
+from mnist_aux import configs
 from mnist_aux.configs import PRESETS, Config
 from mnist_aux.data import Dataset
-from mnist_aux.model import INIT_SCHEMES
-from harness.results import provenance, read_json, results_dir, shown, write_json
-from theory.stats import mean_ci
+from harness.results import lazy_module, provenance, read_json, results_dir, shown, write_json
+
+# loaded at first use, so that the CLI's parser (which lists the sweeps) answers --help without importing JAX
+dissect = lazy_module("mnist_aux.dissect")
+teachers = lazy_module("mnist_aux.teachers")
+inputs = lazy_module("mnist_aux.inputs")
+model = lazy_module("mnist_aux.model")
+stats = lazy_module("theory.stats")
 
 FORMAT = 3  # cache format/code version, part of every point's key: bump when a point's numbers or layout change
 # (3: the data are keyed by the arrays' fingerprint, not by the .gz files' bytes)
@@ -105,7 +110,7 @@ class Context:
     # passes one that honours --no-download; the default reads the usual places)
     load_fashion: Callable[[], Dataset] = lambda: _default_fashion()
     cache: Path = CACHE
-    teacher_cache: Path | None = teachers.CACHE
+    teacher_cache: Path | None = configs.TEACHER_CACHE
     recompute: bool = False
     cache_only: bool = False
     pairing_seed: int = 0
@@ -173,6 +178,12 @@ class Sweep:
     n_points: int | None = None
     note: Callable[[Context], str] | None = None  # a remark the results file keeps (e.g. fewer seeds somewhere)
 
+    @property
+    def minutes(self) -> float:
+        """Wall minutes of the paper preset from an empty cache on the 2-core development machine (the CLI's help
+        and ``paper_figs.py --list``)."""
+        return MINUTES[self.name]
+
     def __post_init__(self):
         if (self.points is None) == (self.body is None):
             raise ValueError(f"sweep {self.name}: give points or body, not both")
@@ -238,8 +249,8 @@ def factor_effects(cells: list[dict], init: str = "shared") -> dict:
                 diffs["/".join(v for j, v in enumerate(key) if j != i)] = acc[key] - acc[other]
         if not diffs:
             continue
-        out[name] = {"contrast": f"{a} - {b}", "by_setting": {k: mean_ci(v) for k, v in diffs.items()},
-                     "mean_over_settings": mean_ci(np.mean(list(diffs.values()), axis=0))}
+        out[name] = {"contrast": f"{a} - {b}", "by_setting": {k: stats.mean_ci(v) for k, v in diffs.items()},
+                     "mean_over_settings": stats.mean_ci(np.mean(list(diffs.values()), axis=0))}
     return out
 
 
@@ -264,10 +275,10 @@ FACTOR_SWEEPS = ("noise", "init_scheme", "batch", "teacher_epochs", "aux_logits"
 BATCHES = (64, 128, 256, 1024)
 TEACHER_EPOCHS = (1, 2, 5, 9, 15, 25)
 AUX_LOGITS = (1, 3, 10, 25, 50, 100, 250)
-NOISE = ("uniform",) + inputs.STRUCTURED
+NOISE = ("uniform",) + configs.STRUCTURED
 NOISE_LABELS = {"uniform": "uniform (Figure 10)", "uniform_mnist_moments": "uniform, MNIST mean/std",
                 "uniform_mnist_pixel": "uniform, MNIST per-pixel mean/std",
-                **{f"uniform_blur{int(s)}": f"uniform blurred, {s:g} px" for s in inputs.UNIFORM_BLURS}}
+                **{f"uniform_blur{int(s)}": f"uniform blurred, {s:g} px" for s in configs.UNIFORM_BLURS}}
 BROCKERS = {"n_aux": 10, "lr": 1e-3}  # arXiv 2605.23645's defaults (2 x 256 hidden, m = 10, Adam 1e-3, MSE)
 
 
@@ -286,6 +297,9 @@ def _peers(ctx: Context) -> list[Point]:
                   dissect.Distill(lr=yuxuan.lr, logits="all"), ("shared", "cross"))]
 
 
+# measured: the sweep's wall time from an empty point cache on the 2-core machine, other jobs sharing it
+MINUTES = {"reconcile": 74.0, "width": 25.0, "n_aux": 7.0, "depth": 7.0, "sigma": 5.0, "inputs": 5.0, "heads": 1.2,
+           "noise": 18.0, "init_scheme": 20.0, "batch": 19.0, "teacher_epochs": 31.0, "aux_logits": 55.0, "peers": 8.5}
 SWEEPS = {s.name: s for s in (
     Sweep("reconcile", "KL vs MSE, batchmean vs mean, Adam vs SGD", "loss / reduction / optimizer", 25,
           body=reconcile, n_points=12, scale="categories", plot="reconcile"),
@@ -297,14 +311,14 @@ SWEEPS = {s.name: s for s in (
           lambda ctx: [_pair(ctx, f"depth {d}", d, ctx.base.replace(depth=d)) for d in (1, 2, 3, 4)]),
     Sweep("sigma", "student init = theta_0 + sigma * std * noise", "sigma", 10, _sigma),
     Sweep("inputs", "distillation input distribution", "inputs", 10,
-          lambda ctx: [_pair(ctx, name, name, spec=dissect.Distill(lr=ctx.base.lr, inputs=name)) for name in inputs.DISTRIBUTIONS],
+          lambda ctx: [_pair(ctx, name, name, spec=dissect.Distill(lr=ctx.base.lr, inputs=name)) for name in configs.DISTRIBUTIONS],
           scale="categories", plot="bar"),
     Sweep("heads", "which layers the student shares with the teacher's init", "student init", 10,
           lambda ctx: [_pair(ctx, "shared init", "shared")] + [_pair(ctx, label, init, inits=(init,)) for label, init in HEADS],
           scale="categories", plot="bar"),
     # the factors the 2026 reproductions vary (issue 11); PEER_SEEDS seeds, shared-init and cross-model students
     Sweep("init_scheme", "initialisation scheme of teacher = student", "init scheme", PEER_SEEDS,
-          lambda ctx: [_pair(ctx, name, name, ctx.base.replace(init_scheme=name)) for name in INIT_SCHEMES],
+          lambda ctx: [_pair(ctx, name, name, ctx.base.replace(init_scheme=name)) for name in model.INIT_SCHEMES],
           scale="categories", plot="bar"),
     Sweep("batch", "batch size (teacher and student; 5 + 5 epochs, so more steps)", "batch size", PEER_SEEDS,
           lambda ctx: [_pair(ctx, f"batch {b}", b, ctx.base.replace(batch_size=b)) for b in BATCHES], scale="log2"),
@@ -322,7 +336,7 @@ SWEEPS = {s.name: s for s in (
 
 
 def run_sweep(name: str, data: Dataset, *, preset: str = "paper", n_seeds: int | None = None, first_seed: int = 0,
-              cache: Path = CACHE, teacher_cache: Path | None = teachers.CACHE, recompute: bool = False,
+              cache: Path = CACHE, teacher_cache: Path | None = configs.TEACHER_CACHE, recompute: bool = False,
               progress: bool = True, fashion: Dataset | Callable[[], Dataset] | None = None,
               command: str | None = None, cache_only: bool = False, partial: bool = False) -> dict:
     """Run (or resume) sweep ``name``; return the assembled results dict.

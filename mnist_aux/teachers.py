@@ -27,12 +27,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from mnist_aux import train
-from mnist_aux.configs import Config
+from mnist_aux.configs import TEACHER_CACHE, Config
 from mnist_aux.data import Dataset
-from harness.results import results_dir, shown, umask_mode
+from harness.results import shown, umask_mode
 
 FORMAT = 3  # bump when the entry layout or the teachers' numbers change (3: the key holds the data's fingerprint)
-CACHE = results_dir() / "cache" / "teachers"  # relative: resolved against the working directory
+CACHE = TEACHER_CACHE  # relative: resolved against the working directory
 
 
 def key(cfg: Config, seeds, data: Dataset) -> str:
