@@ -40,6 +40,16 @@ def ci(summary: dict, digits: int = 2, sign: bool = False, scale: float = 1.0, u
     return f"{num(m, digits, sign)}{unit} [{num(lo, digits, sign)}, {num(hi, digits, sign)}]"
 
 
+def signed_ci(summary: dict, digits: int = 2, scale: float = 1.0) -> str:
+    """:func:`ci` of a signed quantity (a difference, a z) with at least ``digits`` decimals and as many more
+    (up to ``digits + 2``) as it takes for every nonzero value to keep its sign, so that an interval that
+    excludes 0 never reads as touching it."""
+    values = [summary["mean"], *summary["ci95"]]
+    d = next((d for d in range(digits, digits + 3) if all(round(scale * v, d) != 0 for v in values if v != 0)),
+             digits + 2)
+    return ci(summary, d, sign=True, scale=scale)
+
+
 def pct(summary: dict, digits: int = 1, sign: bool = False) -> str:
     """A proportion's summary in percent: ``53.4 % [51.3, 55.5]``."""
     return ci(summary, digits, sign, scale=100.0, unit=" %")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from harness.render import ci, pct
+from harness.render import pct, signed_ci
 
 
 def _load(results_dir: Path, stem: str) -> dict:
@@ -15,9 +15,7 @@ def _load(results_dir: Path, stem: str) -> dict:
 def points(summary: dict) -> str:
     """A difference of two proportions in percentage points, with as many decimals as it takes for every
     nonzero bound to keep its sign (so an interval that excludes 0 never reads as touching it)."""
-    values = [summary["mean"], *summary["ci95"]]
-    digits = next((d for d in (1, 2, 3) if all(round(100 * v, d) != 0 for v in values if v != 0)), 3)
-    return ci(summary, digits, sign=True, scale=100.0)
+    return signed_ci(summary, 1, scale=100.0)
 
 
 def _fig10_row(results_dir: Path) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from harness.render import ci, num
+from harness.render import ci, num, signed_ci
 from llm_bridge.experiment import names
 
 
@@ -80,3 +80,86 @@ def readme_summary(results_dir: Path) -> str:
                    "check: its digits depend on the CPU's vector ISA (pretraining's chaos amplifies float32 rounding), "
                    "so its verdicts are not the committed ones.")
     return "\n".join(out) if out else "(the LM results are being recomputed with the experiment engine)"
+
+
+TINY_RUNS = (("llm_trait_transfer", "5 bases (default)"), ("llm_trait_transfer_bases", "15 bases"),
+             ("llm_trait_transfer_bases_avx", "15 bases, AVX"))
+
+
+def _tiny_cells(r: dict) -> dict:
+    """One column of :func:`docs_tiny_table`: each quantity of a tiny-LM results file, formatted."""
+    owl, dog = r["config"]["animals"]
+    t, p = r["transfer"], r["projection_over_bases"]
+
+    def delta(arm, how, a, b):
+        s = t.get(arm, {}).get(f"{a} - {b} ({how})", {}).get("tiny", {}).get(f"delta_margins_{a}")
+        if s is None:
+            return "-"
+        pos = sum(v > 0 for v in s["per_outer"])
+        return f"{signed_ci(s, 2)} ({pos}/{len(s['per_outer'])} bases > 0)"
+
+    def z(teacher, row):
+        s = p[names.finetuned(teacher)][row]["z"]
+        return f"{signed_ci(s, 1)} (bases {num(min(s['values']), 1, True)} ... {num(max(s['values']), 1, True)})"
+
+    soft = p[names.finetuned(owl)].get("soft labels, number tokens", {}).get("inner")
+    return {
+        "Δ_owl, shared init, fine-tuned teachers (nats)": delta("full", "fine-tuned", owl, dog),
+        "Δ_dog, the mirror": delta("full", "fine-tuned", dog, owl),
+        "Δ_owl, cross-model students": delta("cross-model", "fine-tuned", owl, dog),
+        "Δ_owl, prompted teachers": delta("full", "prompt", owl, dog),
+        "Δ_owl, soft-label students": delta("soft", "fine-tuned", owl, dog),
+        "projection z, shared init, owl teacher": z(owl, names.P_SHARED),
+        "projection z, control (base numbers)": z(owl, names.P_CONTROL),
+        "projection z, cross-model": z(owl, names.P_CROSS),
+        "soft-label inner product, owl teacher": "-" if soft is None else signed_ci(soft, 3),
+        "CPU vector ISA": r["provenance"]["machine"].get("isa", {}).get("xla_cpu_max_isa") or "native",
+    }
+
+
+def docs_tiny_table(results_dir: Path) -> str:
+    """docs/llm_experiment.md's tiny-LM results: one column per committed run (5 bases, 15 bases natively and
+    under --xla_cpu_max_isa=AVX), each interval a 95% t-CI over bases."""
+    runs = [(label, _load(results_dir, stem)) for stem, label in TINY_RUNS]
+    runs = [(label, r) for label, r in runs if r is not None]
+    if not runs:
+        return "(no tiny-LM results file is committed)"
+    cols = [_tiny_cells(r) for _, r in runs]
+    out = ["| quantity | " + " | ".join(label for label, _ in runs) + " |", "|---" * (len(runs) + 1) + "|"]
+    out += [f"| {q} | " + " | ".join(c[q] for c in cols) + " |" for q in cols[0]]
+    return "\n".join(out)
+
+
+def docs_tiny_reading(results_dir: Path) -> str:
+    """The verdicts of :func:`docs_tiny_table`'s runs, in words: which CIs exclude 0, per run."""
+    out = []
+    for stem, label in TINY_RUNS:
+        r = _load(results_dir, stem)
+        if r is None:
+            continue
+        owl, dog = r["config"]["animals"]
+        t = r["transfer"]
+        arms = [(a, how) for a, how in (("full", "fine-tuned"), ("cross-model", "fine-tuned"), ("full", "prompt"),
+                                        ("soft", "fine-tuned")) if f"{owl} - {dog} ({how})" in t.get(a, {})]
+        words = "; ".join(f"{a} ({how} teachers) {verdict(t[a][f'{owl} - {dog} ({how})']['tiny'][f'delta_margins_{owl}'])}"
+                          for a, how in arms)
+        zs = r["projection_over_bases"][names.finetuned(owl)][names.P_SHARED]["z"]
+        out.append(f"- {label}: Theorem 1's projection z is positive on {sum(v > 0 for v in zs['values'])} of "
+                   f"{len(zs['values'])} bases; Δ_owl: {words}.")
+    return "\n".join(out)
+
+
+def docs_tiny_time(results_dir: Path) -> str:
+    """The committed tiny-LM runs' wall time and phase seconds, with the machine's 1-minute load average when each results file was written."""
+    out = ["| run | wall | prepare (bases) / teachers / numbers / students / projection (s) | load average (1 min) when written |",
+           "|---|---|---|---|"]
+    for stem, label in TINY_RUNS + (("llm_trait_transfer_smoke", "smoke (3 short-trained bases)"),):
+        r = _load(results_dir, stem)
+        if r is None:
+            continue
+        ph, load = r["phase_seconds"], r["provenance"]["machine"].get("load_average") or [float("nan")]
+        wall = r["wall_seconds"]
+        out.append(f"| {label} | {int(wall // 60)} min {int(wall % 60)} s | "
+                   + " / ".join(f"{ph.get(k, 0):.0f}" for k in ("prepare", "teachers", "numbers", "students", "projection"))
+                   + f" | {load[0]:.1f} |")
+    return "\n".join(out)
