@@ -62,6 +62,8 @@ def load_or_compute(fig, results_dir: Path, quick: bool, recompute: bool, done: 
     start = time.perf_counter()
     out = fig.compute(quick, results_dir)
     out.setdefault("wall_seconds", time.perf_counter() - start)
+    out.setdefault("provenance", results.provenance(f"python paper_figs.py --only {fig.name} --recompute"
+                                                    + (" --quick" if quick else "")))
     results.write_json(path, out)
     done[fig.results] = out
     return out, f"computed in {time.perf_counter() - start:.0f} s -> {results.shown(path)}"
