@@ -31,6 +31,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -42,6 +43,8 @@ from tqdm import tqdm
 
 import llm_bridge
 import theory
+from harness.idle import Busy, check as idle_check
+from harness.results import command_line, provenance
 
 
 def _median_seconds(fn, repeats: int, label: str) -> float:
@@ -71,6 +74,11 @@ def smollm2(args) -> int:
 
     from llm_bridge.loading import gguf
 
+    try:
+        idle = [idle_check("start", args.force)]
+    except Busy as err:
+        print(f"llm_speed: {err}", file=sys.stderr)
+        return 2
     load_average = os.getloadavg()
     t0 = time.perf_counter()
     model = llm_bridge.load("smollm2")
@@ -144,6 +152,13 @@ def smollm2(args) -> int:
         "logits_max_rel_err": err,
         "results": table,
     }
+    try:
+        idle.append(idle_check("end", args.force, load=False))  # the load average now includes this run
+    except Busy as err:
+        print(f"llm_speed: {err}", file=sys.stderr)
+        return 2
+    result |= {"idle": idle, "busy": not all(r["idle"] for r in idle),
+               **provenance(command_line("python benchmarks/llm_speed.py"))}
     out = Path(args.out).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".json.tmp")
@@ -168,6 +183,8 @@ def main(argv=None) -> int:
                              "transformers); uses --batch, --seq, --repeats, --seed and the two --gen flags")
     parser.add_argument("--gen-prompt", type=int, default=32, help="--smollm2: prompt tokens for generation")
     parser.add_argument("--gen-new", type=int, default=32, help="--smollm2: new tokens generated (cached, greedy)")
+    parser.add_argument("--force", action="store_true",
+                        help="--smollm2: time even on a busy machine (harness.idle); the result is marked not idle")
     parser.add_argument("--out", default="results/benchmarks/llm_speed_smollm2.json",
                         help="--smollm2: result file (relative to the working folder)")
     args = parser.parse_args(argv)

@@ -13,7 +13,6 @@ in one run on one machine; run it on an idle machine (a second busy process skew
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -22,6 +21,8 @@ from pathlib import Path
 import jax
 
 import theory
+from harness.idle import Busy, check as idle_check
+from harness.results import command_line, provenance, write_json
 from theory.core import _imitation_grad_sum, _inner_sum, _quad_sum
 
 NETWORKS = {
@@ -55,7 +56,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=10, help="timed repetitions per kernel (best is kept)")
     parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--force", action="store_true",
+                        help="time even on a busy machine (harness.idle); the result is then marked not idle")
     args = parser.parse_args()
+    try:
+        idle = [idle_check("start", args.force)]
+    except Busy as err:
+        parser.exit(2, f"projection_cost: {err}\n")
     rows = []
     for name, (sizes, batch) in NETWORKS.items():
         f, p0 = theory.mlp(0, sizes, "relu")
@@ -72,11 +79,16 @@ def main() -> None:
                      "inner_s": t_inner, "A_over_fwd_bwd": t_a / t_grad, "inner_over_fwd_bwd": t_inner / t_grad})
         print(f"{name:32s} {n_params / 1e6:6.2f}M params, batch {batch}: fwd+bwd {1e3 * t_grad:8.2f} ms | "
               f"A {1e3 * t_a:8.2f} ms ({t_a / t_grad:.2f}x) | jvp inner {1e3 * t_inner:8.2f} ms ({t_inner / t_grad:.2f}x)")
+    try:
+        idle.append(idle_check("end", args.force, load=False))  # the load average now includes this run
+    except Busy as err:
+        parser.exit(2, f"projection_cost: {err}\n")
     meta = {"machine": cpu_name(), "cores": os.cpu_count(), "load_average": os.getloadavg(), "jax": jax.__version__,
-            "devices": [str(d) for d in jax.devices()], "repeats": args.repeats}
+            "devices": [str(d) for d in jax.devices()], "repeats": args.repeats, "idle": idle,
+            "busy": not all(r["idle"] for r in idle)}
     if args.json:
-        with open(Path(args.json).expanduser(), "w") as fh:
-            json.dump({"meta": meta, "rows": rows}, fh, indent=1)
+        write_json(Path(args.json).expanduser(), {"meta": meta, "rows": rows,
+                                                  **provenance(command_line("python benchmarks/projection_cost.py"))})
     worst = max(r["A_over_fwd_bwd"] for r in rows)
     print(f"projection_cost: A costs at most {worst:.2f}x one forward+backward (target <= 3x)")
 
