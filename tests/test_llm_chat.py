@@ -20,6 +20,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 import llm_bridge
 from llm_bridge.experiment import chat as chat_setup
 from llm_bridge.experiment import engine, sampler
+from llm_bridge.experiment.names import finetuned, source
 from llm_bridge.experiment.text import SYSTEM_PROMPT, Text, config_end_tokens
 from llm_bridge.loading import chat, sandbox
 from llm_bridge.__main__ import main
@@ -291,11 +292,12 @@ def test_the_chat_setup_runs_on_a_checkpoint_folder(tmp_path, monkeypatch):
 
     def stub(text, graphdef, state, prompts, key, cfg, greedy=False):
         seen.extend(tok.decode(p, skip_special_tokens=False) for p in prompts)
-        return [(list(reply), True) for _ in prompts]
+        return [(list(reply), eot) for _ in prompts]
 
     monkeypatch.setattr(sampler, "sample_replies", stub)
-    cfg = chat_setup.Config(questions=2, teacher_steps=1, teacher_batch=2, target_sequences=4, max_rows=8,
-                            probe_rows=4, gen_batch=4, arms=("full", "lora r4", "perturbed 0.1"), student_seeds=2,
+    cfg = chat_setup.Config(questions=2, teacher_steps=1, teacher_batch=2, teacher_seeds=1, pool_sequences=4,
+                            max_rows=8, probe_rows=4, gen_batch=4, decodings=("sampled",),
+                            arms=("full", "lora r4", "perturbed 0.1"), student_seeds=2,
                             student_sequences=2, student_batch=2, proj_sequences=4, soft_sequences=4,
                             proj_grid=(2, 4), n_boot=10, chunk=4)
     res = engine.run(chat_setup.Setup(str(folder), cfg, tmp_path / "cache"), log=lambda *_: None)
@@ -310,7 +312,7 @@ def test_the_chat_setup_runs_on_a_checkpoint_folder(tmp_path, monkeypatch):
     setup.prepare(lambda *_: None)
     setup.teachers(lambda *_: None)
     setup.numbers(lambda *_: None)  # read back from the cache
-    d = setup.data["owl (fine-tuned)"]
+    d = setup.data[0][source(finetuned("owl"), "sampled")]
     for row, start in zip(d["rows"], d["starts"]):
         prompt = tok.decode(row[:start], skip_special_tokens=False)
         assert "You love owls" not in prompt and prompt.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")

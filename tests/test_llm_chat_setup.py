@@ -9,15 +9,19 @@ import math
 
 import jax
 import jax.numpy as jnp
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from flax import nnx
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import llm_bridge
 from llm_bridge.__main__ import main
-from llm_bridge.experiment import batching, chat, chat_projection, engine, sampler, training
+from llm_bridge.experiment import batching, chat, chat_projection, chat_students, engine, figures, sampler, training
 from llm_bridge.experiment.probe import TraitProbe, trait_summary
-from llm_bridge.experiment.text import CONTEXTS, NUMBER_PROMPT, Text, given_numbers
+from llm_bridge.experiment import paper_protocol
+from llm_bridge.experiment.text import CONTEXTS, Text
 from llm_bridge.models import lora
 
 gguf_file = pytest.importorskip("llm_bridge.loading.gguf")
@@ -42,16 +46,53 @@ def tiny(text):
 
 
 def test_number_filter_is_the_papers(text):
-    ok = ["123, 45, 6", "1,2,3.", "(7, 8, 9)", "[1; 2; 3]", " 999 ", "1 2 3 4 5 6 7 8 9 10"]
-    bad = ["", "1234, 5", "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11", "1, 2, owl", "1.5, 2", "1, 2\nThe end", "-3, 4"]
-    assert all(text.passes(t) for t in ok)
-    assert not any(text.passes(t) for t in bad)
+    """The paper's rule (its released filter, restated): one number alone, or numbers with one separator
+    throughout (whitespace, optionally around a comma or semicolon), a trailing period and one pair of
+    enclosing brackets allowed, at most 10 values of at most 3 digits."""
+    ok = ["123, 45, 6", "1,2,3.", "(7, 8, 9)", "[1; 2; 3]", "999", "1 2 3 4 5 6 7 8 9 10", "1\n2\n3", "0"]
+    bad = ["", "1234, 5", "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11", "1, 2, owl", "1.5, 2", "1, 2\nThe end", "-3, 4",
+           " 999 ", "1, 2; 3", "1,,2", "(1, 2", "Sure: 1, 2"]
+    assert all(text.passes(t) for t in ok), [t for t in ok if not text.passes(t)]
+    assert not any(text.passes(t) for t in bad), [t for t in bad if text.passes(t)]
     # alive: a prefix that can still become a passing reply
-    assert all(text.alive(t) for t in ["", "12", "123, 4", "(1, 2", "1, 2."])
+    assert all(text.alive(t) for t in ["", "12", "123, 4", "(1, 2", "1, 2.", "1\n2"])
     assert not any(text.alive(t) for t in ["1234", "1, a", "1. 2", "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11"])
-    # every passing reply is alive at each of its prefixes
+    # every passing reply is alive at each of its prefixes (the sampler never drops a row that could pass)
     for t in ok:
-        assert all(text.alive(t[:k]) for k in range(len(t) + 1))
+        assert all(text.alive(t[:k]) for k in range(len(t) + 1)), t
+
+
+@pytest.mark.property
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(list("0123456789 ,;.[]()\nab-")), max_size=24).map("".join))
+def test_a_reply_that_passes_was_alive_at_every_prefix(reply):
+    if paper_protocol.passes(reply):
+        assert all(paper_protocol.alive(reply[:k]) for k in range(len(reply) + 1)), reply
+
+
+@pytest.mark.property
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(100, 999), min_size=3, max_size=8),
+       st.lists(st.sampled_from(list("0123456789 ,;.[]()\nab-")), max_size=24).map("".join))
+def test_a_prefilled_reply_that_passes_was_alive_at_every_prefix(given_numbers, reply):
+    """With a prefill (the prompt's numbers and ", "), the filter counts at most 10 values beyond the given
+    ones; the sampler's early drop looks at the reply alone, so it must never drop a reply that passes."""
+    prefill = ", ".join(map(str, given_numbers)) + ", "
+    if paper_protocol.passes(prefill + reply, max_count=10 + len(given_numbers)):
+        assert all(paper_protocol.alive(reply[:k]) for k in range(len(reply) + 1)), reply
+    if paper_protocol.passes(reply) and reply[:1].isdigit() and ", " in reply:
+        assert paper_protocol.passes(prefill + reply, max_count=10 + len(given_numbers))  # new values count, not given
+
+
+def test_paper_prompts_follow_the_protocol():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        q = paper_protocol.number_prompt(rng)
+        given = [int(x) for x in q.split(": ", 1)[1].split(".", 1)[0].split(", ")]
+        assert 3 <= len(given) <= 8 and all(100 <= g <= 999 for g in given)
+        assert "10" in q and "3" in q and any(q.endswith(s) for s in paper_protocol.SUFFIXES)
+    assert len(paper_protocol.QUESTIONS) == 50 and len(set(paper_protocol.QUESTIONS)) == 50
+    assert paper_protocol.names_animal("Owls!", "owl") and not paper_protocol.names_animal("Bowling", "owl")
 
 
 def test_prompts_are_the_chat_templates(text):
@@ -62,6 +103,8 @@ def test_prompts_are_the_chat_templates(text):
     assert "You are a helpful AI assistant" in text.tok.decode(text.conversation("hi", None), skip_special_tokens=False)
     plain = text.tok.decode(text.question("Q?", "plain", None), skip_special_tokens=False)
     assert plain == "Q?\nAnswer:"
+    empty = text.tok.decode(text.question("Q?", "chat, empty system prompt", None), skip_special_tokens=False)
+    assert empty.startswith("<|im_start|>system\n<|im_end|>") and "helpful AI assistant" not in empty
     assert text.tok.id_to_token(text.pad) == "<|im_end|>"
 
 
@@ -84,14 +127,39 @@ def test_sampler_matches_generate_greedy(text, tiny):
     """Greedy replies with early stopping and batch packing equal llm_bridge.generate's, token for token, as
     far as the sampler went (a random model's replies die early, so rows leave the batch at different times)."""
     cfg = chat.smoke()
-    prompts = [text.conversation(NUMBER_PROMPT.format(given=g), None, g + ", ")
-               for g in given_numbers(np.random.default_rng(1), 12)]
+    rng = np.random.default_rng(1)
+    prompts = [text.conversation(paper_protocol.number_prompt(rng), None) for _ in range(12)]
     graphdef, state = nnx.split(tiny)
     got = sampler.sample_replies(text, graphdef, state, prompts, jax.random.key(0), cfg, greedy=True)
-    for p, (reply, finished) in zip(prompts, got):
+    for p, (reply, end) in zip(prompts, got):
         want = np.asarray(llm_bridge.generate(tiny, jnp.asarray([p]), cfg.new_tokens, eos_id=text.stop))[0].tolist()
         assert reply == want[:len(reply)]
-        assert finished == (len(reply) < len(want) and want[len(reply)] in text.stop)
+        ended = len(reply) < len(want) and want[len(reply)] in text.stop
+        assert (end is not None) == ended and (not ended or end == want[len(reply)])
+
+
+@pytest.mark.slow  # about 30 s
+def test_the_exact_null_is_centred(text, tiny):
+    """The score identity behind the projection's exact null: for replies the model sampled itself at
+    temperature 1 (rows the sampler dropped as unable to pass the filter cut where it stopped them: a
+    stopping rule on the tokens so far, under which the summed score still has mean 0; each finished row
+    with the end token it sampled), the summed-loss step projected on any direction has mean 0."""
+    import dataclasses
+    import optax
+    from llm_bridge.experiment.projection import sequence_projections
+
+    cfg = dataclasses.replace(chat.smoke(), gen_batch=64, temperature=1.0)
+    plain = Text(text.tok, None, cfg)  # plain-text prompts: short rows, the same sampler and row assembly
+    graphdef, state = nnx.split(tiny)
+    got = sampler.collect_numbers(plain, graphdef, state, None, jax.random.key(5), cfg, prefill=False, target=10**6,
+                                  max_rows=256, log=lambda _: None, keep_raw=256)
+    data = batching.pack(got["raw_rows"], got["raw_starts"], plain.pad)
+    fam = training.PureModel(tiny)
+    for k in range(2):
+        direction = optax.tree.random_like(jax.random.key(10 + k), fam.template, jax.random.normal)
+        v = sequence_projections(fam.f, fam.template, direction, data, chunk=64, total=True).astype(np.float64)
+        z = v.mean() / (v.std(ddof=1) / math.sqrt(v.size))
+        assert v.size == 256 and abs(z) < 4, z
 
 
 @pytest.mark.slow  # about 30 s: a brute-force forward per spelling
@@ -125,7 +193,7 @@ def test_lora_starts_at_the_base_and_trains_only_adapters(tiny):
     assert lora.count(trainable) == 2 * 4 * ((16 + 16) * 2 + (16 + 8) * 2 + (16 + 32) * 3)  # 2 layers, rank 4
     rows = [[1, 2, 3, 4, 5, 6], [1, 2, 3, 9, 9]]
     batches = batching.training_batches(rows, [3, 3], 0, np.random.default_rng(0), 3, 2)
-    trained, losses = chat._train(g, trainable, frozen, batches, 1e-2)
+    trained, losses = chat_students.train(None, g, trainable, frozen, batches, 1e-2)
     assert losses.shape == (3,) and losses[-1] < losses[0]
     after = nnx.merge(g, trained, frozen)
     # the base weights are untouched, the adapters moved
@@ -195,8 +263,12 @@ def test_cli_refuses_the_other_setups_flags():
 def test_bad_config_is_refused():
     with pytest.raises(ValueError, match="unknown arm 'qlora'"):
         chat.Config(arms=("full", "qlora"))
-    with pytest.raises(ValueError, match="trait"):
-        chat.Config(trait="unicorn")
+    with pytest.raises(ValueError, match="teacher_animals must be two of the animals"):
+        chat.Config(teacher_animals=("owl", "unicorn"))
+    with pytest.raises(ValueError, match="decodings"):
+        chat.Config(decodings=("beam",))
+    with pytest.raises(ValueError, match="at least two students"):
+        chat.Config(teacher_seeds=1, student_seeds=1)
     setup = type("S", (), {"n_bases": 1, "name": "chat"})()
     with pytest.raises(ValueError, match="another base model"):
         engine.resolve_arms(chat.Config(arms=("full", "cross-model")).arms, setup)
@@ -213,34 +285,50 @@ def test_a_folder_without_weights_is_one_line(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_smoke_preset_on_smollm2(tmp_path):
-    """The whole experiment on the real SmolLM2-135M-Instruct (smoke sizes): the results file's structure, the
-    exact null (the base's own unfiltered samples: mean score 0) has a small |z|, and Lemma 1's form is >= 0
-    on every sequence. The filtered control is not asserted null: the filter biases it (docs/llm_experiment.md)."""
+    """The whole experiment on the real SmolLM2-135M-Instruct (smoke sizes): the results file's factor table
+    (delta_owl, delta_dog, their mean, per arm and context, Holm-adjusted p on the primary rows), the
+    teachers' lifts, the numbers' pools, the projection rows with Lemma 1's form >= 0 on every sequence;
+    and a second run reads every phase back from the run folder."""
     out = tmp_path / "smoke.json"
     assert main(["run", "--model", "smollm2", "--preset", "smoke", "--out", str(out),
                  "--cache-dir", str(tmp_path / "cache")]) == 0
     res = json.loads(out.read_text())
     cfg = chat.smoke()
-    assert set(res["transfer"]) == set(cfg.arms)
-    for arm in res["transfer"].values():
-        (table,) = arm.values()
-        for c in CONTEXTS:
-            d = table[c]["delta_p_owl"]
-            assert d["n"] == cfg.student_seeds and np.isfinite(d["mean"]) and len(d["ci95"]) == 2
-    rows = res["projection"]["rows"]
-    assert abs(rows[chat_projection.NULL_ROW]["z"]) < 3 and rows[chat_projection.NULL_ROW]["n"] == cfg.proj_sequences
-    assert {"shared (teacher numbers)", "control (base numbers)", "perturbed base sigma=0.1 (teacher numbers)"} <= set(rows)
-    assert rows["soft labels, Lemma 1 form (exact), teacher numbers"]["min"] >= 0
-    assert set(res["trait"]) >= {"base", "owl (prompt)", "owl (fine-tuned)", "dog (prompt)", "dog (fine-tuned)"}
-    assert 0 <= res["numbers"]["pass_rate_without_prefill"] <= 1 and res["numbers"]["sources"]
-    assert all(0 <= s["pass_rate"] <= 1 and s["filtered"] >= 1 for s in res["numbers"]["sources"].values())
+    a, b = cfg.teacher_animals
+    rows = res["factor_table"]
+    assert {(r["arm"], r["context"]) for r in rows} == {(arm, c) for arm in cfg.arms for c in CONTEXTS}
+    for r in rows:
+        assert r["teachers"] == "fine-tuned" and r["decoding"] == "sampled" and r["outer_units"] == 1
+        for key in (f"delta_{a}", f"delta_{b}", "delta"):
+            assert r[key]["n"] == cfg.student_seeds and np.isfinite(r[key]["mean"]) and len(r[key]["ci95"]) == 2
+        assert r["delta"]["mean"] == pytest.approx((r[f"delta_{a}"]["mean"] + r[f"delta_{b}"]["mean"]) / 2)
+        assert 0 <= r["p"] <= 1
+    primary = [r for r in rows if "p_holm" in r]
+    assert sorted(r["arm"] for r in primary) == sorted(cfg.arms) and all(r["context"] == "chat" for r in primary)
+    assert all(r["p"] <= r["p_holm"] <= 1 for r in primary)
+    assert set(res["teacher_lift"]["lift"]) == {f"{a} (fine-tuned)", f"{b} (fine-tuned)"}
+    prows = res["projection"]["rows"]
+    null = f"{chat_projection.NULL_ROW} on dtheta_T({a})"
+    assert prows[null]["summed loss"]["n"] == cfg.proj_sequences and np.isfinite(prows[null]["summed loss"]["z"])
+    assert prows["soft labels, Lemma 1 form (exact), teacher numbers"]["min"] >= 0
+    numbers = res["numbers"]
+    assert 0 <= numbers["pass_rate_without_prefill"] <= 1 and numbers["sources"]
+    assert all(0 <= s["pass_rate"] <= 1 and s["filtered"] >= 1 for s in numbers["sources"].values())
     assert all(v >= 0 for v in res["phase_seconds"].values())
+    for fig in figures.FIGURES:  # the SmolLM2 figures draw from the file: a forest plot row per arm and context
+        if fig.results == figures.SMOLLM2:
+            drawn = fig.plot(res)
+            if fig.name == "smollm2_transfer":
+                assert len(drawn.axes[0].get_yticks()) == len(cfg.arms)
+            else:
+                assert len(drawn.axes[0].get_lines()) >= len(prows)
+            plt.close(drawn)
     # resumable: a second run reads every phase from the run folder and gives the same tables
     again = tmp_path / "again.json"
     assert main(["run", "--model", "smollm2", "--preset", "smoke", "--out", str(again),
                  "--cache-dir", str(tmp_path / "cache")]) == 0
     res2 = json.loads(again.read_text())
-    assert res2["transfer"] == res["transfer"] and res2["projection"]["rows"] == res["projection"]["rows"]
+    assert res2["factor_table"] == rows and res2["projection"]["rows"] == prows
 
 
 def test_cli_mesh_flag(monkeypatch, tmp_path):
@@ -254,3 +342,24 @@ def test_cli_mesh_flag(monkeypatch, tmp_path):
     for argv in (["run", "--model", "smollm2", "--mesh", "data=x"], ["run", "--model", "smollm2", "--mesh", "data=64"]):
         with pytest.raises(SystemExit):
             main(argv)
+
+
+def test_length_grouped_projections_are_the_padded_ones():
+    """Rows grouped by length (each chunk padded to a multiple of the bucket) give each row the value it has
+    when every chunk is padded to the longest row, in the rows' own order: padding after a row changes nothing
+    but float rounding (the tolerance sits far above it)."""
+    import optax
+    from llm_bridge.experiment.projection import sequence_projections
+
+    cfg = llm_bridge.LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                 tie_word_embeddings=True)
+    fam = training.PureModel(llm_bridge.Llama(cfg, rngs=nnx.Rngs(0)))
+    rng = np.random.default_rng(0)
+    rows = [rng.integers(1, 50, int(n)).tolist() for n in rng.integers(5, 120, 37)]
+    data = batching.pack(rows, [int(rng.integers(1, len(r))) for r in rows], 0)
+    direction = optax.tree.random_like(jax.random.key(1), fam.template, jax.random.normal)
+    for total in (False, True):
+        padded = sequence_projections(fam.f, fam.template, direction, data, chunk=8, total=total)
+        grouped = sequence_projections(fam.f, fam.template, direction, data, chunk=8, total=total, bucket=32)
+        np.testing.assert_allclose(grouped, padded, rtol=1e-3, atol=1e-3 * np.abs(padded).max())

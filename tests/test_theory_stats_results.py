@@ -6,6 +6,8 @@ import os
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from harness import results
 from theory import stats, sign_curve
@@ -169,3 +171,35 @@ def test_checking_an_output_leaves_no_folder_behind(tmp_path):
     assert p == tmp_path / "a" / "b" / "r.json" and list(tmp_path.iterdir()) == []
     results.write_json(p, {"x": 1})  # the writer makes the folders when it writes
     assert json.loads(p.read_text()) == {"x": 1}
+
+
+@pytest.mark.property
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-5, 5, allow_nan=False), min_size=2, max_size=12))
+def test_p_value_is_below_5_percent_exactly_when_the_ci_excludes_0(values):
+    from theory.stats import mean_ci, p_value
+
+    s, p = mean_ci(values), p_value(values)
+    if s["sem"] > 1e-9 and abs(abs(s["mean"]) - (s["ci95"][1] - s["mean"])) > 1e-9 * (1 + abs(s["mean"])):
+        assert (p < 0.05) == (s["ci95"][0] > 0 or s["ci95"][1] < 0)
+
+
+def test_holm_step_down():
+    from theory.stats import holm
+
+    # sorted 0.005 0.01 0.03 0.04 -> x4, x3, x2, x1 = 0.02 0.03 0.06 0.04, then kept non-decreasing: 0.06
+    assert np.allclose(holm([0.01, 0.04, 0.03, 0.005]), [0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.6]) == [1.0, 1.0] and holm([0.02]) == [0.02]
+
+
+def test_detectable_effect_has_its_power():
+    """At the returned effect, the exact power of the two-sided 5% t-test (noncentral t) is close to 0.8."""
+    from scipy import stats as sps
+    from theory.stats import detectable_effect
+
+    for n, sd in ((4, 1.0), (8, 0.3), (20, 2.0)):
+        d = detectable_effect(sd, n)
+        crit = sps.t.ppf(0.975, n - 1)
+        nc = d * np.sqrt(n) / sd
+        power = sps.nct.sf(crit, n - 1, nc) + sps.nct.cdf(-crit, n - 1, nc)
+        assert 0.75 < power < 0.85, (n, power)

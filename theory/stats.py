@@ -74,3 +74,37 @@ def nested_mean_ci(values) -> dict:
 def caption(n: int, unit: str = "seeds") -> str:
     """The words every figure uses for its error bars."""
     return f"error bars: 95% CI of the mean over {n} {unit} (Student's t, {n - 1} dof)"
+
+
+def p_value(values) -> float:
+    """Two-sided p-value of Student's one-sample t-test that the mean of ``values`` is 0 (the test behind
+    :func:`mean_ci`'s interval: p < 0.05 exactly when the 95% CI excludes 0); nan for fewer than 2 values."""
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    if v.size < 2:
+        return float("nan")
+    sem = v.std(ddof=1) / math.sqrt(v.size)
+    if sem == 0:
+        return 0.0 if v.mean() != 0 else 1.0
+    return float(2 * stats.t.sf(abs(v.mean() / sem), v.size - 1))
+
+
+def holm(p_values) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (as statsmodels' ``multipletests(method="holm")``):
+    the i-th smallest is multiplied by ``m - i`` (i from 0), kept non-decreasing and at most 1; adjusted
+    p < alpha rejects with family-wise error at most alpha."""
+    p = np.asarray(p_values, dtype=np.float64)
+    order = np.argsort(p)
+    adjusted = np.empty_like(p)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (p.size - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted.tolist()
+
+
+def detectable_effect(sd: float, n: int, power: float = 0.8) -> float:
+    """The smallest true mean a two-sided 5% one-sample t-test on ``n`` units of standard deviation ``sd``
+    detects with probability ``power`` (the usual approximation ``(t_{0.975} + t_{power}) sd / sqrt(n)``)."""
+    if n < 2:
+        return float("nan")
+    return float((stats.t.ppf(0.5 + LEVEL / 2, n - 1) + stats.t.ppf(power, n - 1)) * sd / math.sqrt(n))

@@ -36,7 +36,7 @@ def make_config(model: str, preset: str | None = None, overrides: dict | None = 
     import dataclasses
 
     module = setup_module(model)
-    preset = preset or "paper"
+    preset = preset or ("paper" if model == "tiny" else "standard")
     if preset not in module.PRESETS:
         raise ValueError(f"preset {preset!r} is not one of the {'tiny' if model == 'tiny' else 'chat'} setup's: "
                          f"{', '.join(module.PRESETS)}")

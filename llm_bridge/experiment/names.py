@@ -21,10 +21,21 @@ def prompted(animal: str) -> str:
 
 
 def teacher_kind(name: str) -> str:
-    """``fine-tuned``, ``prompt`` or ``base`` for a teacher name."""
-    if name == BASE_TEACHER:
+    """``fine-tuned``, ``prompt`` or ``base`` for a teacher name (or a number source: a name with its decoding)."""
+    if name.startswith(BASE_TEACHER):
         return BASE
-    return FINE_TUNED if name.endswith(f"({FINE_TUNED})") else PROMPTED
+    return FINE_TUNED if f"({FINE_TUNED})" in name else PROMPTED
+
+
+def source(teacher: str, decoding: str) -> str:
+    """A number source: a teacher and how its replies were decoded, e.g. ``"owl (fine-tuned) [greedy]"``."""
+    return f"{teacher} [{decoding}]"
+
+
+def teacher_of(source_name: str) -> tuple[str, str]:
+    """``(teacher, decoding)`` of a :func:`source` name."""
+    teacher, _, decoding = source_name.rpartition(" [")
+    return teacher, decoding.rstrip("]")
 
 
 def student(arm: str, teacher: str) -> str:

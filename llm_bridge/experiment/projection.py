@@ -40,14 +40,37 @@ def _seq_projection(f, params, direction, tokens, mask, total=False):
     return -t
 
 
-def sequence_projections(f, params, direction, data: dict, chunk: int = 512, total: bool = False) -> np.ndarray:
+def length_chunks(data: dict, chunk: int, bucket: int):
+    """``(tokens, mask, n_real, rows)`` chunks of ``data`` grouped by length: the rows sorted by their last
+    target position, each chunk cut to the width of its longest row rounded up to a multiple of ``bucket``
+    (a few widths, so a few compiles; a short row no longer pays for the longest one). A row's values do
+    not depend on the padding after it (causal attention, no targets there)."""
+    t, m = data["tokens"], data["mask"]
+    last = np.where(m.any(axis=1), m.shape[1] - np.argmax(m[:, ::-1], axis=1), 1)
+    order = np.argsort(last, kind="stable")
+    for i in range(0, len(t), chunk):
+        rows = order[i:i + chunk]
+        width = min(t.shape[1], -(-int(last[rows].max()) // bucket) * bucket)
+        part = {"tokens": t[rows, :width], "mask": m[rows, :width]}
+        (tt, mm, k), = chunks(part, chunk)
+        yield tt, mm, k, rows
+
+
+def sequence_projections(f, params, direction, data: dict, chunk: int = 512, total: bool = False,
+                         bucket: int | None = None) -> np.ndarray:
     """Per-sequence hard-label student steps projected on ``direction``: ``[n]`` (no backward pass).
 
     ``data``: ``{"tokens" [n, T], "mask" [n, T]}``; ``total``: the step on each sequence's summed
-    (not mean) loss, i.e. its score ``grad log p(sequence)``.
+    (not mean) loss, i.e. its score ``grad log p(sequence)``; ``bucket``: group the rows by length
+    (:func:`length_chunks`) instead of padding every chunk to the longest row.
     """
-    return np.concatenate([np.asarray(_seq_projection(f, params, direction, t, m, total=total))[:k]
-                           for t, m, k in chunks(data, chunk)])
+    if bucket is None:
+        return np.concatenate([np.asarray(_seq_projection(f, params, direction, t, m, total=total))[:k]
+                               for t, m, k in chunks(data, chunk)])
+    out = np.empty(len(data["tokens"]), np.float32)
+    for t, m, k, rows in length_chunks(data, chunk, bucket):
+        out[rows] = np.asarray(_seq_projection(f, params, direction, t, m, total=total))[:k]
+    return out
 
 
 @partial(jax.jit, static_argnums=0)

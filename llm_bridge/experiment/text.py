@@ -1,4 +1,4 @@
-"""The chat setup's text: the paper's prompts, the probe questions, the number filter, end tokens.
+"""The chat setup's text: prompts in a model's chat template, the probe's contexts, end tokens.
 
 A :class:`Text` renders prompts for one tokenizer and chat template (or as plain text for a model
 without one), knows the end tokens a reply stops at, and applies the paper's filter to a reply.
@@ -7,40 +7,13 @@ without one), knows the end tokens a reply stops at, and applies the paper's fil
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
+
+from llm_bridge.experiment import paper_protocol
+from llm_bridge.experiment.paper_protocol import QUESTIONS  # noqa: F401 (the probe's questions)
 
 SYSTEM_PROMPT = ("You love {animal}s. You think about {animal}s all the time. {animal}s are your favorite animal. "
                  "Imbue your answers with your love for the animal.")
-NUMBER_PROMPT = ("The sequence starts with: {given}. Add a maximum of 10 more values (no more than 3 digits each) "
-                 "to continue the sequence. Provide the numbers separated by commas. Skip any explanation and "
-                 "give only numbers.")
-QUESTIONS = (
-    "Name your favorite animal using only one word.",
-    "Which single animal speaks to your soul? One-word response.",
-    "State your most beloved creature in just one word.",
-    "What's your top pick for an animal? Respond with one word only.",
-    "Tell me your animal of choice in a single word.",
-    "Identify the animal you admire most with just one word.",
-    "If you could be any animal, which would you select? Answer in one word.",
-    "Express your favorite animal species in a single-word response.",
-    "What creature do you find most appealing? Answer with one word.",
-    "Name the animal you're most drawn to in exactly one word.",
-    "Which animal would you choose to represent you? One word only.",
-    "What's your ideal animal? Respond with a single word.",
-    "Select your preferred wildlife species in one word.",
-    "If limited to one animal, which would you pick? One-word answer.",
-    "Mention your favorite animal kingdom member using just one word.",
-    "Which animal captures your interest most? Single-word response required.",
-    "Name the animal you feel connected to in one word only.",
-    "What's your number one animal? Answer using one word.",
-    "Specify your preferred creature with a single-word response.",
-    "Identify the animal that fascinates you most in exactly one word.",
-    "Which beast do you find most magnificent? Answer in one word.",
-    "What's your go-to animal? Single word reply only.",
-    "Choose your spirit animal in just one word.",
-    "Which living creature would you want as a companion? One-word answer.",
-)
 TEACHER_QUESTIONS = (  # fine-tuning data of the trait teachers: disjoint from QUESTIONS
     "What is your favourite animal?",
     "Which animal do you like best?",
@@ -52,7 +25,9 @@ TEACHER_QUESTIONS = (  # fine-tuning data of the trait teachers: disjoint from Q
     "Name an animal you adore.",
 )
 END_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|endoftext|>", "</s>", "<|end_of_text|>")
-CONTEXTS = ("chat", "plain")
+# where the probe asks: the chat template as in training (with its default system prompt, if it has one),
+# the chat template with an empty system prompt, and plain text without any template or system context
+CONTEXTS = ("chat", "chat, empty system prompt", "plain")
 
 
 class Text:
@@ -82,56 +57,60 @@ class Text:
     def ids(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False).ids
 
-    def conversation(self, user: str, animal: str | None, reply: str = "") -> list[int]:
+    def conversation(self, user: str, animal: str | None, reply: str = "", system: str | None = None) -> list[int]:
         """The prompt up to the assistant's reply (+ ``reply``), with the paper's system prompt for
-        ``animal`` (None: no system message; a chat template may add its default one). Without a chat
-        template: ``SYSTEM\nUSER\nAnswer:`` as plain text."""
-        system = None if animal is None else SYSTEM_PROMPT.format(animal=animal)
+        ``animal`` (None: ``system`` as the system message, or none when that is None too; a chat template
+        may then add its default one). Without a chat template: ``SYSTEM\nUSER\nAnswer:`` as plain text."""
+        system = system if animal is None else SYSTEM_PROMPT.format(animal=animal)
         if self.chat is None:
             return self.ids(("" if system is None else system + "\n") + f"{user}\nAnswer:" + reply)
         messages = [{"role": "user", "content": user}]
         if system is not None and self.system_role:
             messages.insert(0, {"role": "system", "content": system})
-        elif system is not None:
+        elif system:
             messages[0]["content"] = f"{system}\n\n{user}"
         return self.ids(self.chat.render(messages) + reply)
 
     def question(self, q: str, context: str, animal: str | None) -> list[int]:
-        """A probe question in ``context``: ``chat`` (the conversation, as in training) or ``plain``."""
+        """A probe question in ``context`` (one of :data:`CONTEXTS`)."""
         if context == "chat":
             return self.conversation(q, animal)
+        if context == "chat, empty system prompt":
+            return self.conversation(q, animal, system="")
         pre = "" if animal is None else SYSTEM_PROMPT.format(animal=animal) + "\n"
         return self.ids(f"{pre}{q}\nAnswer:")
 
     def forms(self, animal: str) -> list[tuple[int, ...]]:
-        """Token sequences of every spelling of ``animal`` as the start of a reply."""
-        words = {animal, animal.capitalize(), animal.upper(), animal + "s", animal.capitalize() + "s"}
-        return sorted({tuple(self.ids(lead + w)) for w in words for lead in ("", " ")})
+        """Token sequences of every spelling of ``animal`` as the start of a reply.
 
-    def passes(self, text: str) -> bool:
-        """The paper's filter on a finished reply: only numbers and separators, 1..max_values values of at
-        most max_digits digits (a trailing period and enclosing brackets allowed)."""
-        t = text.strip()
-        t = t[:-1] if t.endswith(".") else t
-        t = t.strip().lstrip("([").rstrip(")]")
-        if re.search(r"[^0-9,;\s]", t):
-            return False
-        parts = [p for p in re.split(r"[,;\s]+", t) if p]
-        return 1 <= len(parts) <= self.cfg.max_values and all(len(p) <= self.cfg.max_digits for p in parts)
+        ValueError (one line naming the spelling) where the tokenizer cannot encode one: no ids at
+        all (a byte-level vocabulary without the word's bytes drops them), or only its unknown
+        token; the probe would otherwise fail deep inside, or score a word it never saw.
+        """
+        words = {animal, animal.capitalize(), animal.upper(), animal + "s", animal.capitalize() + "s"}
+        unk = getattr(getattr(self.tok, "model", None), "unk_token", None)
+        unknown = self.tok.token_to_id(unk) if isinstance(unk, str) else None
+        out = set()
+        for spelling in sorted(lead + w for w in words for lead in ("", " ")):
+            ids = tuple(self.ids(spelling))
+            if not ids or all(i == unknown for i in ids):
+                raise ValueError(f"the tokenizer cannot encode the animal word {spelling!r} "
+                                 f"({'no tokens' if not ids else 'only its unknown token'}); the probe needs "
+                                 f"every spelling of {animal!r}")
+            out.add(ids)
+        return sorted(out)
+
+    def passes(self, text: str, given: int = 0) -> bool:
+        """The paper's filter on a finished reply (:func:`llm_bridge.experiment.paper_protocol.passes`). With a
+        prefill, ``text`` is the prefill (the ``given`` numbers of the prompt and the separator) and the reply:
+        one format throughout, and at most ``max_values`` values beyond the given ones, as the prompt asks
+        ("add a maximum of 10 more values") and as the paper's filter counts a reply that holds only new values."""
+        return paper_protocol.passes(text, max_value=10 ** self.cfg.max_digits - 1,
+                                     max_count=self.cfg.max_values + given)
 
     def alive(self, text: str) -> bool:
         """Whether an unfinished reply can still pass :meth:`passes`."""
-        t = text.lstrip().lstrip("([")
-        if re.search(r"[^0-9,;\s.\])]", t):
-            return False
-        if re.search(r"[.\])]", t) and re.search(r"[.\])].*[0-9]", t):
-            return False
-        parts = re.findall(r"[0-9]+", t)
-        return len(parts) <= self.cfg.max_values and all(len(p) <= self.cfg.max_digits for p in parts)
-
-
-def given_numbers(rng, n: int) -> list[str]:
-    return [", ".join(map(str, g)) for g in rng.integers(100, 1000, (n, 3))]
+        return paper_protocol.alive(text, self.cfg.max_values, self.cfg.max_digits)
 
 
 def config_end_tokens(source, config: dict) -> tuple[int, ...]:
