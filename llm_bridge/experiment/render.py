@@ -84,7 +84,8 @@ def readme_summary(results_dir: Path) -> str:
                 f"{a} {verdict(native['transfer'][a][key]['tiny'][f'delta_margins_{owl}'])}" for a in arms) + "."
             + (" A run under another vector ISA (`XLA_FLAGS=--xla_cpu_max_isa=AVX`, no FMA) reaches the same verdict "
                "on every arm." if agree else " Runs under another vector ISA differ in verdict on some arm: see "
-               "docs/llm_experiment.md." if avx is not None else ""))
+               "docs/llm_experiment.md." if avx is not None else " These verdicts are not yet confirmed by a run "
+               "under another vector ISA (`XLA_FLAGS=--xla_cpu_max_isa=AVX`), which a published verdict needs."))
     if five is not None:
         out.append("The default 5-base run (`python -m llm_bridge run --model tiny`, about 10 minutes) is a quick "
                    "check: its digits depend on the CPU's vector ISA (pretraining's chaos amplifies float32 rounding), "
