@@ -195,15 +195,25 @@ def read_results(path: str | os.PathLike) -> dict | None:
     if not p.is_file():  # a folder, a FIFO (reading it would block), a device
         raise ValueError(f"{shown(path)}: not a regular file")
     try:
-        value = json.loads(p.read_text())
+        text = p.read_text()
     except OSError as err:
         raise ValueError(f"{shown(path)}: cannot be read ({err.strerror or err})") from None
-    except ValueError as err:
+    except ValueError as err:  # not UTF-8
         raise ValueError(f"{shown(path)}: not valid JSON ({' '.join(str(err).split())[:200]})") from None
+    return json_object(text, shown(path), "a results file")
+
+
+def json_object(text: str, where: str, what: str = "a JSON object") -> dict:
+    """``text`` parsed as a JSON object; anything else is a ValueError of one line naming ``where``: invalid
+    JSON, JSON nested too deeply for the parser, or another JSON type (not ``what``)."""
+    try:
+        value = json.loads(text)
+    except ValueError as err:
+        raise ValueError(f"{where}: not valid JSON ({' '.join(str(err).split())[:200]})") from None
     except RecursionError:
-        raise ValueError(f"{shown(path)}: not valid JSON (nested too deeply)") from None
+        raise ValueError(f"{where}: not valid JSON (nested too deeply)") from None
     if not isinstance(value, dict):
-        raise ValueError(f"{shown(path)}: not a results file (a JSON {type(value).__name__}, not an object)")
+        raise ValueError(f"{where}: not {what} (a JSON {type(value).__name__}, not an object)")
     return value
 
 

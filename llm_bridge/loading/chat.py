@@ -29,7 +29,6 @@ inside the template included, is one ``ValueError`` line naming the file.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +39,7 @@ import jinja2.nodes
 from llm_bridge.loading import sandbox
 from llm_bridge.loading.hf import folder_file
 from llm_bridge.loading.sandbox import MAX_OUTPUT_CHARS, MAX_SECONDS, BoundedSandbox, Overrun  # noqa: F401
+from harness.results import json_object
 
 SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
@@ -122,15 +122,7 @@ def _read_json(path: Path) -> dict:
     """A JSON object file, or {} where there is none; ValueError (one line) for anything else."""
     if not _present(path):
         return {}
-    try:
-        value = json.loads(_read_text(path, MAX_FILE_BYTES))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON: {err}") from None
-    except RecursionError:
-        raise ValueError(f"{path}: not valid JSON: nested too deeply") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{path}: not a JSON object")
-    return value
+    return json_object(_read_text(path, MAX_FILE_BYTES), str(path))
 
 
 def _compile(text, source: Path) -> jinja2.Template:

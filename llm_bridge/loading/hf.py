@@ -29,6 +29,7 @@ from safetensors.flax import save_file
 
 from llm_bridge.loading.weights import from_hf_weights, to_hf_weights
 from llm_bridge.models import Model, config_from_hf
+from harness.results import json_object
 
 
 MAX_JSON_BYTES = 16 << 20  # config.json, model.safetensors.index.json: real ones are a few kB
@@ -74,14 +75,10 @@ def _read_config(path: Path) -> dict:
     if path.stat().st_size > MAX_JSON_BYTES:
         raise ValueError(f"{path}: {path.stat().st_size:,} bytes; a config is at most {MAX_JSON_BYTES >> 20} MiB")
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
-    except RecursionError:
-        raise ValueError(f"{path}: not valid JSON (nested too deeply)") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{path}: not a JSON object")
-    return value
+    return json_object(text, str(path))
 
 
 def _weight_map(index: Path) -> dict[str, str]:
