@@ -38,17 +38,25 @@ import sys
 import time
 from pathlib import Path
 
-import matplotlib
+from harness import results
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+# matplotlib (with the Agg backend) and the figure registry, which imports every package's figures, are
+# imported where figures are listed or drawn, so that --help answers at once
 
-from harness import figures as figures_registry  # noqa: E402
-from harness import results  # noqa: E402
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 def registered_figures() -> dict:
     """All registered figures, by name, in registry order (:func:`harness.figures.registered`)."""
+    from harness import figures as figures_registry
+
+    _pyplot()
     return figures_registry.registered()
 
 
@@ -143,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         if not names:
             print("paper_figs: error: no figure has its results here; nothing drawn", file=sys.stderr)
             return 2
+    from tqdm import tqdm
+
+    plt = _pyplot()
     written, done = [], {}
     for name in (bar := tqdm(names, desc="figures", unit="fig")):
         bar.set_postfix_str(name)
