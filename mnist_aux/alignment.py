@@ -28,7 +28,7 @@ same teacher, noise batches and batch order as Figure 10.
 from __future__ import annotations
 
 import time
-from functools import partial
+from dataclasses import dataclass
 from pathlib import Path
 
 import jax
@@ -39,7 +39,7 @@ import optax
 import theory
 from harness.results import provenance
 from theory.stats import mean_ci
-from mnist_aux import dissect, teachers, train
+from mnist_aux import engine, teachers, train
 from mnist_aux.configs import Config
 from mnist_aux.data import Dataset, normalize
 from mnist_aux.model import apply
@@ -49,6 +49,7 @@ ARM_LABELS = {"none": "no intervention", "trait": "update ⊥ trait gradient",
               "displacement": "update ⊥ teacher displacement", "liminal": "liminal (KL to reference, epoch 1)"}
 PROBE = 1024  # labelled training images behind the trait gradient (the last PROBE of the training set)
 _KL = theory.softmax_kl()  # over all 10 + m logits: the liminal penalty
+SERIES = ("inner_disp", "cos_disp", "inner_trait", "cos_trait", "kl", "residual_cos")  # per step; kl: the imitation loss
 
 
 def project_out(tree, d):
@@ -65,52 +66,57 @@ def trait_gradient(params, probe_x, probe_y):
     return jax.grad(train.teacher_loss)(params, probe_x, probe_y)
 
 
-def _metrics(u, disp, g):
-    neg_g = optax.tree.scale(-1.0, g)
-    return {"inner_disp": theory.inner(u, disp), "cos_disp": theory.cosine(u, disp),
-            "inner_trait": theory.inner(u, neg_g), "cos_trait": theory.cosine(u, neg_g)}
+@dataclass(frozen=True)
+class Intervention:
+    """One arm of :data:`ARMS` as the engine's per-step hook (:class:`mnist_aux.engine.Hook`).
 
+    Every step it measures the student's update ``u_t`` (after Adam and the rate) against the
+    teacher's displacement ``D = theta_T - theta_0`` and the trait direction ``-g_t`` (the digit
+    cross-entropy's gradient at the current student on the probe set); ``trait`` and
+    ``displacement`` project ``g_t`` or ``D`` out of the gradient and out of the update;
+    ``liminal`` adds its penalty to the loss in the first epoch.
+    """
 
-def epoch(arm: str, cfg: Config, liminal_weight: float, student, opt_state, theta0, teacher,
-          keys: train.SeedKeys, ep, probe_x, probe_y):
-    """One distillation epoch of one seed's student under ``arm``; per-step metrics."""
-    tx = optax.adam(cfg.lr)
-    imitation = dissect.Distill().imitation_loss(cfg)  # Figure 10's aux-only KL
-    disp = optax.tree.sub(teacher, theta0)
+    arm: str
+    liminal_weight: float = 1.0
+    needs_reference = True
 
-    def loss_fn(params, x, z):
-        y = apply(params, x)
-        kl = imitation.value(y, z).mean()
-        if arm == "liminal":
-            penalty = _KL.value(y, apply(theta0, x)).mean()
-            return kl + jnp.where(ep == 0, liminal_weight, 0.0) * penalty, kl
-        return kl, kl
+    def prepare(self, teacher, ref, shared):
+        return {"disp": optax.tree.sub(teacher, ref), "ref": ref, "probe": shared}
 
-    def step(carry, b, size):
-        params, opt_state = carry
-        x = train.noise_batch(keys.noise, b, size)
-        (_, kl), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, apply(teacher, x))
-        g_trait = trait_gradient(params, probe_x, probe_y)
-        against = {"trait": g_trait, "displacement": disp}.get(arm)
-        if against is not None:
-            grads = project_out(grads, against)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        if against is not None:
-            updates = project_out(updates, against)
-        m = _metrics(updates, disp, g_trait)
-        m["kl"] = kl
-        m["residual_cos"] = jnp.abs(theory.cosine(updates, against)) if against is not None else jnp.zeros(())
-        return (optax.apply_updates(params, updates), opt_state), m
+    def state(self, params, ctx):
+        return trait_gradient(params, *ctx["probe"])
 
-    carry, ms = train.noise_epoch(step, (student, opt_state), cfg, keys, ep)
-    return *carry, ms
+    def _against(self, g_trait, ctx):
+        return {"trait": g_trait, "displacement": ctx["disp"]}.get(self.arm)
+
+    def penalty(self, y, x, ctx, epoch):
+        if self.arm != "liminal":
+            return None
+        return jnp.where(epoch == 0, self.liminal_weight, 0.0) * _KL.value(y, apply(ctx["ref"], x)).mean()
+
+    def gradient(self, grads, g_trait, ctx):
+        against = self._against(g_trait, ctx)
+        return grads if against is None else project_out(grads, against)
+
+    def update(self, updates, g_trait, ctx):
+        return self.gradient(updates, g_trait, ctx)
+
+    def metrics(self, updates, g_trait, ctx):
+        neg_g, disp, against = optax.tree.scale(-1.0, g_trait), ctx["disp"], self._against(g_trait, ctx)
+        return {"inner_disp": theory.inner(updates, disp), "cos_disp": theory.cosine(updates, disp),
+                "inner_trait": theory.inner(updates, neg_g), "cos_trait": theory.cosine(updates, neg_g),
+                "residual_cos": jnp.abs(theory.cosine(updates, against)) if against is not None else jnp.zeros(())}
 
 
 def run(cfg: Config, seeds, data: Dataset, *, arms=ARMS, log_every: int = 10, liminal_weight: float = 1.0,
-        teacher_cache: Path | None = teachers.CACHE, progress: bool = True, command: str | None = None) -> dict:
+        teacher_cache: Path | None = teachers.CACHE, progress: bool = True, command: str | None = None,
+        devices=None) -> dict:
     """Train the shared-init aux-only student under each arm for every seed; return results.
 
-    ``teacher_cache``: the teachers' cache folder (:mod:`mnist_aux.teachers`; ``None``: none).
+    Each arm is one run of the student engine (:func:`mnist_aux.engine.run`, all seeds in one
+    chunk, the arm as its per-step hook :class:`Intervention`). ``teacher_cache``: the teachers'
+    cache folder (:mod:`mnist_aux.teachers`; ``None``: none); ``devices`` (default all) carry the seed axis.
     """
     start = time.perf_counter()
     unknown = [a for a in arms if a not in ARMS]
@@ -124,34 +130,32 @@ def run(cfg: Config, seeds, data: Dataset, *, arms=ARMS, log_every: int = 10, li
     if len(set(seeds)) != len(seeds) or len(seeds) < 2:
         raise ValueError("need at least 2 distinct seeds")
     trained, _, teacher_info = teachers.trained(cfg, seeds, data, cache=teacher_cache)
-    keys, theta0 = train.references(cfg, jnp.asarray(seeds, jnp.int32))
-    probe_x = normalize(jnp.asarray(data.train_x[-PROBE:]))
-    probe_y = jnp.asarray(data.train_y[-PROBE:])
-    test_x, test_y = jnp.asarray(data.test_x), jnp.asarray(data.test_y)
-    acc_fn = jax.jit(jax.vmap(lambda p: train.accuracy(jax.tree.map(lambda a: a[None], p), test_x, test_y)[0]))
-    init_fn = jax.jit(jax.vmap(optax.adam(cfg.lr).init))
+    # the students' theta_0 drawn op by op, outside jit, as the committed alignment results were: it rounds
+    # differently from the compiled draw the teachers started from (by up to ~6e-8 a weight)
+    references = train.references(cfg, jnp.asarray(seeds, jnp.int32))
+    probe = (normalize(jnp.asarray(data.train_x[-PROBE:])), jnp.asarray(data.train_y[-PROBE:]))
+    student = engine.Student(lr=cfg.lr)  # Figure 10's shared-init, aux-only student
 
     out = {}
     for arm in arms:
-        epoch_fn = jax.jit(jax.vmap(partial(epoch, arm, cfg, liminal_weight), in_axes=(0, 0, 0, 0, 0, None, None, None)))
-        student, opt_state = theta0, init_fn(theta0)
-        accs, logs = [np.asarray(acc_fn(student))], []
-        for ep in range(cfg.distill_epochs):
-            student, opt_state, ms = epoch_fn(student, opt_state, theta0, trained, keys, np.int32(ep), probe_x, probe_y)
-            logs.append(jax.tree.map(np.asarray, ms))
-            accs.append(np.asarray(acc_fn(student)))
+        def report(ep, loss, steps, acc, arm=arm):
             if progress:
                 print(f"alignment: arm {arm}, epoch {ep + 1}/{cfg.distill_epochs}: accuracy "
-                      f"{accs[-1].mean():.3f}, KL {logs[-1]['kl'][:, -1].mean():.2e}", flush=True)
-        series = {k: np.concatenate([lg[k] for lg in logs], axis=1) for k in logs[0]}  # [S, steps]
-        acc = np.stack(accs, axis=1)  # [S, epochs + 1]
+                      f"{acc.mean():.3f}, KL {steps['loss'][:, -1].mean():.2e}", flush=True)
+
+        plan = engine.Plan((student,), hook=Intervention(arm, liminal_weight), unstacked=True)
+        run_ = engine.run(cfg, plan, seeds, data, teachers=trained, references=references, shared=probe, link=False,
+                          epoch_accuracy=True, seeds_per_chunk=len(seeds), devices=devices, on_epoch=report)
+        series = {k: run_.series["loss" if k == "kl" else k][..., 0] for k in SERIES}  # [S, steps]
+        acc = run_.epoch_accuracy[..., 0]  # [S, epochs + 1]
+        per_epoch = series["kl"].shape[1] // max(cfg.distill_epochs, 1)
         kept = np.arange(0, series["kl"].shape[1], log_every)
         out[arm] = {
             "label": ARM_LABELS[arm],
             "accuracy_by_epoch": acc.tolist(), "final_accuracy": acc[:, -1].tolist(),
             "final_accuracy_summary": mean_ci(acc[:, -1]),
-            "kl_first_epoch_mean": series["kl"][:, :len(logs[0]["kl"][0])].mean(axis=1).tolist(),
-            "kl_last_epoch_mean": series["kl"][:, -len(logs[-1]["kl"][0]):].mean(axis=1).tolist(),
+            "kl_first_epoch_mean": series["kl"][:, :per_epoch].mean(axis=1).tolist(),
+            "kl_last_epoch_mean": series["kl"][:, -per_epoch:].mean(axis=1).tolist(),
             "logged_steps": kept.tolist(),
             "series": {k: v[:, kept].tolist() for k, v in series.items() if k != "residual_cos"},
             "max_residual_cos": float(series["residual_cos"].max()),

@@ -21,6 +21,7 @@ DISTRIBUTIONS = ("uniform", "gaussian", "blurred", "lowrank", "mnist", "fashion_
 INPUTS = DISTRIBUTIONS + STRUCTURED
 IMAGES = ("mnist", "fashion_mnist")  # the inputs that are real training images
 MOMENTS = ("uniform_mnist_moments", "uniform_mnist_pixel")  # need the training images' pixel moments
+DIGITS = 10  # the digit logits come first; the m auxiliary logits follow them
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class Config:
     dataset: str = "mnist"  # "mnist" or "fashion_mnist"
     hidden: int = 256  # width of the hidden layers
     depth: int = 2  # number of hidden layers (the paper's 2; other values for the depth sweep)
-    n_aux: int = 3  # m, auxiliary logits after the 10 digit logits
+    n_aux: int = 3  # m, auxiliary logits after the 10 digit logits (the only spelling of m)
     lr: float = 3e-4  # Adam, betas (0.9, 0.999), eps 1e-8, for the teacher and every student
     batch_size: int = 1024
     teacher_epochs: int = 5  # cross-entropy on the 10 digit logits, reshuffled every epoch
@@ -66,12 +67,19 @@ class Config:
     @property
     def n_out(self) -> int:
         """10 digit logits + m auxiliary logits."""
-        return 10 + self.n_aux
+        return DIGITS + self.n_aux
+
+    @property
+    def aux_slice(self) -> slice:
+        """Where the m auxiliary logits are on the outputs' last axis, ``slice(10, 10 + m)``: the one
+        definition every module's auxiliary logits come from (``y[..., cfg.aux_slice]``, :attr:`aux_indices`)."""
+        return slice(DIGITS, self.n_out)
 
     @property
     def aux_indices(self) -> tuple[int, ...]:
-        """The auxiliary logits, ``(10, ..., 10 + m - 1)``."""
-        return tuple(range(10, self.n_out))
+        """The auxiliary logits as indices, ``(10, ..., 10 + m - 1)``: what the students' and the theory
+        core's subset losses select (:meth:`mnist_aux.engine.Student.imitation_loss`)."""
+        return tuple(range(self.n_out))[self.aux_slice]
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)

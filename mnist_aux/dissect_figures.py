@@ -1,6 +1,7 @@
 """Figures of the MNIST dissection: the reconciliation table, the sweeps, the alignment, the peer table.
 
-Registered with paper_figs.py through :data:`mnist_aux.figures.FIGURES`:
+Each is a :class:`PanelFigure` record (``harness.figures.Figure``) built here; the one registry,
+:data:`mnist_aux.figures.FIGURES`, lists them after Figure 10 (this module never imports it):
 
 ``mnist_sweep_reconcile``  bars: loss x reduction x optimizer, shared vs cross-model init
 ``mnist_sweep_<name>``     accuracy (95% CI) and Theorem 1's step-0 cosine along a sweep
@@ -17,7 +18,9 @@ from __future__ import annotations
 
 import textwrap
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import matplotlib
 
@@ -27,7 +30,8 @@ import numpy as np  # noqa: E402
 
 from mnist_aux.sweeps import SWEEPS  # noqa: E402
 from theory import stats  # noqa: E402
-from harness.results import read_json  # noqa: E402
+from harness.figures import Figure  # noqa: E402
+from harness.results import read_json, write_json  # noqa: E402
 
 CHANCE = 0.1
 QUICK_SEEDS = 3
@@ -275,73 +279,97 @@ def _full_run_dir(results_dir: Path, quick: bool) -> Path:
     return results_dir.parent if quick else results_dir
 
 
-# wall minutes of each sweep on 2 CPU cores, from the committed results (cpu_seconds of the points / 2 where
-# they were assembled from the cache); the quick presets take about a minute each
 @dataclass(frozen=True)
-class SweepFigure:
-    sweep: str
-
-    @property
-    def minutes(self) -> tuple[float, float]:
-        from mnist_aux.sweeps import SWEEPS
-
-        return SWEEPS[self.sweep].minutes, 1.0
-
-    @property
-    def name(self) -> str:
-        return f"mnist_sweep_{self.sweep}"
-
-    @property
-    def results(self) -> str:
-        return self.name
+class PanelFigure(Figure):
+    """``harness.figures.Figure`` for the MNIST figures: ``compute_fn(quick, results_dir)`` also gets the
+    results folder (the sweep and teacher caches, the full run a quick one reuses, the files the peer
+    table quotes), and ``draw(results)`` returns the whole matplotlib figure (several panels, one
+    legend and the caption) instead of filling one axes."""
 
     def compute(self, quick: bool, results_dir: Path) -> dict:
-        from mnist_aux import sweeps
-
-        command = f"python paper_figs.py --only {self.name}" + (" --quick" if quick else "")
-        dataset = _data()
-        full = _full_run_dir(results_dir, quick)
-        if quick:
-            try:  # the full run's points, when every one is cached
-                return sweeps.run_sweep(self.sweep, dataset, progress=False, cache_only=True, command=command,
-                                        cache=full / "sweeps")
-            except sweeps.MissingPoint:
-                pass
-        return sweeps.run_sweep(self.sweep, dataset, preset="smoke" if quick else "paper",
-                                n_seeds=QUICK_SEEDS if quick else None, cache=results_dir / "sweeps",
-                                teacher_cache=results_dir / "cache" / "teachers", progress=False, command=command)
+        return self.compute_fn(quick, results_dir)
 
     def plot(self, results: dict) -> plt.Figure:
-        kind = SWEEPS[self.sweep].plot
-        return {"reconcile": plot_reconcile, "line": plot_line_sweep, "bar": plot_bar_sweep}[kind](results)
+        return self.draw(results)
 
 
-@dataclass(frozen=True)
-class AlignmentFigure:
-    name: str = "mnist_alignment"
-    minutes: tuple[float, float] = (4.0, 1.0)
+def _command(name: str, quick: bool) -> str:
+    return f"python paper_figs.py --only {name}" + (" --quick" if quick else "")
 
-    @property
-    def results(self) -> str:
-        return self.name
 
-    def compute(self, quick: bool, results_dir: Path) -> dict:
-        from mnist_aux import alignment
-        from mnist_aux.configs import paper, smoke
+def compute_sweep(sweep: str, quick: bool, results_dir: Path) -> dict:
+    """Sweep ``sweep`` at the paper's setting (a resume from its cache), or for ``quick`` the full
+    run's cached points when they are all there, else the smoke setting on :data:`QUICK_SEEDS` seeds."""
+    from mnist_aux import sweeps
 
-        if quick:  # reuse the full run when it is there (and readable)
-            full = read_json(_full_run_dir(results_dir, quick) / f"{self.name}.json")
-            if full is not None:
-                return full
-        cfg, n = (smoke(), QUICK_SEEDS) if quick else (paper(), 10)
-        command = f"python paper_figs.py --only {self.name}" + (" --quick" if quick else "")
-        results = alignment.run(cfg, range(n), _data(), teacher_cache=results_dir / "cache" / "teachers",
-                                progress=False, command=command)
-        results["preset"] = "smoke" if quick else "paper"
-        return results
+    command = _command(f"mnist_sweep_{sweep}", quick)
+    dataset = _data()
+    if quick:
+        try:  # the full run's points, when every one is cached
+            return sweeps.run_sweep(sweep, dataset, progress=False, cache_only=True, command=command,
+                                    cache=_full_run_dir(results_dir, quick) / "sweeps")
+        except sweeps.MissingPoint:
+            pass
+    return sweeps.run_sweep(sweep, dataset, preset="smoke" if quick else "paper",
+                            n_seeds=QUICK_SEEDS if quick else None, cache=results_dir / "sweeps",
+                            teacher_cache=results_dir / "cache" / "teachers", progress=False, command=command)
 
-    def plot(self, results: dict) -> plt.Figure:
-        return plot_alignment(results)
+
+def plot_sweep(results: dict) -> plt.Figure:
+    """A sweep's figure, of its kind (:attr:`mnist_aux.sweeps.Sweep.plot`)."""
+    kind = SWEEPS[results["sweep"]].plot
+    return {"reconcile": plot_reconcile, "line": plot_line_sweep, "bar": plot_bar_sweep}[kind](results)
+
+
+def compute_alignment(quick: bool, results_dir: Path) -> dict:
+    """The alignment run: paper preset, 10 seeds; ``quick`` reuses the full run when it is there (and
+    readable), else runs the smoke preset on :data:`QUICK_SEEDS` seeds."""
+    from mnist_aux import alignment
+    from mnist_aux.configs import paper, smoke
+
+    if quick:
+        full = read_json(_full_run_dir(results_dir, quick) / "mnist_alignment.json")
+        if full is not None:
+            return full
+    cfg, n = (smoke(), QUICK_SEEDS) if quick else (paper(), 10)
+    results = alignment.run(cfg, range(n), _data(), teacher_cache=results_dir / "cache" / "teachers",
+                            progress=False, command=_command("mnist_alignment", quick))
+    results["preset"] = "smoke" if quick else "paper"
+    return results
+
+
+def compute_peers(quoted: Callable[[str], Figure], quick: bool, results_dir: Path) -> dict:
+    """The peer table from the results files it quotes; one that is missing is computed as its own
+    figure ``quoted(stem)`` computes it, and kept."""
+    from mnist_aux import peers
+
+    def missing(stem):
+        result = quoted(stem).compute(quick, results_dir)
+        write_json(results_dir / f"{stem}.json", result)
+        return result
+
+    return peers.assemble(peers.load(results_dir, missing))
+
+
+def sweep_figure(sweep: str) -> PanelFigure:
+    """``mnist_sweep_<sweep>``; compute minutes: the sweep's (:data:`mnist_aux.sweeps.MINUTES`), about a
+    minute quick."""
+    return PanelFigure(f"mnist_sweep_{sweep}", partial(compute_sweep, sweep), plot_sweep,
+                       minutes=(SWEEPS[sweep].minutes, 1.0))
+
+
+def alignment_figure() -> PanelFigure:
+    """``mnist_alignment``: 4 minutes at the paper preset, about one quick."""
+    return PanelFigure("mnist_alignment", compute_alignment, plot_alignment, minutes=(4.0, 1.0))
+
+
+SweepFigure, AlignmentFigure = sweep_figure, alignment_figure  # the names the figure-reader tests use
+
+
+def peers_figure(quoted: Callable[[str], Figure]) -> PanelFigure:
+    """The peer table, drawn from the results files it quotes (computed first where missing, by
+    ``quoted(stem)``, the registry's figure of that file); every sweep it quotes takes 300 min."""
+    return PanelFigure("mnist_peers", partial(compute_peers, quoted), plot_peers, minutes=(300.0, 15.0))
 
 
 def _peer_label(r: dict) -> str:
@@ -385,35 +413,3 @@ def plot_peers(table: dict) -> plt.Figure:
                         f"Computed by: {table.get('command', 'python -m mnist_aux peers')} (from the results files it "
                         "quotes); python paper_figs.py --only mnist_peers only redraws it.", ncol=2)
     return fig
-
-
-@dataclass(frozen=True)
-class PeersFigure:
-    """The peer table drawn from the results files it quotes (computed first where missing)."""
-
-    name: str = "mnist_peers"
-    minutes: tuple[float, float] = (300.0, 15.0)  # every sweep the table quotes, where missing
-
-    @property
-    def results(self) -> str:
-        return self.name
-
-    def compute(self, quick: bool, results_dir: Path) -> dict:
-        from mnist_aux import peers
-        from mnist_aux.figures import Fig10
-        from harness.results import write_json
-
-        def missing(stem):  # compute it as its own figure would, and keep it
-            spec = Fig10() if stem == peers.FIG10 else SweepFigure(stem.removeprefix("mnist_sweep_"))
-            result = spec.compute(quick, results_dir)
-            write_json(results_dir / f"{stem}.json", result)
-            return result
-
-        return peers.assemble(peers.load(results_dir, missing))
-
-    def plot(self, results: dict) -> plt.Figure:
-        return plot_peers(results)
-
-
-def figures() -> list:
-    return [SweepFigure(name) for name in SWEEPS] + [AlignmentFigure(), PeersFigure()]

@@ -1,6 +1,10 @@
-"""Figures registered with paper_figs.py: ``mnist_aux_fig10``, the paper's Figure 10.
+"""The MNIST figures' one registry (:data:`FIGURES`, read by paper_figs.py), and Figure 10's plot.
 
-Left: the six arms' mean test accuracy with 95% CIs over seeds and the chance line, as
+``mnist_aux_fig10``, the paper's Figure 10, is drawn here; the dissection's figures (the sweeps,
+the alignment, the peer table) in :mod:`mnist_aux.dissect_figures`, which never imports this module.
+Every entry is a :class:`~mnist_aux.dissect_figures.PanelFigure` (``harness.figures.Figure``).
+
+Figure 10, left: the six arms' mean test accuracy with 95% CIs over seeds and the chance line, as
 in the paper. Middle: every seed's accuracy (strip plot). Right: the theory link, each
 seed's cosine between a student's first distillation update and the teacher's
 displacement ``theta_T - theta_0`` (Theorem 1: positive for the shared-init student).
@@ -9,7 +13,6 @@ Plotting reads only the results dict (``python -m mnist_aux run`` writes the sam
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -18,6 +21,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from mnist_aux import dissect_figures  # noqa: E402
+from mnist_aux.dissect_figures import PanelFigure  # noqa: E402
+from mnist_aux.sweeps import SWEEPS  # noqa: E402
 from theory import stats  # noqa: E402
 
 CHANCE = 0.1
@@ -105,37 +111,22 @@ def plot_fig10(results: dict) -> plt.Figure:
     return fig
 
 
-@dataclass(frozen=True)
-class Fig10:
-    """``mnist_aux_fig10``: quick = smoke preset at 8 seeds, else the paper preset at 100 seeds."""
+def compute_fig10(quick: bool, results_dir: Path) -> dict:
+    """Figure 10's run: the paper preset at 100 seeds, or for ``quick`` the smoke preset at 8."""
+    from mnist_aux import data, experiment
+    from mnist_aux.configs import paper, smoke
 
-    name: str = "mnist_aux_fig10"
-    minutes: tuple[float, float] = (50.0, 0.5)  # 100 seeds / the smoke preset's 8, on 2 CPU cores
-
-    @property
-    def results(self) -> str:
-        return self.name
-
-    def compute(self, quick: bool, results_dir: Path) -> dict:
-        from mnist_aux import data, experiment
-        from mnist_aux.configs import paper, smoke
-
-        preset, n = ("smoke", 8) if quick else ("paper", 100)
-        cfg = (smoke if quick else paper)()
-        dataset = data.load(cfg.dataset)  # --data-dir's place: $SUBLIMINAL_MNIST_DIR, then the usual search
-        results = experiment.run(cfg, range(n), dataset,
-                                 command=f"python paper_figs.py --only {self.name}" + (" --quick" if quick else ""))
-        results["preset"] = preset
-        return results
-
-    def plot(self, results: dict) -> plt.Figure:
-        return plot_fig10(results)
+    preset, n = ("smoke", 8) if quick else ("paper", 100)
+    cfg = (smoke if quick else paper)()
+    dataset = data.load(cfg.dataset)  # --data-dir's place: $SUBLIMINAL_MNIST_DIR, then the usual search
+    results = experiment.run(cfg, range(n), dataset,
+                             command="python paper_figs.py --only mnist_aux_fig10" + (" --quick" if quick else ""))
+    results["preset"] = preset
+    return results
 
 
-def _figures() -> list:
-    from mnist_aux.dissect_figures import figures
-
-    return [Fig10(), *figures()]
-
-
-FIGURES = _figures()
+# minutes: 100 seeds / the smoke preset's 8, on 2 CPU cores
+FIG10 = PanelFigure("mnist_aux_fig10", compute_fig10, plot_fig10, minutes=(50.0, 0.5))
+FIGURES = [FIG10, *(dissect_figures.sweep_figure(name) for name in SWEEPS), dissect_figures.alignment_figure()]
+# the peer table computes a file it quotes that is missing as that file's figure above computes it
+FIGURES.append(dissect_figures.peers_figure(lambda stem: next(f for f in FIGURES if f.results == stem)))

@@ -1,15 +1,10 @@
-"""Pure, per-seed pieces of the experiment: keys, teacher training, distillation, accuracy.
+"""Pure, per-seed pieces of the experiment: keys, inits, the epoch skeleton, teacher training, accuracy.
 
-Every function here describes ONE seed; :mod:`mnist_aux.experiment` runs them for many
-seeds at once with ``jax.vmap`` (the seed axis) inside ``jax.jit``. Shapes below omit that
-seed axis. An epoch is one ``lax.scan`` over its full batches plus one step on the last,
-smaller batch (60,000 = 58 x 1024 + 608), as the official script's loader does.
-
-Students. The four students of a seed are trained together as one stack
-``[4, ...]`` in the order :data:`STUDENTS`: the shared-init and cross-model students that
-imitate the auxiliary logits only, then the two that imitate all 10 + m logits. They all
-see the same noise batch and the same teacher outputs, so the teacher's forward pass and
-the noise are computed once per batch, and the first layer of all four is one matmul.
+Every function here describes ONE seed; :mod:`mnist_aux.engine` runs them for many seeds at
+once with ``jax.vmap`` (the seed axis) inside ``jax.jit``. Shapes below omit that seed axis.
+An epoch is one ``lax.scan`` over its full batches plus one step on the last, smaller batch
+(60,000 = 58 x 1024 + 608), as the official script's loader does. The students and their
+distillation epoch are :mod:`mnist_aux.engine`'s.
 
 Noise. Each model's noise set is the fixed set of ``n_noise`` images of the official
 script, but never stored: batch ``b`` is drawn from ``fold_in(noise_key, b)``, so it is
@@ -28,13 +23,9 @@ import numpy as np
 import optax
 from jax.extend.random import threefry2x32_p
 
-import theory
-from mnist_aux.configs import Config
+from mnist_aux.configs import DIGITS, Config
 from mnist_aux.data import normalize
 from mnist_aux.model import apply, init_params
-
-STUDENTS = ("student_aux", "cross_aux", "student_all", "cross_all")
-ARMS = ("reference", "teacher", "student_aux", "student_all", "cross_aux", "cross_all")  # Figure 10 order
 
 
 class SeedKeys(NamedTuple):
@@ -130,7 +121,7 @@ def first_batch_index(cfg: Config, keys: SeedKeys) -> tuple[jax.Array | int, int
 
 
 def optimizer(cfg: Config) -> optax.GradientTransformation:
-    """Adam as in the official script (torch defaults: betas 0.9/0.999, eps 1e-8)."""
+    """The teacher's Adam as in the official script (torch defaults: betas 0.9/0.999, eps 1e-8)."""
     return optax.adam(cfg.lr)
 
 
@@ -139,7 +130,7 @@ def optimizer(cfg: Config) -> optax.GradientTransformation:
 
 def teacher_loss(params, x: jax.Array, y: jax.Array) -> jax.Array:
     """Mean cross-entropy on the 10 digit logits only: ``x [B, 784], y [B] -> scalar``."""
-    logits = apply(params, x)[:, :10]
+    logits = apply(params, x)[..., :DIGITS]
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
 
@@ -164,53 +155,6 @@ def teacher_epoch(cfg: Config, params, opt_state, shuffle_key, epoch, train_x, t
     return *carry, losses.mean()
 
 
-# ------------------------------------------------------------------------ distillation
-
-
-# The official script's ``F.kl_div(log_softmax(student), softmax(teacher))``, over the last axis.
-_KL = theory.softmax_kl()
-
-
-def distill_loss(students, x: jax.Array, teacher_logits: jax.Array, n_aux: int) -> tuple[jax.Array, jax.Array]:
-    """Sum over the 4 students of each one's mean KL to the teacher on its logit subset.
-
-    ``students``: stacked params ``[4, ...]`` in :data:`STUDENTS` order; ``x [B, 784]``;
-    ``teacher_logits [B, 10 + m]``. The first two students see the auxiliary logits
-    ``[:, 10:]`` only, the last two all logits. Summing makes ``jax.grad`` return each
-    student's own gradient. Returns ``(sum, per-student mean KL [4])``.
-    """
-    y = jax.vmap(apply, in_axes=(0, None))(students, x)  # [4, B, 10 + m]
-    aux = _KL.value(y[:2, :, 10:], teacher_logits[None, :, 10:])
-    full = _KL.value(y[2:], teacher_logits[None])
-    per_student = jnp.concatenate([aux, full]).mean(axis=-1)
-    return per_student.sum(), per_student
-
-
-def distill_epoch(cfg: Config, students, opt_state, teacher, keys: SeedKeys, epoch):
-    """One distillation epoch of the 4 students of a seed on its fixed noise set.
-
-    Returns ``(students, opt_state, mean KL per student [4])``.
-    """
-    opt = optimizer(cfg)
-
-    def step(carry, b, size):
-        students, opt_state = carry
-        x = noise_batch(keys.noise, b, size)
-        z = apply(teacher, x)
-        (_, per_student), grads = jax.value_and_grad(distill_loss, has_aux=True)(students, x, z, cfg.n_aux)
-        updates, opt_state = opt.update(grads, opt_state, students)
-        return (optax.apply_updates(students, updates), opt_state), per_student
-
-    carry, losses = noise_epoch(step, (students, opt_state), cfg, keys, epoch)
-    return *carry, losses.mean(axis=0)
-
-
-def first_noise_batch(cfg: Config, keys: SeedKeys) -> jax.Array:
-    """The first batch the students see (epoch 0, first in order): ``[B, 784]``."""
-    b, size = first_batch_index(cfg, keys)
-    return noise_batch(keys.noise, b, size)
-
-
 # ---------------------------------------------------------------------------- metrics
 
 
@@ -226,15 +170,10 @@ def accuracy(params, test_x: jax.Array, test_y: jax.Array, eval_batch: int = 500
 
     def chunk(xy):
         x, y = xy
-        logits = jax.vmap(apply, in_axes=(0, None))(params, normalize(x))[..., :10]
+        logits = jax.vmap(apply, in_axes=(0, None))(params, normalize(x))[..., :DIGITS]
         return jnp.sum(jnp.argmax(logits, axis=-1) == y[None], axis=-1)
 
     return jax.lax.map(chunk, (xs, ys)).sum(axis=0) / n
-
-
-def init_students(theta0, theta0_cross):
-    """The 4 students' initial params ``[4, ...]`` in :data:`STUDENTS` order."""
-    return jax.tree.map(lambda a, c: jnp.stack([a, c, a, c]), theta0, theta0_cross)
 
 
 def init_reference(cfg: Config, init_key: jax.Array):
@@ -249,15 +188,15 @@ def references(cfg: Config, seeds: jax.Array):
     return keys, jax.vmap(partial(init_reference, cfg))(keys.init)
 
 
-def setup(cfg: Config, seeds: jax.Array, partner_seeds: jax.Array):
+def setup(cfg: Config, seeds: jax.Array, partner_seeds: jax.Array | None = None):
     """Per-seed keys and the two initialisations, vmapped over ``seeds [S]``.
 
     Returns ``(keys, theta0, theta0_cross)``: each seed's :class:`SeedKeys`, its reference
     init theta_0 and the reference init of its cross-model partner ``partner_seeds[i]``
-    (drawn from that seed's own init key, so it IS the partner's theta_0).
+    (drawn from that seed's own init key, so it IS the partner's theta_0; None without partners).
     """
     keys, theta0 = references(cfg, seeds)
-    return keys, theta0, references(cfg, partner_seeds)[1]
+    return keys, theta0, None if partner_seeds is None else references(cfg, partner_seeds)[1]
 
 
 def teacher_epochs(cfg: Config, params, opt_state, shuffle_keys, epoch, train_x, train_y):

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from mnist_aux import alignment, data, dissect, experiment, inputs, sweeps, teachers, train
 from mnist_aux.configs import Config
+from mnist_aux.model import apply
 
 # float32 comparisons near the rounding floor: .ci/run also runs them under an older ISA (AVX)
 pytestmark = pytest.mark.numerics
@@ -116,9 +117,10 @@ def test_batchmean_is_the_batch_sum():
     params = train.init_reference(TINY, key)
     x = jax.random.uniform(key, (64, 784), minval=-1, maxval=1)
     z = jax.random.normal(key, (64, 13))
+    y = apply(params, x)
     for loss in dissect.LOSSES:
-        mean = dissect.batch_loss(dissect.Distill(loss=loss), TINY, params, x, z)
-        total = dissect.batch_loss(dissect.Distill(loss=loss, reduction="batchmean"), TINY, params, x, z)
+        mean, total = (s.reduce(s.per_example(TINY, y, z)) for s in (dissect.Distill(loss=loss).student(),
+                       dissect.Distill(loss=loss, reduction="batchmean").student()))
         assert float(total) == pytest.approx(64 * float(mean), rel=1e-5)
 
 
@@ -163,7 +165,7 @@ def test_shared_student_is_figure_10s_aux_student(mnist):
     ours = dissect.run(TINY, dissect.Distill(lr=TINY.lr), ["shared", "cross"], range(2), mnist, teacher_cache=None)
     np.testing.assert_allclose(ours["teacher_accuracy"], fig10["accuracy"]["teacher"], atol=1e-4)
     for k, name in enumerate(("student_aux", "cross_aux")):
-        fig_first = np.asarray(fig10["losses"]["student_kl"])[:, 0, train.STUDENTS.index(name)]
+        fig_first = np.asarray(fig10["losses"]["student_kl"])[:, 0, experiment.STUDENTS.index(name)]
         np.testing.assert_allclose(np.asarray(ours["students"][k]["loss_by_epoch"])[:, 0], fig_first, rtol=1e-3)
     # the theory link at step 0 agrees with Figure 10's cosines
     np.testing.assert_allclose(ours["students"][0]["theory_cosine"], fig10["theory_cosine"]["student_aux"], rtol=1e-3, atol=1e-6)

@@ -8,7 +8,7 @@ import pytest
 from conftest import REPO
 
 import paper_figs
-from mnist_aux import experiment, train
+from mnist_aux import experiment
 from mnist_aux.figures import FIGURES, caption
 from mnist_aux.sweeps import SWEEPS
 from theory import stats
@@ -17,10 +17,10 @@ from theory.stats import mean_ci
 
 def fake_results(n=5):
     rng = np.random.default_rng(0)
-    centre = dict(zip(train.ARMS, (0.1, 0.95, 0.55, 0.9, 0.1, 0.8)))
-    acc = {arm: (centre[arm] + 0.02 * rng.standard_normal(n)).tolist() for arm in train.ARMS}
+    centre = dict(zip(experiment.ARMS, (0.1, 0.95, 0.55, 0.9, 0.1, 0.8)))
+    acc = {arm: (centre[arm] + 0.02 * rng.standard_normal(n)).tolist() for arm in experiment.ARMS}
     cos = {name: (0.03 * rng.standard_normal(n)).tolist() for name in experiment.COSINE_LABELS}
-    return {"seeds": list(range(n)), "arms": list(train.ARMS), "arm_labels": experiment.ARM_LABELS,
+    return {"seeds": list(range(n)), "arms": list(experiment.ARMS), "arm_labels": experiment.ARM_LABELS,
             "accuracy": acc, "summary": {a: mean_ci(v) for a, v in acc.items()},
             "theory_cosine": cos, "theory_cosine_labels": experiment.COSINE_LABELS,
             "theory_cosine_summary": {k: mean_ci(v) for k, v in cos.items()},

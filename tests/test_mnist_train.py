@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import theory
-from mnist_aux import experiment, train
+from mnist_aux import engine, experiment, train
 from mnist_aux.configs import Config, paper
 from mnist_aux.data import Dataset
 from mnist_aux.model import apply
@@ -83,39 +83,49 @@ def test_every_epoch_visits_the_same_noise_batches_in_a_new_order():
     assert not np.array_equal(orders[0], orders[1])
 
 
-def _distill_epoch_reference(cfg, students, opt_state, teacher, keys, epoch):
-    """Slow reference: a Python loop over the batches, each drawn by (seed, batch index)."""
-    opt = train.optimizer(cfg)
+def _kl(y, z):
+    """KL(softmax z || softmax y) per example, written out."""
+    log_p, log_q = jax.nn.log_softmax(z, axis=-1), jax.nn.log_softmax(y, axis=-1)
+    return jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
+
+
+def _distill_epoch_reference(cfg, student, opt_state, teacher, keys, epoch, logits):
+    """Slow reference for ONE student: a Python loop over the batches, each drawn by (seed, batch index)."""
+    opt = optax.adam(cfg.lr)
     n_full, tail = train.batch_sizes(cfg.n_noise, cfg.batch_size)
     plan = [(int(b), cfg.batch_size) for b in train.noise_order(keys.order, epoch, n_full)]
     plan += [(n_full, tail)] if tail else []
+    cut = (lambda y: y[:, 10:]) if logits == "aux" else (lambda y: y)
     for b, size in plan:
         x = train.noise_batch(keys.noise, b, size)
-        grads = jax.grad(lambda s: train.distill_loss(s, x, apply(teacher, x), cfg.n_aux)[0])(students)
-        updates, opt_state = opt.update(grads, opt_state, students)
-        students = optax.apply_updates(students, updates)
-    return students, opt_state
+        grads = jax.grad(lambda p: _kl(cut(apply(p, x)), cut(apply(teacher, x))).mean())(student)
+        updates, opt_state = opt.update(grads, opt_state, student)
+        student = optax.apply_updates(student, updates)
+    return student, opt_state
 
 
 @pytest.mark.slow
 def test_distill_epoch_equals_a_loop_over_seed_batch_noise():
+    """The engine's epoch of Figure 10's four stacked students = each student alone in a plain loop."""
     cfg = TINY
+    plan = experiment.plan(cfg)
     keys = train.seed_keys(1, cfg.prng_impl)
     theta0 = train.init_reference(cfg, keys.init)
     teacher = train.init_reference(cfg, train.seed_keys(2, cfg.prng_impl).init)
-    students = train.init_students(theta0, train.init_reference(cfg, train.seed_keys(9, cfg.prng_impl).init))
-    opt_state = train.optimizer(cfg).init(students)
-    fast, ref = (students, opt_state), (students, opt_state)
+    students = engine.init_students(plan, theta0, train.init_reference(cfg, train.seed_keys(9, cfg.prng_impl).init))
+    fast = (students, engine.optimizer(plan).init(students))
+    refs = [(s, optax.adam(cfg.lr).init(s)) for s in (jax.tree.map(lambda a: a[k], students) for k in range(4))]
     for epoch in range(2):  # the second epoch must reuse the first epoch's noise batches
-        fast = jax.jit(train.distill_epoch, static_argnums=0)(cfg, *fast, teacher, keys, epoch)[:2]
-        ref = _distill_epoch_reference(cfg, *ref, teacher, keys, epoch)
+        fast = jax.jit(engine.distill_epoch, static_argnums=(0, 1))(plan, cfg, *fast, teacher, keys, epoch)[:2]
+        refs = [_distill_epoch_reference(cfg, *ref, teacher, keys, epoch, s.logits) for ref, s in zip(refs, plan.students)]
     # Adam divides by sqrt(v): float32 rounding in a near-zero gradient moves a weight by up
     # to ~lr per step, so the tolerance is a small fraction of one step (lr = 1e-3).
-    assert tree_allclose(fast[0], ref[0], rtol=1e-4, atol=5e-5)
+    for k, (ref, _) in enumerate(refs):
+        assert tree_allclose(jax.tree.map(lambda a: a[k], fast[0]), ref, rtol=1e-4, atol=5e-5), experiment.STUDENTS[k]
 
 
 def test_distill_gradient_is_theory_student_update():
-    """Our fused 4-student loss gives each student the gradient theory.student_update negates."""
+    """The engine's fused 4-student loss gives each student the gradient theory.student_update negates."""
     cfg = TINY
     keys = train.seed_keys(0, cfg.prng_impl)
     theta0 = train.init_reference(cfg, keys.init)
@@ -123,20 +133,27 @@ def test_distill_gradient_is_theory_student_update():
     teacher = jax.tree.map(lambda a, n: a + 0.05 * n, theta0,
                            train.init_reference(cfg, train.seed_keys(2, cfg.prng_impl).init))
     x = train.noise_batch(keys.noise, 0, 128)
-    students = train.init_students(theta0, cross)
-    grads = jax.grad(lambda s: train.distill_loss(s, x, apply(teacher, x), cfg.n_aux)[0])(students)
+    plan = experiment.plan(cfg)
+    students = engine.init_students(plan, theta0, cross)
+    grads = jax.grad(lambda s: engine.objective(plan, cfg, s, x, apply(teacher, x), None, 0)[0])(students)
     losses = {"aux": theory.softmax_kl(cfg.aux_indices), "all": theory.softmax_kl(None)}
     for k, (init, loss) in enumerate([(theta0, "aux"), (cross, "aux"), (theta0, "all"), (cross, "all")]):
         update = theory.student_update(apply, init, teacher, x, losses[loss])
         mine = jax.tree.map(lambda g: -g[k], grads)
-        assert tree_allclose(mine, update, rtol=1e-4, atol=1e-7), train.STUDENTS[k]
+        assert tree_allclose(mine, update, rtol=1e-4, atol=1e-7), experiment.STUDENTS[k]
 
 
 def test_sliced_aux_kl_matches_theory_subset_loss():
-    """The training loss slices ``[..., 10:]``; the theory core's subset loss gathers indices."""
+    """``Config.aux_slice`` and ``Config.aux_indices`` are the same logits; the students' loss sees only them."""
     y, z = jax.random.normal(jax.random.key(0), (2, 32, 13))
-    np.testing.assert_allclose(theory.softmax_kl().value(y[:, 10:], z[:, 10:]),
-                               theory.softmax_kl((10, 11, 12)).value(y, z), rtol=1e-5, atol=1e-7)
+    cfg = TINY
+    assert cfg.aux_indices == (10, 11, 12) and y[..., cfg.aux_slice].shape == (32, 3)
+    np.testing.assert_allclose(theory.softmax_kl().value(y[..., cfg.aux_slice], z[..., cfg.aux_slice]),
+                               theory.softmax_kl(cfg.aux_indices).value(y, z), rtol=1e-5, atol=1e-7)
+    student = engine.Student(logits="aux")
+    np.testing.assert_allclose(student.per_example(cfg, y, z), theory.softmax_kl().value(y[:, 10:], z[:, 10:]),
+                               rtol=1e-5, atol=1e-7)
+    assert np.array_equal(student.per_example(cfg, y, z.at[:, :10].add(5.0)), student.per_example(cfg, y, z))
 
 
 def test_accuracy_matches_numpy():
@@ -176,15 +193,16 @@ def test_vmap_over_seeds_equals_a_loop_over_seeds(fake_data, joint):
             teacher, opt_state, _ = jax.jit(train.teacher_epoch, static_argnums=0)(
                 TINY, teacher, opt_state, keys.shuffle, e, tx, ty)
         cross = train.init_reference(TINY, train.seed_keys(partners[i], TINY.prng_impl).init)
-        students = train.init_students(theta0, cross)
-        opt_state = train.optimizer(TINY).init(students)
+        plan = experiment.plan(TINY)
+        students = engine.init_students(plan, theta0, cross)
+        opt_state = engine.optimizer(plan).init(students)
         for e in range(TINY.distill_epochs):
-            students, opt_state, _ = jax.jit(train.distill_epoch, static_argnums=0)(
-                TINY, students, opt_state, teacher, keys, e)
+            students, opt_state, _, _ = jax.jit(engine.distill_epoch, static_argnums=(0, 1))(
+                plan, TINY, students, opt_state, teacher, keys, e)
         models = jax.tree.map(lambda *a: jnp.stack(a), theta0, teacher,
                               *[jax.tree.map(lambda a: a[k], students) for k in range(4)])
         acc = train.accuracy(models, fake_data.test_x, fake_data.test_y)
-        for k, arm in enumerate(("reference", "teacher") + train.STUDENTS):
+        for k, arm in enumerate(("reference", "teacher") + experiment.STUDENTS):
             assert joint["accuracy"][arm][i] == pytest.approx(float(acc[k]), abs=2e-4), (s, arm)
 
 
@@ -203,8 +221,8 @@ def test_results_format(joint):
     r = joint
     assert r["seeds"] == [0, 1, 2] and sorted(r["cross_init_seed"]) == [0, 1, 2]
     assert all(p != s for s, p in zip(r["seeds"], r["cross_init_seed"]))
-    assert r["arms"] == list(train.ARMS) and r["command"] == "test"
-    for arm in train.ARMS:
+    assert r["arms"] == list(experiment.ARMS) and r["command"] == "test"
+    for arm in experiment.ARMS:
         assert len(r["accuracy"][arm]) == 3
         s = r["summary"][arm]
         assert s["ci95"][0] <= s["mean"] <= s["ci95"][1]
