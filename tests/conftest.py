@@ -42,3 +42,15 @@ def mnist_dir() -> Path | None:
         if (c / "train-images-idx3-ubyte.gz").exists():
             return c
     return None
+
+
+def dicts_where(obj, keep):
+    """Every dict nested anywhere in ``obj`` (a loaded JSON value) for which ``keep(dict)`` is true."""
+    if isinstance(obj, dict):
+        if keep(obj):
+            yield obj
+        for v in obj.values():
+            yield from dicts_where(v, keep)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from dicts_where(v, keep)

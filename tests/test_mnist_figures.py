@@ -5,7 +5,7 @@ import json
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, dicts_where
 
 import paper_figs
 from mnist_aux import experiment
@@ -62,14 +62,7 @@ def test_summary_ci_is_students_t():
 
 
 def _every_summary(o):
-    if isinstance(o, dict):
-        if "ci95" in o:
-            yield o
-        for v in o.values():
-            yield from _every_summary(v)
-    elif isinstance(o, list):
-        for v in o:
-            yield from _every_summary(v)
+    return dicts_where(o, lambda d: "ci95" in d)
 
 
 @pytest.mark.parametrize("name", ["mnist_aux_fig10", "mnist_alignment"] + [f"mnist_sweep_{s}" for s in SWEEPS])

@@ -16,6 +16,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import dicts_where
 
 from mnist_aux import sweeps
 
@@ -42,14 +43,7 @@ def _tracked(pattern: str) -> list[str]:
 
 def _versions(obj):
     """Every provenance ``versions`` block in a results file (the run's, and each cached point's)."""
-    if isinstance(obj, dict):
-        if "git_commit" in obj or "uncommitted_changes" in obj:
-            yield obj
-        for v in obj.values():
-            yield from _versions(v)
-    elif isinstance(obj, list):
-        for v in obj:
-            yield from _versions(v)
+    return dicts_where(obj, lambda d: "git_commit" in d or "uncommitted_changes" in d)
 
 
 def _problems(path: str, have_commit) -> list[str]:
