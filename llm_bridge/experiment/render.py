@@ -157,6 +157,18 @@ def docs_tiny_reading(results_dir: Path) -> str:
         zs = r["projection_over_bases"][names.finetuned(owl)][names.P_SHARED]["z"]
         out.append(f"- {label}: Theorem 1's projection z is positive on {sum(v > 0 for v in zs['values'])} of "
                    f"{len(zs['values'])} bases; Δ_owl: {words}.")
+    native, avx = _load(results_dir, "llm_trait_transfer_bases"), _load(results_dir, "llm_trait_transfer_bases_avx")
+    if native is not None and avx is not None:
+        pairs = [(x, avx["transfer"][arm][key]["tiny"][value]) for arm, by in native["transfer"].items()
+                 for key, table in by.items() for value, x in table["tiny"].items() if value.startswith("delta_margins")]
+        inside = lambda s, m: s["ci95"][0] <= m <= s["ci95"][1]
+        same = all(verdict(x) == verdict(y) for x, y in pairs)
+        within = all(inside(x, y["mean"]) and inside(y, x["mean"]) for x, y in pairs)
+        moved = sum(any(a != b for a, b in zip(x["per_outer"], y["per_outer"])) for x, y in pairs)
+        out.append(f"- 15 bases, native vs AVX, over all {len(pairs)} transfer rows (both animals, every arm and "
+                   f"teacher kind): the same verdict on {'every' if same else 'not every'} row; each mean "
+                   f"{'lies' if within else 'does not always lie'} inside the other run's 95% CI; the per-base values "
+                   f"differ on {moved} of {len(pairs)} rows (the two ISAs round differently, as intended).")
     return "\n".join(out)
 
 
