@@ -146,6 +146,7 @@ def test_a_store_writes_atomically_and_reads_a_broken_entry_as_missing(tmp_path,
     assert Store(None).json("x") is None and Store(None).put("x", {"a": 1}) == {"a": 1}
 
 
+@pytest.mark.slow  # the micro run compiles every arm kind: about 3 minutes of one worker
 def test_results_record_the_arms_streams_and_phase_keys(tiny_micro_run):
     out = tiny_micro_run
     assert set(out["arms"]) == set(MICRO_ARMS) and out["arms"]["lora r4"]["lora_scale"] == 4.0
@@ -167,6 +168,7 @@ def tiny_micro_run(tmp_path_factory):
     return engine.run(tiny.Setup(cfg, tmp_path_factory.mktemp("cache")), log=lambda *_: None)
 
 
+@pytest.mark.slow  # shares the micro run above
 def test_every_arm_runs_in_the_tiny_setup(tiny_micro_run):
     """Every registered kind of arm on a micro tiny run: each student has its margins, the contrasts exist
     for every arm that learns from both animals' fine-tuned teachers."""
