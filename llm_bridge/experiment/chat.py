@@ -121,10 +121,12 @@ class Config:
 
 
 def smoke() -> Config:
-    """Every phase on the real model at the smallest sizes: the slow test's preset (``--preset smoke``;
-    about 5 minutes on 2 CPU cores, mostly compiling). One fine-tuned teacher per animal, sampled numbers,
-    full and LoRA r4 students, two each; the other arms, the prompted teachers, greedy numbers and the
-    sampled answers run on a micro checkpoint in tests/test_llm_chat.py."""
+    """Every phase on the real model at the smallest sizes: the slow test's preset (``--preset smoke``; 20
+    minutes on 2 CPU cores at load average 8, mostly compiling; less on an idle machine). One fine-tuned
+    teacher per animal, temperature-1 numbers, full and LoRA r4 students, two each. Not exercised by it: the
+    prompted teachers, greedy pools, the SGD calibration and the sampled answers (the greedy sampler is
+    tested against ``llm_bridge.generate``; the perturbed arm on a micro checkpoint in tests/test_llm_chat.py;
+    every arm kind in the tiny setup's micro run, tests/test_llm_engine.py)."""
     return Config(questions=4, teacher_steps=2, teacher_batch=4, teacher_seeds=1, decodings=("sampled",),
                   pool_sequences=8, max_rows=96, probe_rows=16, gen_batch=16, arms=("full", "lora r4"),
                   student_seeds=2, student_sequences=8, student_batch=4, proj_sequences=8, soft_sequences=8,
