@@ -192,7 +192,7 @@ def test_lora_starts_at_the_base_and_trains_only_adapters(tiny):
     assert lora.count(trainable) == 2 * 4 * ((16 + 16) * 2 + (16 + 8) * 2 + (16 + 32) * 3)  # 2 layers, rank 4
     rows = [[1, 2, 3, 4, 5, 6], [1, 2, 3, 9, 9]]
     batches = batching.training_batches(rows, [3, 3], 0, np.random.default_rng(0), 3, 2)
-    trained, losses = chat_students.train(None, g, trainable, frozen, batches, 1e-2)
+    trained, losses = chat_students.train(g, trainable, frozen, batches, 1e-2)
     assert losses.shape == (3,) and losses[-1] < losses[0]
     after = nnx.merge(g, trained, frozen)
     # the base weights are untouched, the adapters moved

@@ -265,7 +265,7 @@ class Setup:
                 if params is None:
                     log(f"fine-tuning the {animal} teacher, seed {k}")
                     batches = teacher_batches(self.text, animal, cfg, self.streams.rng("teacher_batches", animal, k))
-                    params, losses = chat_students.train(self, self.graphdef, self.base, self.rest, batches,
+                    params, losses = chat_students.train(self.graphdef, self.base, self.rest, batches,
                                                          cfg.teacher_lr)
                     self.store.put_tree(f"teacher-{key}-{animal}-{k}", params)
                     info[f"{animal} {k}"] = {"losses": losses.tolist()}

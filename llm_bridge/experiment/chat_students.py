@@ -35,7 +35,7 @@ SGD_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)  # plain SGD rates tried by
 HELD_OUT = 64  # calibration rows the loss decrease is measured on
 
 
-def train(setup, graphdef, trainable, frozen, batches: dict, lr: float, opt: str = "adam", loss_fn=rows_loss):
+def train(graphdef, trainable, frozen, batches: dict, lr: float, opt: str = "adam", loss_fn=rows_loss):
     p, losses = fit_frozen(graphdef, trainable, frozen, jax.tree.map(jnp.asarray, batches), loss_fn=loss_fn,
                            lr=lr, opt=opt)
     return p, np.asarray(losses)
@@ -74,7 +74,7 @@ def train_one(setup, unit, rows: list[int] | None = None) -> dict:
         loss_fn = soft_rows_loss
     g, trainable, frozen = start_module(setup, arm, (unit.base, unit.seed))
     lr = setup.sgd_lr if arm.optimizer == "sgd" else getattr(cfg, arm.lr_field())
-    trained, losses = train(setup, g, trainable, frozen, batches, lr, arm.optimizer, loss_fn)
+    trained, losses = train(g, trainable, frozen, batches, lr, arm.optimizer, loss_fn)
     if arm.update == "full":
         graphdef, state = setup.gd_full, setup.state(trained)
     else:
@@ -124,7 +124,7 @@ def calibrate_sgd(setup, source: str, log) -> dict:
     for opt, lr in [("adam", setup.cfg.student_lr)] + [("sgd", r) for r in SGD_GRID]:
         log(f"calibrating SGD: {opt} at {lr:g}")
         g, trainable, frozen = start_module(setup, unit.arm, (0, unit.seed))
-        trained, _ = train(setup, g, trainable, frozen, student_batches(setup, unit, train_rows), lr, opt)
+        trained, _ = train(g, trainable, frozen, student_batches(setup, unit, train_rows), lr, opt)
         after = held_out_loss(setup, setup.gd_full, setup.state(trained), held)
         decrease[f"{opt} {lr:g}"] = before - after if np.isfinite(after) else float("-inf")
     target = decrease[f"adam {setup.cfg.student_lr:g}"]
