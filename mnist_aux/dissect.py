@@ -86,20 +86,9 @@ class Distill:
         return self.student().imitation_loss(cfg)
 
 
-def run(cfg: Config, spec: Distill, inits, seeds, data: Dataset, *, lrs=None, images=None, pairing_seed: int = 0,
-        teacher_cache: Path | None = teachers.CACHE, seeds_per_chunk: int = 25, devices=None) -> dict:
-    """Train one teacher per seed and K students per teacher; evaluate; return a results dict.
-
-    ``inits``: K names (:data:`INITS_HELP`). ``lrs``: K learning rates (default
-    ``spec.lr`` for all). ``images``: uint8 ``[n, 784]`` training images of the distillation
-    set when ``spec.inputs`` is ``mnist`` / ``fashion_mnist`` (for ``uniform_mnist_*``: the
-    images whose pixel moments the noise matches, the teacher's training images). ``teacher_cache``: the teachers'
-    cache folder (:mod:`mnist_aux.teachers`; ``None``: no cache). ``devices`` (default all) carry the
-    seed axis (:func:`mnist_aux.engine.run`). The dict has, per student,
-    per-seed test accuracy and final-epoch loss with summaries, the theory link at step 0,
-    the teachers' accuracy, the config, seeds, pairing and timing.
-    """
-    start, cpu_start = time.perf_counter(), time.process_time()
+def _checked(cfg: Config, spec: Distill, inits, lrs, seeds, images):
+    """:func:`run`'s arguments checked and normalised: ``(inits, lrs, seeds, images)``, the images cut to
+    the distillation set (image inputs) or reduced to their pixel moments (moment-matched noise)."""
     inits = list(inits)
     for name in inits:
         parse_init(name)
@@ -119,19 +108,17 @@ def run(cfg: Config, spec: Distill, inits, seeds, data: Dataset, *, lrs=None, im
         images = np.asarray(images[: cfg.n_noise])
     elif spec.inputs in inputs.MOMENTS:
         images = inputs.moments(images)
-    perm = train.derangement(len(seeds), pairing_seed)
-    partners = [seeds[p] for p in perm]
+    return inits, lrs, seeds, images
 
-    all_teachers, teacher_losses, teacher_info = teachers.trained(cfg, seeds, data, cache=teacher_cache)
-    plan = engine.Plan(tuple(spec.student(name, lr) for name, lr in zip(inits, lrs)), inputs=spec.inputs)
-    out = engine.run(cfg, plan, seeds, data, partners=partners, teachers=all_teachers, images=images,
-                     seeds_per_chunk=seeds_per_chunk, devices=devices)
+
+def _student_rows(out: engine.Outcome, inits, lrs, n_seeds: int) -> list[dict]:
+    """Per student of the plan: its per-seed accuracy, losses and theory link, with summaries."""
     acc = out.accuracy[:, 2:]  # [S, K]
     by_epoch = out.loss_by_epoch.transpose(0, 2, 1)  # [S, K, epochs]
     inner, cos = out.inner, out.cosine
     students_out = []
     for k, name in enumerate(inits):
-        final = by_epoch[:, k, -1] if by_epoch.shape[-1] else np.full(len(seeds), np.nan)
+        final = by_epoch[:, k, -1] if by_epoch.shape[-1] else np.full(n_seeds, np.nan)
         students_out.append({
             "init": name, "lr": lrs[k],
             "accuracy": acc[:, k].tolist(), "accuracy_summary": mean_ci(acc[:, k]),
@@ -139,6 +126,32 @@ def run(cfg: Config, spec: Distill, inits, seeds, data: Dataset, *, lrs=None, im
             "theory_inner": inner[:, k].tolist(), "theory_cosine": cos[:, k].tolist(),
             "theory_cosine_summary": mean_ci(cos[:, k]), "theory_inner_summary": mean_ci(inner[:, k]),
         })
+    return students_out
+
+
+def run(cfg: Config, spec: Distill, inits, seeds, data: Dataset, *, lrs=None, images=None, pairing_seed: int = 0,
+        teacher_cache: Path | None = teachers.CACHE, seeds_per_chunk: int = 25, devices=None) -> dict:
+    """Train one teacher per seed and K students per teacher; evaluate; return a results dict.
+
+    ``inits``: K names (:data:`INITS_HELP`). ``lrs``: K learning rates (default
+    ``spec.lr`` for all). ``images``: uint8 ``[n, 784]`` training images of the distillation
+    set when ``spec.inputs`` is ``mnist`` / ``fashion_mnist`` (for ``uniform_mnist_*``: the
+    images whose pixel moments the noise matches, the teacher's training images). ``teacher_cache``: the teachers'
+    cache folder (:mod:`mnist_aux.teachers`; ``None``: no cache). ``devices`` (default all) carry the
+    seed axis (:func:`mnist_aux.engine.run`). The dict has, per student,
+    per-seed test accuracy and final-epoch loss with summaries, the theory link at step 0,
+    the teachers' accuracy, the config, seeds, pairing and timing.
+    """
+    start, cpu_start = time.perf_counter(), time.process_time()
+    inits, lrs, seeds, images = _checked(cfg, spec, inits, lrs, seeds, images)
+    perm = train.derangement(len(seeds), pairing_seed)
+    partners = [seeds[p] for p in perm]
+
+    all_teachers, teacher_losses, teacher_info = teachers.trained(cfg, seeds, data, cache=teacher_cache)
+    plan = engine.Plan(tuple(spec.student(name, lr) for name, lr in zip(inits, lrs)), inputs=spec.inputs)
+    out = engine.run(cfg, plan, seeds, data, partners=partners, teachers=all_teachers, images=images,
+                     seeds_per_chunk=seeds_per_chunk, devices=devices)
+    students_out = _student_rows(out, inits, lrs, len(seeds))
     teacher_acc, ref_acc = out.accuracy[:, 1], out.accuracy[:, 0]
     return {
         "config": cfg.to_dict(), "distill": dataclasses.asdict(spec), "inits": inits,

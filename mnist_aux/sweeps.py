@@ -21,8 +21,9 @@ directory) where ``key`` hashes :data:`FORMAT` and everything that determines it
 fingerprint, and the distillation images' where they are another data set); a point whose file exists is read instead of run, so re-running an interrupted
 sweep computes only what is missing, and points shared by two sweeps (the paper's setting
 appears in most) are computed once. An entry that cannot be read (truncated, not JSON, another
-key) is reported on stderr and recomputed. The assembled sweep goes to
-``results/mnist_sweep_<NAME>.json``, which ``paper_figs.py`` plots.
+key) is reported on stderr and recomputed (:mod:`mnist_aux.sweep_points` keeps the points and
+their cache). The assembled sweep goes to ``results/mnist_sweep_<NAME>.json``, which
+``paper_figs.py`` plots; :mod:`mnist_aux.sweep_tables` writes its markdown tables.
 
 Adding a sweep is one :class:`Sweep` entry in :data:`SWEEPS`: its points (a function of the
 :class:`Context`), its seeds, its axis label and scale and its plot kind.
@@ -34,12 +35,8 @@ final-epoch distillation loss (the student's own objective) is used.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -47,9 +44,14 @@ import numpy as np
 from tqdm import tqdm
 
 from mnist_aux import configs
-from mnist_aux.configs import PRESETS, Config
+from mnist_aux.configs import PRESETS
 from mnist_aux.data import Dataset
-from harness.results import lazy_module, provenance, read_json, results_dir, shown, write_json
+from mnist_aux.sweep_points import CACHE, Context, MissingPoint, Point
+from harness.results import lazy_module, provenance, shown
+
+# the cache's and the tables' names as the CLI, render.py, the tests and the docs read them: through this module
+from mnist_aux.sweep_points import FORMAT, point_key  # noqa: F401
+from mnist_aux.sweep_tables import paired_markdown, summary_rows, table  # noqa: F401
 
 # loaded at first use, so that the CLI's parser (which lists the sweeps) answers --help without importing JAX
 dissect = lazy_module("mnist_aux.dissect")
@@ -58,101 +60,8 @@ inputs = lazy_module("mnist_aux.inputs")
 model = lazy_module("mnist_aux.model")
 stats = lazy_module("theory.stats")
 
-FORMAT = 3  # cache format/code version, part of every point's key: bump when a point's numbers or layout change
-# (3: the data are keyed by the arrays' fingerprint, not by the .gz files' bytes)
-CACHE = results_dir() / "sweeps"  # relative: resolved against the working directory
 TUNE_SEEDS = tuple(range(1000, 1004))  # SGD rate tuning only; disjoint from the evaluation seeds
 SGD_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)  # per-example-mean rates; batchmean's are / batch_size
-
-
-@dataclass(frozen=True)
-class Point:
-    """One run of :func:`mnist_aux.dissect.run` in a sweep."""
-
-    label: str  # what the figure's axis calls it
-    x: float | str  # the swept value
-    cfg: Config
-    spec: dissect.Distill
-    inits: tuple[str, ...]
-    lrs: tuple[float, ...] | None = None
-    seeds: tuple[int, ...] | None = None  # default: the sweep's seeds
-    series: str = ""  # which line of the figure the point is on, when a sweep has several (not in the key)
-
-    def describe(self, seeds, data: Dataset, pairing_seed: int, distill_data: Dataset | None = None) -> dict:
-        return {"format": FORMAT, "config": self.cfg.key_dict(), "distill": asdict(self.spec), "inits": list(self.inits),
-                "lrs": list(self.lrs) if self.lrs else None, "seeds": [int(s) for s in seeds],
-                "pairing_seed": pairing_seed, "data": data.fingerprint,
-                **({"distill_data": distill_data.fingerprint} if distill_data is not None else {})}
-
-
-class MissingPoint(LookupError):
-    """A point is not in the cache and the sweep runs with ``cache_only``."""
-
-
-def point_key(description: dict) -> str:
-    return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:20]
-
-
-def _default_fashion() -> Dataset:
-    from mnist_aux import data
-    return data.load("fashion_mnist")
-
-
-@dataclass
-class Context:
-    """What a sweep's body needs: the base config, seeds, data, cache and progress bar."""
-
-    base: Config
-    seeds: tuple[int, ...]
-    data: Dataset
-    fashion: Dataset | None = None
-    # where the inputs sweep's Fashion-MNIST comes from when ``fashion`` is not given (the CLI
-    # passes one that honours --no-download; the default reads the usual places)
-    load_fashion: Callable[[], Dataset] = lambda: _default_fashion()
-    cache: Path = CACHE
-    teacher_cache: Path | None = configs.TEACHER_CACHE
-    recompute: bool = False
-    cache_only: bool = False
-    pairing_seed: int = 0
-    computed: list = field(default_factory=list)  # keys computed in this call (tests count them)
-    bar: object = None
-
-    def point(self, p: Point) -> dict:
-        """The point's result: from the cache, else computed and cached (atomic write)."""
-        seeds = p.seeds or self.seeds
-        other = None
-        if p.spec.inputs == "fashion_mnist":
-            if self.fashion is None:
-                self.fashion = self.load_fashion()
-            other = self.fashion
-        desc = p.describe(seeds, self.data, self.pairing_seed, other)
-        key = point_key(desc)
-        path = self.cache / f"{key}.json"
-        if self.bar is not None:
-            self.bar.set_postfix_str(p.label)
-        entry = None if self.recompute else read_json(path)
-        if entry is not None and not (isinstance(entry, dict) and entry.get("key") == key and "result" in entry):
-            print(f"warning: ignoring cache entry {shown(path)} of another key or layout; recomputing", file=sys.stderr)
-            entry = None
-        if entry is not None:
-            result = entry["result"]
-        elif self.cache_only:
-            raise MissingPoint(f"{p.label}: no cached result {shown(path)}")
-        else:
-            images = None
-            if p.spec.inputs == "mnist" or p.spec.inputs in inputs.MOMENTS:
-                images = self.data.train_x[: p.cfg.n_train] if p.spec.inputs in inputs.MOMENTS else self.data.train_x
-            elif p.spec.inputs == "fashion_mnist":
-                images = self.fashion.train_x
-            result = dissect.run(p.cfg, p.spec, p.inits, seeds, self.data, lrs=p.lrs, images=images,
-                                 pairing_seed=self.pairing_seed, teacher_cache=self.teacher_cache)
-            if images is not None and p.spec.inputs == "fashion_mnist":
-                result["distill_data"] = self.fashion.source
-            write_json(path, {"key": key, "point": desc, "result": result})
-            self.computed.append(key)
-        if self.bar is not None:
-            self.bar.update(1)
-        return {"label": p.label, "x": p.x, "key": key, **({"series": p.series} if p.series else {}), **result}
 
 
 @dataclass(frozen=True)
@@ -390,67 +299,3 @@ def run_sweep(name: str, data: Dataset, *, preset: str = "paper", n_seeds: int |
     return {"sweep": name, "title": sweep.title, "x_label": sweep.x_label, "preset": preset, "base_config": ctx.base.to_dict(),
             "seeds": list(ctx.seeds), "data": data.source, "cache": shown(ctx.cache), "points_computed": len(ctx.computed),
             "wall_seconds": time.perf_counter() - start, **provenance(command), **body}
-
-
-def summary_rows(results: dict) -> list[dict]:
-    """One row per (point, student): label, init, mean accuracy, 95% CI, theory cosine mean."""
-    rows = []
-    for p in results["points"]:
-        for s in p["students"]:
-            a, c = s["accuracy_summary"], s["theory_cosine_summary"]
-            rows.append({"point": p["label"], "x": p["x"], "init": s["init"], "lr": s["lr"], "n": a["n"],
-                         "mean": a["mean"], "ci95": a["ci95"], "cosine": c["mean"], "cosine_ci95": c["ci95"],
-                         "final_loss": float(np.mean(s["final_loss"]))})
-    return rows
-
-
-def _student(point: dict, init: str) -> dict | None:
-    return next((s for s in point["students"] if s["init"] == init), None)
-
-
-def paired_markdown(results: dict) -> str:
-    """The docs' table of a sweep whose points pair the shared-init student with its
-    cross-model control (docs/mnist_dissect.md): accuracy mean [95% CI] in %, the teachers'
-    mean accuracy, the shared student's mean step-0 cosine and each point's CPU minutes; a
-    sweep still being computed ends with the points it lacks."""
-    name, seeds = results["sweep"], len(results["seeds"])
-    cpu = results.get("cpu_seconds_points")
-    head = (f"**{results['title']}** (`python -m mnist_aux sweep {name}`, {seeds} seeds per point"
-            + (f"; CPU {cpu / 60:.0f} min for its points)" if cpu is not None else ")"))
-    lines = [head, "", "| point | shared init | cross-model init | teacher | step-0 cosine, shared | CPU min |",
-             "| --- | --- | --- | --- | --- | --- |"]
-
-    def acc(s):
-        if s is None:
-            return ""
-        a = s["accuracy_summary"]
-        return f"{100 * a['mean']:.1f} % [{100 * a['ci95'][0]:.1f}, {100 * a['ci95'][1]:.1f}]"
-
-    for p in results["points"]:
-        shared, cross = _student(p, "shared"), _student(p, "cross")
-        cos = "" if shared is None else shared["theory_cosine_summary"]["mean"]
-        if cos != "":  # a zero first update (KL on one logit: its softmax is constant) has no direction
-            cos = "undefined (zero update)" if math.isnan(cos) else f"{cos:+.4f}"
-        minutes = "" if p.get("cpu_seconds") is None else f"{p['cpu_seconds'] / 60:.1f}"
-        lines.append(f"| {p['label']} | {acc(shared)} | {acc(cross)} | {100 * p['teacher_summary']['mean']:.1f} % | "
-                     f"{cos} | {minutes} |")
-    if results.get("missing_points"):
-        lines += ["", f"not yet computed: {'; '.join(results['missing_points'])}"]
-    return "\n".join(lines)
-
-
-def table(results: dict) -> str:
-    lines = [f"| point | student | accuracy (mean, {len(results['seeds'])} seeds) | 95% CI | step-0 cosine |",
-             "| --- | --- | --- | --- | --- |"]
-    for r in summary_rows(results):
-        lines.append(f"| {r['point']} | {r['init']} | {r['mean']:.3f} | [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] | "
-                     f"{r['cosine']:+.4f} |")
-    effects = results.get("factor_effects")
-    if effects:
-        lines += ["", "| factor (shared-init student) | paired accuracy difference, mean over settings | 95% CI | per setting |",
-                  "| --- | --- | --- | --- |"]
-        for name, e in effects.items():
-            m = e["mean_over_settings"]
-            per = ", ".join(f"{k} {v['mean']:+.3f}" for k, v in e["by_setting"].items())
-            lines.append(f"| {name}: {e['contrast']} | {m['mean']:+.3f} | [{m['ci95'][0]:+.3f}, {m['ci95'][1]:+.3f}] | {per} |")
-    return "\n".join(lines)

@@ -7,8 +7,9 @@ file (:mod:`~llm_bridge.loading.gguf`, tokenizer and chat template in
 become models through the family key tables of :mod:`~llm_bridge.loading.weights`, placed on a
 device mesh by :mod:`~llm_bridge.loading.sharding` when asked. The modules import one another in
 one direction only (``gguf_tokenizer`` -> ``gguf`` -> ``weights`` -> ``sharding`` ->
-:mod:`llm_bridge.models`; ``hf`` -> ``weights``; ``gguf_tokenizer`` -> ``chat`` -> ``sandbox`` and ``hf``);
-only this file imports them all.
+:mod:`llm_bridge.models`; ``gguf`` -> ``gguf_header``; ``hf`` -> ``weights``; ``gguf_tokenizer`` ->
+``chat`` -> ``sandbox`` and ``hf``; ``sandbox`` -> ``sandbox_checks`` -> ``sandbox_size``); only this
+file imports them all.
 """
 
 from __future__ import annotations
