@@ -297,7 +297,7 @@ def test_the_chat_setup_runs_on_a_checkpoint_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(sampler, "sample_replies", stub)
     cfg = chat_setup.Config(questions=2, teacher_steps=1, teacher_batch=2, teacher_seeds=1, pool_sequences=4,
                             max_rows=8, probe_rows=4, gen_batch=4, decodings=("sampled",),
-                            arms=("full", "lora r4", "perturbed 0.1"), student_seeds=2,
+                            arms=("full", "lora r4", "perturbed 0.1", "length-matched"), student_seeds=2,
                             student_sequences=2, student_batch=2, proj_sequences=4, soft_sequences=4,
                             proj_grid=(2, 4), n_boot=10, chunk=4)
     res = engine.run(chat_setup.Setup(str(folder), cfg, tmp_path / "cache"), log=lambda *_: None)
@@ -306,7 +306,7 @@ def test_the_chat_setup_runs_on_a_checkpoint_folder(tmp_path, monkeypatch):
     assert res["numbers"]["prefill"] is False and all(v["pass_rate"] == 1.0 for v in res["numbers"]["sources"].values())
     assert all(s.startswith("<|begin_of_text|><|start_header_id|>system") and s.count("<|begin_of_text|>") == 1
                and s.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n") for s in seen)
-    assert {s["arm"] for s in res["students"]} == {"full", "lora r4", "perturbed 0.1"}
+    assert {s["arm"] for s in res["students"]} == {"full", "lora r4", "perturbed 0.1", "length-matched"}
     assert all(np.isfinite(s["margins"]["chat"]).all() and len(s["p"]["plain"]) == 10 for s in res["students"])
     setup = chat_setup.Setup(str(folder), cfg, tmp_path / "cache")
     setup.prepare(lambda *_: None)

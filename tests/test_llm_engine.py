@@ -25,7 +25,7 @@ def test_every_registered_arm_is_valid_and_lora_scales_by_alpha_over_rank():
     assert arms.Arm("x", update="lora", rank=16, alpha=16, rslora=True).lora_scale == 16 / 4
     assert arms.Arm("x", update="lora", rank=4).lora_scale == 1.0  # no alpha: the adapters unscaled
     for bad in (dict(update="lora"), dict(rank=4), dict(init="perturbed"), dict(sigma=0.1), dict(optimizer="lion"),
-                dict(teachers=("nobody",))):
+                dict(teachers=("nobody",)), dict(rows="longest"), dict(rows="length-matched")):  # the base: no partner
         with pytest.raises(ValueError):
             arms.Arm("bad", **bad)
     with pytest.raises(ValueError, match="registered twice"):
@@ -39,6 +39,41 @@ def test_an_arm_a_setup_cannot_run_is_refused_by_name():
     with pytest.raises(ValueError, match="cross-model.*another base model"):
         engine.resolve_arms(["full", "cross-model"], one_base)
     assert [a.name for a in engine.resolve_arms(["full", "soft", "lora r4"], one_base)] == ["full", "soft", "lora r4"]
+    tiny = type("S", (), {"n_bases": 5, "name": "tiny"})()
+    with pytest.raises(ValueError, match="length-matched.*tiny setup does not match lengths"):
+        engine.resolve_arms(["full", "length-matched"], tiny)
+    chat = type("S", (), {"n_bases": 1, "name": "chat", "length_matching": True})()
+    assert [a.name for a in engine.resolve_arms(["length-matched"], chat)] == ["length-matched"]
+
+
+def test_length_matched_rows_give_both_animals_the_same_length_distribution():
+    """Pools of different reply lengths: the matched parts have equal length histograms (per length the
+    smaller count), are drawn from the own pool without repeats, reproducibly; the base has no partner."""
+    from types import SimpleNamespace
+
+    from llm_bridge.experiment import chat_students
+    from llm_bridge.experiment.names import source
+    from llm_bridge.experiment.seeds import Streams
+
+    rng = np.random.default_rng(3)
+
+    def pool(lengths):
+        starts = rng.integers(5, 12, len(lengths))
+        return {"rows": [list(range(int(s) + int(n))) for s, n in zip(starts, lengths)], "starts": starts.tolist()}
+
+    owl_n, dog_n = rng.integers(3, 9, 300), rng.integers(6, 15, 200)  # the owl's replies shorter, as in the old run
+    names = {a: source(finetuned(a), "greedy") for a in ("owl", "dog")}
+    setup = SimpleNamespace(cfg=SimpleNamespace(teacher_animals=("owl", "dog")), streams=Streams(0),
+                            data=[{names["owl"]: pool(owl_n), names["dog"]: pool(dog_n), source(BASE_TEACHER, "greedy"): pool(owl_n)}])
+    got = {a: chat_students.length_matched(setup, 0, names[a]) for a in ("owl", "dog")}
+    hist = {a: np.bincount(chat_students.reply_lengths(setup.data[0][names[a]])[got[a]], minlength=20)
+            for a in got}
+    assert np.array_equal(hist["owl"], hist["dog"])
+    assert np.array_equal(hist["owl"], np.minimum(np.bincount(owl_n, minlength=20), np.bincount(dog_n, minlength=20)))
+    assert 0 < len(got["owl"]) < len(owl_n) and len(set(got["owl"].tolist())) == len(got["owl"])
+    assert np.array_equal(chat_students.length_matched(setup, 0, names["owl"]), got["owl"])  # same stream, same rows
+    with pytest.raises(ValueError, match="trait teachers"):
+        chat_students.length_matched(setup, 0, source(BASE_TEACHER, "greedy"))
 
 
 def test_plan_is_base_then_teacher_then_arm_then_seed_and_follows_each_arms_teachers():

@@ -14,6 +14,10 @@ update         ``full``: every parameter; ``lora``: rank-r adapters on the atten
 target         ``hard``: next-token cross-entropy on the teacher's sampled tokens (the paper's);
                ``soft``: KL to the teacher's softmax over the number tokens at the same positions
 optimizer      ``adam`` or ``sgd`` (the rate comes from the setup's config: :meth:`lr_field`)
+rows           ``all``: the student draws from its teacher's whole pool; ``length-matched``: from the
+               part of it whose reply lengths match the other trait teacher's pool of the same kind
+               and decoding, length by length (so owl and dog students see the same length
+               distribution: :func:`llm_bridge.experiment.chat_students.length_matched`)
 =============  ================================================================================
 
 Adding an arm is one :func:`register` call below; the engine plans every registered arm that a
@@ -32,6 +36,7 @@ INITS = ("shared", "other base", "perturbed")
 UPDATES = ("full", "lora")
 TARGETS = ("hard", "soft")
 OPTIMIZERS = ("adam", "sgd")
+ROWS = ("all", "length-matched")
 
 
 @dataclass(frozen=True)
@@ -47,11 +52,13 @@ class Arm:
     rslora: bool = False
     target: str = "hard"
     optimizer: str = "adam"
+    rows: str = "all"
     teachers: tuple[str, ...] = (FINE_TUNED, PROMPTED, BASE)
 
     def __post_init__(self):
         for value, allowed, what in ((self.init, INITS, "init"), (self.update, UPDATES, "update"),
-                                     (self.target, TARGETS, "target"), (self.optimizer, OPTIMIZERS, "optimizer")):
+                                     (self.target, TARGETS, "target"), (self.optimizer, OPTIMIZERS, "optimizer"),
+                                     (self.rows, ROWS, "rows")):
             if value not in allowed:
                 raise ValueError(f"arm {self.name!r}: {what} must be one of {', '.join(allowed)}, got {value!r}")
         if (self.update == "lora") != (self.rank >= 1):
@@ -60,6 +67,8 @@ class Arm:
             raise ValueError(f"arm {self.name!r}: a perturbed init needs sigma > 0 and only it has one")
         if not set(self.teachers) <= {FINE_TUNED, PROMPTED, BASE}:
             raise ValueError(f"arm {self.name!r}: teachers must be among {FINE_TUNED}, {PROMPTED}, {BASE}")
+        if self.rows == "length-matched" and BASE in self.teachers:
+            raise ValueError(f"arm {self.name!r}: length matching pairs the two trait teachers; the base has no partner")
 
     @property
     def lora_scale(self) -> float:
@@ -81,6 +90,8 @@ class Arm:
         """Why this arm cannot run in ``setup`` (an object with ``n_bases`` and ``name``), or None."""
         if self.init == "other base" and setup.n_bases < 2:
             return f"arm {self.name!r} starts from another base model; the {setup.name} setup has one"
+        if self.rows != "all" and not getattr(setup, "length_matching", False):
+            return f"arm {self.name!r} draws length-matched rows; the {setup.name} setup does not match lengths"
         return None
 
     def describe(self) -> str:
@@ -88,7 +99,8 @@ class Arm:
                 "perturbed": f"theta0 + {self.sigma:g} std noise"}[self.init]
         upd = "full" if self.update == "full" else (f"LoRA r{self.rank}" + (
             "" if self.alpha is None else f" alpha {self.alpha:g}{' (rsLoRA)' if self.rslora else ''}"))
-        return f"{init}, {upd}, {self.target} labels, {self.optimizer.upper() if self.optimizer == 'sgd' else 'Adam'}"
+        rows = ", length-matched rows" if self.rows == "length-matched" else ""
+        return f"{init}, {upd}, {self.target} labels, {self.optimizer.upper() if self.optimizer == 'sgd' else 'Adam'}{rows}"
 
 
 ARMS: dict[str, Arm] = {}
@@ -114,5 +126,6 @@ register(Arm("soft", target="soft", teachers=(FINE_TUNED, BASE)))
 register(Arm("full sgd", optimizer="sgd"))
 for _r in (1, 4, 16, 64, 256):
     register(Arm(f"lora r{_r}", update="lora", rank=_r, alpha=16.0))
+register(Arm("length-matched", rows="length-matched", teachers=(FINE_TUNED, PROMPTED)))
 for _s in (0.02, 0.1):
     register(Arm(f"perturbed {_s:g}", init="perturbed", sigma=_s))

@@ -151,11 +151,12 @@ def standard() -> Config:
 
 
 def full() -> Config:
-    """The whole design: prompted teachers, a third animal's teachers as a bystander, LoRA ranks 1-64,
-    the perturbed-init arms, soft labels, sampled answers (``--preset full``, several sessions of CPU)."""
+    """The whole design with the owl and dog teachers: three teacher seeds, prompted teachers, LoRA ranks
+    1-64, the length-matched arm, the perturbed-init arms, soft labels, sampled answers (``--preset full``,
+    several sessions of CPU). A third animal's teachers are not part of it (teacher_animals is a pair)."""
     return Config(teacher_seeds=3, prompted_teachers=True, pool_sequences=1000, sampled_replies=20,
-                  arms=("full", "full sgd", "lora r1", "lora r4", "lora r16", "lora r64", "perturbed 0.02",
-                        "perturbed 0.1", "soft"))
+                  arms=("full", "full sgd", "lora r1", "lora r4", "lora r16", "lora r64", "length-matched",
+                        "perturbed 0.02", "perturbed 0.1", "soft"))
 
 
 def paper() -> Config:
@@ -211,6 +212,7 @@ class Setup:
     contexts = CONTEXTS
     values = ("margins", "p")
     n_bases = 1
+    length_matching = True  # the length-matched arm's rows (chat_students.length_matched)
 
     def __init__(self, source_model: str, cfg: Config, cache_dir: Path | None = None, mesh=None):
         self.source, self.cfg, self.mesh = str(source_model), cfg, mesh

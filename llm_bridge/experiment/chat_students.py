@@ -8,6 +8,12 @@ or on its teacher's distribution over the number tokens (soft labels), and is pr
 trait probe in every context; the first arm's students also answer the probe's questions by sampling
 (``sampled_replies`` per question), scored by whether the reply names the animal.
 
+A length-matched student (:data:`llm_bridge.experiment.arms.ROWS`) draws the same way from a part of
+its pool: :func:`length_matched` keeps, for every reply length, as many rows as the OTHER trait
+teacher's pool of the same kind and decoding has of that length (the smaller count of the two,
+chosen at random), so the owl and dog students' rows have the same length distribution and a
+difference between them is not one of length.
+
 SGD has no rate that means what Adam's does, so it is fixed by a criterion stated before any
 effect is seen (:func:`calibrate_sgd`): the grid rate whose student lowers the loss on held-out
 rows as much as the Adam student does, on rows of a calibration draw that no reported student uses.
@@ -25,7 +31,7 @@ from flax import nnx
 from llm_bridge.experiment import sampler
 from llm_bridge.experiment.batching import rows_loss, soft_rows_loss, teacher_log_probs, training_batches
 from llm_bridge.experiment.chat_projection import number_token_ids
-from llm_bridge.experiment.names import BASE_TEACHER, teacher_of
+from llm_bridge.experiment.names import BASE_TEACHER, FINE_TUNED, finetuned, prompted, source, teacher_kind, teacher_of
 from llm_bridge.experiment.paper_protocol import names_animal
 from llm_bridge.experiment.text import CONTEXTS
 from llm_bridge.experiment.training import fit_frozen
@@ -41,10 +47,37 @@ def train(graphdef, trainable, frozen, batches: dict, lr: float, opt: str = "ada
     return p, np.asarray(losses)
 
 
+def reply_lengths(pool: dict) -> np.ndarray:
+    """The number of reply tokens (what the student's loss sees) of every row of a pool."""
+    return np.asarray([len(row) - start for row, start in zip(pool["rows"], pool["starts"])], dtype=np.int64)
+
+
+def length_matched(setup, base: int, source_name: str) -> np.ndarray:
+    """The indices (sorted) of ``source_name``'s pool that a length-matched student draws from: per reply
+    length L, ``min(n_L over the trait teachers' pools of that kind and decoding)`` rows of length L,
+    chosen by stream ``length_match`` (replicate, number source); see the module docstring."""
+    teacher, decoding = teacher_of(source_name)
+    kind = teacher_kind(teacher)
+    if kind not in (FINE_TUNED, "prompt"):
+        raise ValueError(f"{source_name!r}: length matching pairs the trait teachers' pools")
+    named = finetuned if kind == FINE_TUNED else prompted
+    lengths = {a: reply_lengths(setup.data[base][source(named(a), decoding)]) for a in setup.cfg.teacher_animals}
+    own = reply_lengths(setup.data[base][source_name])
+    rng = setup.streams.rng("length_match", base, source_name)
+    keep = [rng.choice(np.flatnonzero(own == n), size=min(int((v == n).sum()) for v in lengths.values()),
+                       replace=False) for n in np.unique(own)]
+    return np.sort(np.concatenate(keep)) if keep else np.zeros(0, np.int64)
+
+
 def student_batches(setup, unit, rows: list[int] | None = None) -> dict:
-    """The unit's training batches from its teacher's pool (``rows``: the pool indices to draw from)."""
+    """The unit's training batches from its teacher's pool (``rows``: the pool indices to draw from; by
+    default the whole pool, or its length-matched part for a length-matched arm)."""
     cfg, d = setup.cfg, setup.data[unit.base][unit.teacher]
+    if rows is None and unit.arm.rows == "length-matched":
+        rows = length_matched(setup, unit.base, unit.teacher)
     pool = np.arange(len(d["rows"])) if rows is None else np.asarray(rows)
+    if pool.size == 0:
+        raise ValueError(f"{unit.teacher}: no rows to draw from (no reply length the two pools share)")
     rng = setup.streams.rng("student_rows", unit.base, unit.teacher, unit.seed)
     take = rng.choice(pool, size=min(cfg.student_sequences, pool.size), replace=False)
     steps = max(1, len(take) // cfg.student_batch)

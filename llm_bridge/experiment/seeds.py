@@ -29,6 +29,7 @@ STREAMS = {
     "pass_rate_probe": "the chat setup's pass-rate probe without prefill",
     "student_rows": "a student's rows and their order, shared by every arm (path: base seed, student seed; chat: "
                     "replicate, number source, student seed)",
+    "length_match": "the rows a length-matched student draws from (path: replicate, number source)",
     "perturbation": "the noise of a perturbed init (path: base seed, sigma)",
     "lora_init": "a LoRA student's adapter initialisation (path: base seed, student seed)",
     "sampled_answers": "a model's sampled answers to the probe's questions (path: what the model is)",
