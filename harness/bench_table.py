@@ -1,0 +1,92 @@
+"""The benchmarks' table in docs/benchmarks.md, rendered from results/benchmarks/*.json (``harness.render``).
+
+A row shows a file's numbers only when the benchmark found the machine idle at its start and end
+(``harness/idle.py``; a forced run on a busy machine records ``"busy": true``) and the file records
+where it ran (the provenance every results file carries); otherwise the row says what to run. Each
+row names the CPU and its vector ISA, since ratios against XLA differ between AVX2 and AVX-512.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from harness.render import num
+
+COMMANDS = {
+    "projection_cost.json": "python benchmarks/projection_cost.py --json results/benchmarks/projection_cost.json",
+    "llm_speed_gpt2.json": "python benchmarks/llm_speed.py",
+    "llm_speed_smollm2.json": "python benchmarks/llm_speed.py --smollm2 --batch 4 --seq 128",
+    "mnist_aux_speed.json": "python benchmarks/mnist_aux_speed.py --out results/benchmarks/mnist_aux_speed.json",
+}
+
+
+def _read(results_dir: Path, name: str) -> dict | None:
+    """The benchmark file when it is an idle run with provenance, else None."""
+    path = Path(results_dir) / "benchmarks" / name
+    if not path.exists():
+        return None
+    d = json.loads(path.read_text(encoding="utf-8"))
+    busy = d.get("busy", d.get("meta", {}).get("busy", True))
+    return None if busy or "machine" not in d or not isinstance(d["machine"], dict) else d
+
+
+def _where(d: dict) -> str:
+    m = d["machine"]
+    isa = m.get("isa") or {}
+    vector = "AVX-512" if isa.get("avx512f") else ("AVX2" if isa.get("avx2") else "no AVX2")
+    if isa.get("xla_cpu_max_isa"):
+        vector += f" (XLA limited to {isa['xla_cpu_max_isa']})"
+    return f"{m.get('cpu', '?')}, {m.get('cpu_count', '?')} cores, {vector}; {d['versions'].get('git_commit', '?')[:7]}"
+
+
+def _projection(d: dict) -> str:
+    mlp, dense = d["rows"][0], d["rows"][-1]
+    return (f"{num(mlp['A_over_fwd_bwd'])}x for the MNIST MLP ({mlp['params'] / 1e6:.2f}M params, batch {mlp['batch']}) "
+            f"and {num(dense['A_over_fwd_bwd'])}x for a {dense['params'] / 1e6:.1f}M-parameter dense net (batch "
+            f"{dense['batch']}); the jvp-only inner product {num(mlp['inner_over_fwd_bwd'])}x / "
+            f"{num(dense['inner_over_fwd_bwd'])}x (target ≤ 3x)")
+
+
+def _gpt2(d: dict) -> str:
+    r, c = d["results"], d["config"]
+    return (f"batch {c['batch']} x {c['seq']}: forward {r['forward_tok_s']:,.0f} tok/s, forward+backward "
+            f"{r['forward_backward_tok_s']:,.0f} tok/s, jvp projection {num(r['projection_over_forward_backward'])}x "
+            f"one forward+backward")
+
+
+def _smollm2(d: dict) -> str:
+    r, c = d["results"], d["config"]
+    ratio = {k: num(v["ratio_ours_over_torch"]) for k, v in r.items()}
+    fb = r["forward+backward"]
+    return (f"ours / transformers + torch on the same float32 weights, batch {c['batch']} x {c['seq']}: forward "
+            f"{ratio['forward']}x, forward+backward {ratio['forward+backward']}x ({fb['ours_tok_s']:,.0f} vs "
+            f"{fb['torch_tok_s']:,.0f} tok/s), cached greedy generation {ratio['generate batch 1']}x at batch 1 and "
+            f"{ratio['generate batch 32']}x at batch 32")
+
+
+def _mnist(d: dict) -> str:
+    rows = d["rows"]
+    per_seed = ", ".join(f"{num(r['seconds_per_seed'])} s at {r['seeds']} seeds" for r in rows)
+    ratios = " / ".join(f"{num(r['ratio_to_floor'])}x" for r in rows)
+    return (f"{per_seed}; floor {num(d['floor_seconds_per_seed'])} s/seed from a {d['floor_gflops']:.0f} GFLOP/s numpy "
+            f"2048² matmul timed in the same run: {ratios} the floor (target ≤ 1.2x)")
+
+
+ROWS = (
+    ("Lemma-1 coefficient A (one jvp) vs one forward+backward", "projection_cost.json", _projection),
+    ("GPT-2-small shape (124M, float32, random weights)", "llm_speed_gpt2.json", _gpt2),
+    ("SmolLM2-135M-Instruct vs transformers + torch", "llm_speed_smollm2.json", _smollm2),
+    ("MNIST paper preset, seconds per seed", "mnist_aux_speed.json", _mnist),
+)
+
+
+def table(results_dir: Path) -> str:
+    """The markdown table: benchmark, what the idle run measured (or what to run), where, command."""
+    out = ["| benchmark | measured | machine, commit | command |", "| --- | --- | --- | --- |"]
+    for label, name, fmt in ROWS:
+        d = _read(results_dir, name)
+        measured = fmt(d) if d else "no idle run committed yet"
+        where = _where(d) if d else "-"
+        out.append(f"| {label} | {measured} | {where} | `{COMMANDS[name]}` |")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,53 @@
+"""docs/benchmarks.md's table (harness.bench_table): an idle run's numbers, never a busy one's."""
+
+from __future__ import annotations
+
+import json
+
+from harness.bench_table import ROWS, table
+
+MACHINE = {"cpu": "Test CPU", "cpu_count": 2, "isa": {"avx2": True, "avx512f": False, "xla_cpu_max_isa": None}}
+VERSIONS = {"git_commit": "abcdef0123456789"}
+FILES = {
+    "projection_cost.json": {"rows": [
+        {"params": 270093, "batch": 1024, "A_over_fwd_bwd": 0.6431, "inner_over_fwd_bwd": 0.9256},
+        {"params": 10098944, "batch": 256, "A_over_fwd_bwd": 0.7777, "inner_over_fwd_bwd": 1.0375}]},
+    "llm_speed_gpt2.json": {"config": {"batch": 8, "seq": 128}, "results": {
+        "forward_tok_s": 1027.4, "forward_backward_tok_s": 212.2, "projection_over_forward_backward": 0.664}},
+    "llm_speed_smollm2.json": {"config": {"batch": 4, "seq": 128}, "results": {
+        name: {"ratio_ours_over_torch": r, "ours_tok_s": 126.0, "torch_tok_s": 151.0}
+        for name, r in (("forward", 0.781), ("forward+backward", 0.8349), ("generate batch 1", 2.18),
+                        ("generate batch 32", 1.29))}},
+    "mnist_aux_speed.json": {"rows": [{"seeds": 25, "seconds_per_seed": 12.5, "ratio_to_floor": 1.861},
+                                      {"seeds": 100, "seconds_per_seed": 12.59, "ratio_to_floor": 1.8712}],
+                             "floor_seconds_per_seed": 6.728, "floor_gflops": 367.1},
+}
+
+
+def _write(tmp_path, busy: bool):
+    (tmp_path / "benchmarks").mkdir(exist_ok=True)
+    for name, body in FILES.items():
+        (tmp_path / "benchmarks" / name).write_text(json.dumps(
+            body | {"busy": busy, "machine": MACHINE, "versions": VERSIONS}))
+
+
+def test_idle_runs_render_their_numbers_rounded_once_with_the_machine(tmp_path):
+    _write(tmp_path, busy=False)
+    text = table(tmp_path)
+    rows = text.splitlines()[2:]
+    assert len(rows) == len(ROWS) and all("Test CPU, 2 cores, AVX2; abcdef0" in r for r in rows)
+    for expected in ("0.64x for the MNIST MLP", "0.78x for a 10.1M", "0.93x / 1.04x", "forward 1,027 tok/s",
+                     "forward+backward 212 tok/s", "0.66x one forward+backward", "forward 0.78x",
+                     "forward+backward 0.83x (126 vs 151 tok/s)", "2.18x at batch 1", "1.29x at batch 32",
+                     "12.50 s at 25 seeds, 12.59 s at 100 seeds", "floor 6.73 s/seed", "367 GFLOP/s",
+                     "1.86x / 1.87x the floor"):
+        assert expected in text, expected
+    assert "no idle run" not in text
+
+
+def test_a_busy_or_missing_run_shows_what_to_run_instead_of_numbers(tmp_path):
+    _write(tmp_path, busy=True)
+    (tmp_path / "benchmarks" / "llm_speed_gpt2.json").unlink()
+    rows = table(tmp_path).splitlines()[2:]
+    assert all("no idle run committed yet" in r and "`python benchmarks/" in r for r in rows)
+    assert not any("0.64x" in r or "1,027" in r for r in rows)
