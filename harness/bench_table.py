@@ -18,6 +18,7 @@ COMMANDS = {
     "llm_speed_gpt2.json": "python benchmarks/llm_speed.py",
     "llm_speed_smollm2.json": "python benchmarks/llm_speed.py --smollm2 --batch 4 --seq 128",
     "mnist_aux_speed.json": "python benchmarks/mnist_aux_speed.py --out results/benchmarks/mnist_aux_speed.json",
+    "student_step_smollm2.json": "python benchmarks/student_step.py",
 }
 
 
@@ -73,10 +74,19 @@ def _mnist(d: dict) -> str:
             f"2048² matmul timed in the same run: {ratios} the floor (target ≤ 1.2x)")
 
 
+def _student_step(d: dict) -> str:
+    c = d["config"]
+    parts = [f"{kind} {v['ours_tok_s']:,.0f} tok/s = {num(v['ratio_ours_over_torch'])}x torch, "
+             f"{100 * v['roofline_fraction']:.0f} % of the roofline" for kind, v in d["results"].items()]
+    return (f"Adam steps on {c['batch']} x {c['seq']} tokens: " + "; ".join(parts)
+            + f" (roofline: numpy fp32 matmul {d['floor_gflops']:.0f} GFLOP/s; targets ≥ 1.2x torch, ≥ 70 %)")
+
+
 ROWS = (
     ("Lemma-1 coefficient A (one jvp) vs one forward+backward", "projection_cost.json", _projection),
     ("GPT-2-small shape (124M, float32, random weights)", "llm_speed_gpt2.json", _gpt2),
     ("SmolLM2-135M-Instruct vs transformers + torch", "llm_speed_smollm2.json", _smollm2),
+    ("SmolLM2 student step, full and LoRA", "student_step_smollm2.json", _student_step),
     ("MNIST paper preset, seconds per seed", "mnist_aux_speed.json", _mnist),
 )
 

@@ -18,6 +18,9 @@ FILES = {
         name: {"ratio_ours_over_torch": r, "ours_tok_s": 126.0, "torch_tok_s": 151.0}
         for name, r in (("forward", 0.781), ("forward+backward", 0.8349), ("generate batch 1", 2.18),
                         ("generate batch 32", 1.29))}},
+    "student_step_smollm2.json": {"config": {"batch": 8, "seq": 64}, "floor_gflops": 150.4, "results": {
+        "full": {"ours_tok_s": 120.4, "ratio_ours_over_torch": 0.915, "roofline_fraction": 0.634},
+        "lora r4": {"ours_tok_s": 170.0, "ratio_ours_over_torch": 1.2049, "roofline_fraction": 0.5}}},
     "mnist_aux_speed.json": {"rows": [{"seeds": 25, "seconds_per_seed": 12.5, "ratio_to_floor": 1.861},
                                       {"seeds": 100, "seconds_per_seed": 12.59, "ratio_to_floor": 1.8712}],
                              "floor_seconds_per_seed": 6.728, "floor_gflops": 367.1},
@@ -40,7 +43,8 @@ def test_idle_runs_render_their_numbers_rounded_once_with_the_machine(tmp_path):
                      "forward+backward 212 tok/s", "0.66x one forward+backward", "forward 0.78x",
                      "forward+backward 0.83x (126 vs 151 tok/s)", "2.18x at batch 1", "1.29x at batch 32",
                      "12.50 s at 25 seeds, 12.59 s at 100 seeds", "floor 6.73 s/seed", "367 GFLOP/s",
-                     "1.86x / 1.87x the floor"):
+                     "1.86x / 1.87x the floor", "full 120 tok/s = 0.92x torch, 63 % of the roofline",
+                     "lora r4 170 tok/s = 1.20x torch, 50 %", "matmul 150 GFLOP/s"):
         assert expected in text, expected
     assert "no idle run" not in text
 
