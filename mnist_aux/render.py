@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from harness.render import pct, signed_ci
+from harness.render import ci, pct, signed_ci
 
 
 def _load(results_dir: Path, stem: str) -> dict:
@@ -122,3 +122,38 @@ def copies_table(results_dir: Path) -> str:
     from mnist_aux import experiment
 
     return experiment.copies_markdown(_load(results_dir, "mnist_data_copies"))
+
+
+SWEEP_ROWS = (  # docs/mnist_dissect.md's sweeps table: (sweep, row title, how a point is named, show the cosine)
+    ("width", "hidden width", "x", False),
+    ("n_aux", "aux logits m", "x", False),
+    ("depth", "hidden layers", "x", False),
+    ("sigma", "init mismatch σ (θ_0 + σ·std·noise)", "x", True),
+    ("inputs", "distillation inputs", "label", False),
+    ("heads", "which layers are shared", "label", False),
+)
+
+
+def _sweep_row(results_dir: Path, name: str, title: str, naming: str, cosine: bool) -> str:
+    r = _load(results_dir, f"mnist_sweep_{name}")
+    n, cells, fewer, cross = len(r["seeds"]), [], [], []
+    for p in r["points"]:
+        key = p["x"] if naming == "x" else p["label"]
+        shared = next((s for s in p["students"] if s["init"] != "cross"), None)  # the point's own student
+        if shared is not None:
+            cell = f"{key}: {ci(shared['accuracy_summary'], 1, scale=100.0)}"
+            cells.append(cell + (f", cos {shared['theory_cosine_summary']['mean']:+.3f}" if cosine else ""))
+        if len(p["seeds"]) != n:
+            fewer.append(f"{key}: {len(p['seeds'])} seeds" if not fewer else f"{key}: {len(p['seeds'])}")
+        cross += [s["accuracy_summary"]["mean"] for s in p["students"] if s["init"] == "cross"]
+    title += f" ({', '.join(fewer)})" if fewer else ""
+    official = "" if r.get("data", {}).get("official_content") else " (rebuilt training images)"
+    return (f"| {title}{official} | {'; '.join(cells)} | {100 * min(cross):.1f}-{100 * max(cross):.1f} % |")
+
+
+def sweeps_table(results_dir: Path) -> str:
+    """docs/mnist_dissect.md's table of the six factor sweeps: each point's own student's accuracy mean [95 % CI]
+    (%; the shared-init student, or the point's perturbed or partly re-initialised one), and the range of the cross-model students' means; a sweep still on the rebuilt training
+    images says so."""
+    head = ["| sweep | shared-init student accuracy along the sweep | cross-model |", "| --- | --- | --- |"]
+    return "\n".join(head + [_sweep_row(results_dir, *row) for row in SWEEP_ROWS])

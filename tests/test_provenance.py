@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 # command its README row gives) on the official images, from a committed tree
 AWAITING_RECOMPUTE = {f"results/mnist_sweep_{name}.json" for name in (
     "aux_logits", "batch", "depth", "heads", "init_scheme", "inputs", "n_aux", "noise", "peers", "sigma",
-    "teacher_epochs", "width")} | {"results/mnist_peers.json"}
+    "teacher_epochs")} | {"results/mnist_peers.json"}
 # benchmark files measured before benchmarks recorded provenance and refused a busy machine (issue 27, item 8),
 # each waiting for a rerun on an idle machine: `python benchmarks/NAME.py` (docs/benchmarks.md)
 AWAITING_IDLE_RERUN = {"results/benchmarks/llm_speed_smollm2.json", "results/benchmarks/mnist_aux_speed.json",
