@@ -25,6 +25,32 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Seconds of one worker per test file in the slow tier, measured on 2026-12-07 with `-n 0` on the 2-core
+# development machine while two background jobs shared it (so roughly 1.3x an idle run; the SmolLM2 smoke from
+# its preset's docstring). Both tiers run on two workers with --dist loadfile, which hands whole files to the
+# workers in queue order. xdist's default queue (files by number of tests, most first) put the one-test
+# SmolLM2 smoke file, the longest, last: the slow tier then took about half the rest plus the whole smoke run.
+# pyproject's addopts turn that reordering off (--no-loadscope-reorder) and pytest_collection_modifyitems
+# queues the files longest first (these costs, then the number of tests), the classic longest-job-first rule.
+FILE_SECONDS = {
+    "tests/test_llm_chat_smoke.py": 900, "tests/test_llm_tiny.py": 351, "tests/test_sharding.py": 259,
+    "tests/test_llm_engine.py": 201, "tests/test_mnist_dissect.py": 147, "tests/test_notebook.py": 122,
+    "tests/test_theory_lemma1.py": 111, "tests/test_llm_chat_setup.py": 111, "tests/test_llm_chat.py": 81,
+    "tests/test_mnist_engine.py": 76, "tests/test_mnist_train.py": 60, "tests/test_llm_gguf.py": 40,
+    "tests/test_data_tfds.py": 39, "tests/test_mnist_sharding.py": 30, "tests/test_mnist_smoke.py": 27,
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Queue the test files longest first (see :data:`FILE_SECONDS`); a file's own tests keep their order."""
+    files = [item.nodeid.split("::", 1)[0] for item in items]
+    count: dict[str, int] = {}
+    for f in files:
+        count[f] = count.get(f, 0) + 1
+    order = {f: i for i, f in enumerate(dict.fromkeys(files))}
+    key = {id(item): (-FILE_SECONDS.get(f, 0), -count[f], order[f]) for item, f in zip(items, files)}
+    items.sort(key=lambda item: key[id(item)])
+
 
 @pytest.fixture
 def x64():
