@@ -156,7 +156,8 @@ def main(argv=None) -> int:
           + ("  WARNING: machine busy (--force), timings unreliable" if busy else ""))
     if args.out:
         write_json(args.out, {
-            "rows": rows, "floor_gflops": rate, "floor_seconds_per_seed": floor, "floor_timings_gflops": floors,
+            "rows": rows, "data": ds.source, "floor_gflops": rate, "floor_seconds_per_seed": floor,
+            "floor_timings_gflops": floors,
             "load_average": {"start": load_start, "end": load_end}, "busy": busy, "idle": idle,
             **provenance(command_line("python benchmarks/mnist_aux_speed.py"))})
     return 0

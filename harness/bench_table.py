@@ -98,5 +98,6 @@ def table(results_dir: Path) -> str:
         d = _read(results_dir, name)
         measured = fmt(d) if d else "no idle run committed yet"
         where = _where(d) if d else "-"
-        out.append(f"| {label} | {measured} | {where} | `{COMMANDS[name]}` |")
+        command = d.get("command") or COMMANDS[name] if d else COMMANDS[name]  # what the run recorded
+        out.append(f"| {label} | {measured} | {where} | `{command}` |")
     return "\n".join(out) + "\n"
