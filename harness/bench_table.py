@@ -101,3 +101,25 @@ def table(results_dir: Path) -> str:
         command = d.get("command") or COMMANDS[name] if d else COMMANDS[name]  # what the run recorded
         out.append(f"| {label} | {measured} | {where} | `{command}` |")
     return "\n".join(out) + "\n"
+
+
+def smollm2_speed(results_dir: Path) -> str:
+    """docs/llm_bridge.md's SmolLM2 speed table (ours vs transformers + torch) from the idle run, or what to run."""
+    d = _read(results_dir, "llm_speed_smollm2.json")
+    if d is None:
+        return f"No idle run committed yet: `{COMMANDS['llm_speed_smollm2.json']}`.\n"
+    r, c = d["results"], d["config"]
+    lines = [f"Measured on {_where(d)} (idle at start and end; medians of {c['repeats']}; `{d['command']}`):", "",
+             "| figure | ours tok/s | torch tok/s | ours / torch |", "|---|---|---|---|"]
+    lines += [f"| {name} | {v['ours_tok_s']:,.0f} | {v['torch_tok_s']:,.0f} | {num(v['ratio_ours_over_torch'])}x |"
+              for name, v in r.items()]
+    ahead = [name for name, v in r.items() if v["ratio_ours_over_torch"] >= 1.0]
+    behind = [name for name in r if name not in ahead]
+    equal = {k: v["greedy_tokens_equal"] for k, v in r.items() if "greedy_tokens_equal" in v}
+    lines += ["", f"Ours is ahead on {', '.join(ahead) or 'no figure'} and behind on {', '.join(behind) or 'no figure'} "
+              f"(goal ≥ 1.0x). Forward and forward+backward on {c['batch']} x {c['seq']} tokens; generation from "
+              f"{c['gen_prompt']}-token random prompts, {c['gen_new']} new tokens, greedy, KV cache; greedy tokens "
+              "identical: " + ", ".join(f"{k} {100 * v:.1f} %" for k, v in equal.items())
+              + " (random-token prompts give near-tied logits, where float32 summation order can pick the other "
+              f"token). The model loads in {d['load_s']:.1f} s (file to float32 parameters)."]
+    return "\n".join(lines) + "\n"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from harness.bench_table import ROWS, table
+from harness.bench_table import ROWS, smollm2_speed, table
 
 MACHINE = {"cpu": "Test CPU", "cpu_count": 2, "isa": {"avx2": True, "avx512f": False, "xla_cpu_max_isa": None}}
 VERSIONS = {"git_commit": "abcdef0123456789"}
@@ -14,7 +14,8 @@ FILES = {
         {"params": 10098944, "batch": 256, "A_over_fwd_bwd": 0.7777, "inner_over_fwd_bwd": 1.0375}]},
     "llm_speed_gpt2.json": {"config": {"batch": 8, "seq": 128}, "results": {
         "forward_tok_s": 1027.4, "forward_backward_tok_s": 212.2, "projection_over_forward_backward": 0.664}},
-    "llm_speed_smollm2.json": {"config": {"batch": 4, "seq": 128}, "results": {
+    "llm_speed_smollm2.json": {"config": {"batch": 4, "seq": 128, "repeats": 3, "gen_prompt": 32, "gen_new": 32},
+                               "load_s": 4.62, "command": "python benchmarks/llm_speed.py --smollm2", "results": {
         name: {"ratio_ours_over_torch": r, "ours_tok_s": 126.0, "torch_tok_s": 151.0}
         for name, r in (("forward", 0.781), ("forward+backward", 0.8349), ("generate batch 1", 2.18),
                         ("generate batch 32", 1.29))}},
@@ -55,3 +56,13 @@ def test_a_busy_or_missing_run_shows_what_to_run_instead_of_numbers(tmp_path):
     rows = table(tmp_path).splitlines()[2:]
     assert all("no idle run committed yet" in r and "`python benchmarks/" in r for r in rows)
     assert not any("0.64x" in r or "1,027" in r for r in rows)
+
+
+def test_the_smollm2_speed_table_says_where_ours_is_behind(tmp_path):
+    _write(tmp_path, busy=False)
+    text = smollm2_speed(tmp_path)
+    assert "| forward | 126 | 151 | 0.78x |" in text and "| generate batch 1 | 126 | 151 | 2.18x |" in text
+    assert "ahead on generate batch 1, generate batch 32 and behind on forward, forward+backward" in text
+    assert "loads in 4.6 s" in text and "`python benchmarks/llm_speed.py --smollm2`" in text
+    _write(tmp_path, busy=True)
+    assert smollm2_speed(tmp_path).startswith("No idle run committed yet")

@@ -29,8 +29,7 @@ AWAITING_RECOMPUTE = {f"results/mnist_sweep_{name}.json" for name in (
     "teacher_epochs")} | {"results/mnist_peers.json"}
 # benchmark files measured before benchmarks recorded provenance and refused a busy machine (issue 27, item 8),
 # each waiting for a rerun on an idle machine: `python benchmarks/NAME.py` (docs/benchmarks.md)
-AWAITING_IDLE_RERUN = {"results/benchmarks/llm_speed_smollm2.json", "results/benchmarks/mnist_aux_speed.json",
-                       "results/benchmarks/projection_cost.json"}
+AWAITING_IDLE_RERUN: set[str] = set()  # the benchmark files were rerun on an idle machine on 2026-12-07
 
 
 def _tracked(pattern: str) -> list[str]:
