@@ -29,10 +29,8 @@ minutes on 2 CPU cores with the defaults.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -41,23 +39,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from tqdm import tqdm
 
 import llm_bridge
 import theory
 from harness.idle import Busy, check as idle_check
-from harness.results import command_line, provenance
-
-
-def _median_seconds(fn, repeats: int, label: str) -> float:
-    """Median wall time of ``fn()`` (which must block until its result is ready)."""
-    fn()  # compile + warm up
-    times = []
-    for _ in tqdm(range(repeats), desc=label, leave=False):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from harness.results import command_line, provenance, write_json
+from harness.timing import median_seconds
 
 
 def _cpu() -> str:
@@ -114,11 +101,11 @@ def smollm2(args) -> int:
     ours_logits = np.asarray(forward(params, xj))
     err = float(np.max(np.abs(ours_logits - torch_forward().numpy())) / np.max(np.abs(ours_logits)))
     rows = {}
-    rows["forward"] = (_median_seconds(lambda: forward(params, xj).block_until_ready(), args.repeats, "ours fwd"),
-                       _median_seconds(torch_forward, args.repeats, "torch fwd"), x.size)
+    rows["forward"] = (median_seconds(lambda: forward(params, xj).block_until_ready(), args.repeats, "ours fwd"),
+                       median_seconds(torch_forward, args.repeats, "torch fwd"), x.size)
     rows["forward+backward"] = (
-        _median_seconds(lambda: jax.block_until_ready(grad(params, xj)), args.repeats, "ours fwd+bwd"),
-        _median_seconds(torch_grad, args.repeats, "torch fwd+bwd"), x.size)
+        median_seconds(lambda: jax.block_until_ready(grad(params, xj)), args.repeats, "ours fwd+bwd"),
+        median_seconds(torch_grad, args.repeats, "torch fwd+bwd"), x.size)
     for batch in (1, 32):
         prompts = np.array(jax.random.randint(jax.random.fold_in(k_prompts, batch), (batch, args.gen_prompt), 0,
                                                 cfg.vocab_size))
@@ -132,9 +119,9 @@ def smollm2(args) -> int:
         ours = np.asarray(llm_bridge.generate(model, jnp.asarray(prompts), args.gen_new))
         same = float(np.mean(ours == torch_gen()[:, args.gen_prompt:].numpy()))
         rows[f"generate batch {batch}"] = (
-            _median_seconds(lambda: llm_bridge.generate(model, jnp.asarray(prompts), args.gen_new).block_until_ready(),
+            median_seconds(lambda: llm_bridge.generate(model, jnp.asarray(prompts), args.gen_new).block_until_ready(),
                             args.repeats, f"ours gen {batch}"),
-            _median_seconds(torch_gen, args.repeats, f"torch gen {batch}"), batch * args.gen_new)
+            median_seconds(torch_gen, args.repeats, f"torch gen {batch}"), batch * args.gen_new)
         rows[f"generate batch {batch}"] += (same,)
     table = {name: {"ours_tok_s": r[2] / r[0], "torch_tok_s": r[2] / r[1], "ratio_ours_over_torch": r[1] / r[0],
                     "ours_s": r[0], "torch_s": r[1], "tokens": r[2]} | ({"greedy_tokens_equal": r[3]} if len(r) > 3
@@ -162,7 +149,7 @@ def smollm2(args) -> int:
     result |= {"idle": idle, "busy": not all(r["idle"] for r in idle),
                **provenance(command_line("python benchmarks/llm_speed.py"))}
     out = args.out
-    _write(out, result)
+    write_json(out, result)
     print(" | ".join(f"{name}: ours {t['ours_tok_s']:,.0f} tok/s, torch {t['torch_tok_s']:,.0f} tok/s, "
                      f"{t['ratio_ours_over_torch']:.2f}x" for name, t in table.items()))
     print(f"SmolLM2-135M float32, load {load_s:.1f} s, logits max rel err {err:.1e}, load average at start "
@@ -200,9 +187,9 @@ def gpt2(args) -> int:
     grad = jax.jit(jax.value_and_grad(lambda p, t: llm_bridge.next_token_loss(f(p, t), t)))
     loss = theory.softmax_ce()
 
-    t_fwd = _median_seconds(lambda: forward(params, x).block_until_ready(), args.repeats, "forward")
-    t_bwd = _median_seconds(lambda: jax.block_until_ready(grad(params, x)), args.repeats, "forward+backward")
-    t_jvp = _median_seconds(lambda: float(theory.lemma1_coefficient(f, params, direction, x, loss)),
+    t_fwd = median_seconds(lambda: forward(params, x).block_until_ready(), args.repeats, "forward")
+    t_bwd = median_seconds(lambda: jax.block_until_ready(grad(params, x)), args.repeats, "forward+backward")
+    t_jvp = median_seconds(lambda: float(theory.lemma1_coefficient(f, params, direction, x, loss)),
                             args.repeats, "projection")
 
     a = float(theory.lemma1_coefficient(f, params, direction, x, loss))
@@ -221,7 +208,7 @@ def gpt2(args) -> int:
         return 2
     out = args.out or (None if args.smoke else "results/benchmarks/llm_speed_gpt2.json")
     if out:
-        _write(out, {"model": f"{name} shape, random weights", "params": int(n_params), "machine": _cpu(),
+        write_json(out, {"model": f"{name} shape, random weights", "params": int(n_params), "machine": _cpu(),
                      "cores": os.cpu_count(), "load_average_at_start": list(load_average),
                      "config": {"batch": args.batch, "seq": args.seq, "repeats": args.repeats, "seed": args.seed,
                                 "dtype": "float32", "statistic": "median"},
@@ -232,15 +219,6 @@ def gpt2(args) -> int:
                      **provenance(command_line("python benchmarks/llm_speed.py"))})
         print(f"wrote {out}")
     return 0
-
-
-def _write(path: str, result: dict) -> None:
-    """``result`` as JSON at ``path`` (relative to the working folder), atomically."""
-    out = Path(path).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(out)
 
 
 def main(argv=None) -> int:

@@ -40,17 +40,9 @@ from mnist_aux import experiment, train  # noqa: E402
 from mnist_aux.configs import paper  # noqa: E402
 from harness.idle import Busy, check as idle_check  # noqa: E402
 from harness.results import OutputError, command_line, prepare_output, provenance, write_json  # noqa: E402
+from harness.timing import numpy_matmul_gflops  # noqa: E402
 
 ISSUE_EXACT_TFLOP = 2.47
-
-
-def numpy_matmul_gflops(n: int = 2048, repeats: int = 7) -> float:
-    """Best float32 rate of an n x n numpy matmul, GFLOP/s."""
-    rng = np.random.default_rng(0)
-    a, b = rng.random((n, n), np.float32), rng.random((n, n), np.float32)
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
-    return 2 * n**3 / best / 1e9
 
 
 def _timed(fn) -> float:

@@ -51,7 +51,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -60,7 +59,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -69,6 +67,7 @@ if str(ROOT) not in sys.path:
 import llm_bridge  # noqa: E402
 from harness.idle import Busy, check as idle_check  # noqa: E402
 from harness.results import OutputError, command_line, prepare_output, provenance, write_json  # noqa: E402
+from harness.timing import median_seconds, numpy_matmul_gflops  # noqa: E402
 from llm_bridge.experiment.arms import Arm  # noqa: E402
 from llm_bridge.experiment.batching import rows_loss  # noqa: E402
 from llm_bridge.experiment.chat import Config as ChatConfig  # noqa: E402
@@ -79,30 +78,6 @@ ALPHA = 16.0  # the study's LoRA arms (arms.py: "lora rR", alpha 16)
 FLOOR_N = 2048
 TARGET_RATIO, TARGET_ROOFLINE = 1.2, 0.70  # issue 26, full step
 LOSS_RTOL = 1e-3  # ours and torch's loss before the first step (same weights, same batch) agree to float32 rounding
-
-
-def numpy_matmul_gflops(n: int = FLOOR_N, repeats: int = 7) -> float:
-    """Best float32 rate of an n x n numpy matmul, GFLOP/s (as benchmarks/mnist_aux_speed.py)."""
-    rng = np.random.default_rng(0)
-    a, b = rng.random((n, n), np.float32), rng.random((n, n), np.float32)
-    a @ b
-    best = math.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best / 1e9
-
-
-def median_seconds(fn, repeats: int, label: str) -> float:
-    """Median wall time of ``fn()`` (which must block until its result is ready), after one warm-up call."""
-    fn()  # compile + warm up
-    times = []
-    for _ in tqdm(range(repeats), desc=label, leave=False):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def smoke_model(key: jax.Array):
@@ -271,7 +246,7 @@ def main(argv=None) -> int:
     tokens = args.steps * args.batch * args.seq
     chat = ChatConfig()
 
-    floors = [numpy_matmul_gflops()]
+    floors = [numpy_matmul_gflops(FLOOR_N)]
     table = {}
     for kind, arm in kinds(args.ranks).items():
         lr = chat.student_lr if arm is None else chat.lora_lr
@@ -290,7 +265,7 @@ def main(argv=None) -> int:
         table[kind] = {"ours_tok_s": tokens / row["ours_s"], "torch_tok_s": tokens / row["torch_s"],
                        "ratio_ours_over_torch": row["torch_s"] / row["ours_s"], "gflops_achieved": achieved,
                        "lr": lr, "lora_scale": None if arm is None else arm.lora_scale} | row
-    floors.append(numpy_matmul_gflops())
+    floors.append(numpy_matmul_gflops(FLOOR_N))
     floor = max(floors)
     for row in table.values():
         row["roofline_fraction"] = row["gflops_achieved"] / floor
