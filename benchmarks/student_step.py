@@ -110,12 +110,12 @@ def ours(model, arm: Arm | None, batches: dict, lr: float, repeats: int, seed: i
         lora.add_lora(start, arm.rank, scale=arm.lora_scale, seed=seed)
     g, trainable, frozen = lora.split(start, lora=arm is not None)
     n_trainable = lora.count(trainable)
-    run = lambda b: fit_frozen(g, trainable, frozen, b, loss_fn=rows_loss, lr=lr, opt="adam")
+    run = lambda b: fit_frozen(g, trainable, frozen, b, jnp.float32(lr), loss_fn=rows_loss, opt="adam")
     name = "full" if arm is None else arm.name
     seconds = median_seconds(lambda: jax.block_until_ready(run(batches)), repeats, f"ours {name}")
     _, losses = run(batches)
     one = jax.tree.map(lambda a: a[:1], batches)
-    flops = xla_flops(fit_frozen.lower(g, trainable, frozen, one, loss_fn=rows_loss, lr=lr, opt="adam").compile())
+    flops = xla_flops(fit_frozen.lower(g, trainable, frozen, one, jnp.float32(lr), loss_fn=rows_loss, opt="adam").compile())
     tokens = batches["rest"][0].size
     analytic = 6 * n_params * tokens if arm is None else (4 * n_params + 6 * n_trainable) * tokens
     return {"ours_s": seconds, "xla_flops_per_step": flops, "analytic_flops_per_step": float(analytic),

@@ -32,6 +32,9 @@ REPO = Path(__file__).resolve().parent.parent
 # SmolLM2 smoke file, the longest, last: the slow tier then took about half the rest plus the whole smoke run.
 # pyproject's addopts turn that reordering off (--no-loadscope-reorder) and pytest_collection_modifyitems
 # queues the files longest first (these costs, then the number of tests), the classic longest-job-first rule.
+# xdist also hands a worker its next file as soon as it has two or fewer tests pending, so a one-test file
+# gets a second long file parked behind it: the longest file holds several tests sharing one run
+# (tests/test_llm_chat_smoke.py; tests/test_queue_order.py checks it).
 FILE_SECONDS = {
     "tests/test_llm_chat_smoke.py": 900, "tests/test_llm_tiny.py": 351, "tests/test_sharding.py": 259,
     "tests/test_llm_engine.py": 201, "tests/test_mnist_dissect.py": 147, "tests/test_notebook.py": 122,

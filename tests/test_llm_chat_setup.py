@@ -4,6 +4,7 @@ on the real model in the slow tier."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -121,6 +122,40 @@ def test_prefixed_logits_equal_one_forward(tiny):
             np.testing.assert_allclose(np.asarray(got)[i][np.asarray(real[i])], want, atol=2e-5)
 
 
+def test_batches_of_other_lengths_and_rates_reuse_one_compiled_program(text, tiny):
+    """Padded widths are multiples of batching.WIDTH_BUCKET and the rate is traced: the sampler's prefill and
+    decode, and a student's training loop, compile once for batches of other lengths in one bucket and for
+    other rates (each student's draw had its own width, so its own compile of the 135M model's loop)."""
+    rng = np.random.default_rng(4)
+    shared = rng.integers(5, 400, 6).tolist()
+    rows = lambda lengths: [shared + rng.integers(5, 400, n).tolist() for n in lengths]
+    for left in (True, False):
+        _, rest, _ = batching.split_rows(rows([3, 9, 1]), 0, left=left)
+        assert rest.shape == (3, batching.WIDTH_BUCKET)
+    _, rest, _ = batching.split_rows(rows([17, 2]), 0, left=True)
+    assert rest.shape == (2, 2 * batching.WIDTH_BUCKET)
+    longer = shared * 4  # 24 shared tokens: the prefix keeps 16, the other 8 go into each row's rest
+    prefix, rest, real = batching.split_rows([longer + [7], longer + [8, 9]], 0, left=False)
+    assert prefix.shape == (1, batching.WIDTH_BUCKET) and rest.shape == (2, batching.WIDTH_BUCKET)
+    assert rest[1, :10].tolist() == longer[16:] + [8, 9] and real.sum() == 9 + 10
+
+    cfg = dataclasses.replace(chat.smoke(), new_tokens=4, chunk_steps=4)
+    graphdef, state = nnx.split(tiny)
+    sizes = []
+    for lengths in ([3, 5, 2, 4], [9, 1, 7, 12]):
+        sampler.sample_replies(text, graphdef, state, rows(lengths), jax.random.key(0), cfg)
+        sizes.append((sampler._prefill._cache_size(), sampler._decode._cache_size()))
+    assert sizes[1] == sizes[0]
+
+    g, trainable, frozen = lora.split(nnx.merge(*nnx.split(tiny)), lora=False)
+    compiled = []
+    for lengths, lr in (([3, 5, 2, 4], 1e-3), ([9, 1, 7, 12], 1e-2)):
+        batches = batching.training_batches(rows(lengths), [7] * 4, 0, np.random.default_rng(0), 2, 2)
+        chat_students.train(g, trainable, frozen, batches, lr)
+        compiled.append(training.fit_frozen._cache_size())
+    assert compiled[1] == compiled[0]
+
+
 @pytest.mark.slow  # about 40 s: one generate call per prompt
 def test_sampler_matches_generate_greedy(text, tiny):
     """Greedy replies with early stopping and batch packing equal llm_bridge.generate's, token for token, as
@@ -143,7 +178,6 @@ def test_the_exact_null_is_centred(text, tiny):
     temperature 1 (rows the sampler dropped as unable to pass the filter cut where it stopped them: a
     stopping rule on the tokens so far, under which the summed score still has mean 0; each finished row
     with the end token it sampled), the summed-loss step projected on any direction has mean 0."""
-    import dataclasses
     import optax
     from llm_bridge.experiment.projection import sequence_projections
 

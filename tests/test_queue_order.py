@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 from types import SimpleNamespace
 
 import conftest
@@ -20,3 +21,12 @@ def test_files_queue_longest_first_and_keep_their_tests_in_order():
 
 def test_every_costed_file_exists():
     assert all((conftest.REPO / f).is_file() for f in conftest.FILE_SECONDS)
+
+
+def test_the_longest_file_keeps_its_worker_to_itself():
+    """xdist's loadfile scheduler gives a worker another file once two or fewer of its tests are pending: the
+    longest file needs at least three tests, or the next long file waits behind it on the same worker."""
+    longest = max(conftest.FILE_SECONDS, key=conftest.FILE_SECONDS.get)
+    tree = ast.parse((conftest.REPO / longest).read_text())
+    tests = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")]
+    assert len(tests) >= 3, longest

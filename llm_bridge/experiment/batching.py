@@ -42,11 +42,20 @@ def common_prefix(rows: list[list[int]]) -> int:
     return max(n, 0)
 
 
-def split_rows(rows, pad: int, left: bool):
-    """``(prefix [1, P], rest [B, R], real [B, R])``: the shared prefix and the padded remainders."""
+WIDTH_BUCKET = 16  # padded widths are multiples of this: batches of other lengths reuse one compiled program
+
+
+def split_rows(rows, pad: int, left: bool, bucket: int = WIDTH_BUCKET):
+    """``(prefix [1, P], rest [B, R], real [B, R])``: the shared prefix and the padded remainders, P the
+    common prefix rounded down and R the longest remainder rounded up to a multiple of ``bucket`` (a
+    common prefix shorter than ``bucket`` is kept whole). Without it every batch of prompts, and every
+    student's draw of rows, had its own shapes (random prompts share a few more tokens now and then), so
+    its own compile of the sampler or the training loop. Padding is masked and a shared token moved into
+    the rest is the same token: the values are the same up to float rounding."""
     p = common_prefix(rows)
+    p = p - p % bucket if p >= bucket else p
     rest = [r[p:] for r in rows]
-    width = max(len(r) for r in rest)
+    width = -(-max(len(r) for r in rest) // bucket) * bucket
     toks = np.full((len(rows), width), pad, np.int32)
     real = np.zeros((len(rows), width), bool)
     for i, r in enumerate(rest):

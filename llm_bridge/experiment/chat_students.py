@@ -42,8 +42,8 @@ HELD_OUT = 64  # calibration rows the loss decrease is measured on
 
 
 def train(graphdef, trainable, frozen, batches: dict, lr: float, opt: str = "adam", loss_fn=rows_loss):
-    p, losses = fit_frozen(graphdef, trainable, frozen, jax.tree.map(jnp.asarray, batches), loss_fn=loss_fn,
-                           lr=lr, opt=opt)
+    p, losses = fit_frozen(graphdef, trainable, frozen, jax.tree.map(jnp.asarray, batches), jnp.float32(lr),
+                           loss_fn=loss_fn, opt=opt)
     return p, np.asarray(losses)
 
 

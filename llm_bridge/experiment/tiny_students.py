@@ -126,7 +126,7 @@ def _lora(setup, unit, orders) -> dict:
     graphdef, trainable, frozen = lora.split(module, lora=True)
     hard = lambda model, batch: mean_loss(model(batch[0]), batch[0], batch[1])
     lr = getattr(setup.cfg, unit.arm.lr_field())
-    trained, losses = fit_frozen(graphdef, trainable, frozen, (toks[0], masks[0]), loss_fn=hard, lr=lr,
+    trained, losses = fit_frozen(graphdef, trainable, frozen, (toks[0], masks[0]), jnp.float32(lr), loss_fn=hard,
                                  opt=unit.arm.optimizer)
     merged = PureModel(nnx.merge(graphdef, trained, frozen))
     return {"margins": {"tiny": _probe(setup, stack([merged.template]), merged.f)[0].tolist()},

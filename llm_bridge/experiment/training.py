@@ -153,10 +153,12 @@ def soft_fit(f, params, teachers, tokens, mask, *, loss: theory.losses.Imitation
     return jax.vmap(lambda p, t, x, m: soft_label_loss(f, p, t, x, m, loss))(params, teachers, tokens, mask)
 
 
-@partial(jax.jit, static_argnames=("graphdef", "loss_fn", "lr", "opt"))
-def fit_frozen(graphdef, trainable, frozen, batches, *, loss_fn, lr: float, opt: str = "adam"):
+@partial(jax.jit, static_argnames=("graphdef", "loss_fn", "opt"))
+def fit_frozen(graphdef, trainable, frozen, batches, lr, *, loss_fn, opt: str = "adam"):
     """:func:`fit` on ``trainable`` with ``frozen`` fixed: ``loss_fn(module, batch)`` sees the merged
     module. ``frozen`` is an argument, never closed over (a closed-over 135M-parameter model would be
-    baked into the compiled program as constants). Returns ``(trainable, losses [steps])``."""
+    baked into the compiled program as constants); so is the rate ``lr`` (a traced scalar: students at
+    other rates, e.g. the SGD calibration's grid, reuse one compiled program). Returns
+    ``(trainable, losses [steps])``."""
     return fit(lambda q, batch: loss_fn(nnx.merge(graphdef, q, frozen), batch), trainable, batches,
                optimizer(opt, lr))
