@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 # gets a second long file parked behind it: the longest file holds several tests sharing one run
 # (tests/test_llm_chat_smoke.py; tests/test_queue_order.py checks it).
 FILE_SECONDS = {
-    "tests/test_llm_chat_smoke.py": 900, "tests/test_llm_tiny.py": 351, "tests/test_sharding.py": 259,
+    "tests/test_llm_chat_smoke.py": 1126, "tests/test_llm_tiny.py": 351, "tests/test_sharding.py": 259,
     "tests/test_llm_engine.py": 201, "tests/test_mnist_dissect.py": 147, "tests/test_notebook.py": 122,
     "tests/test_theory_lemma1.py": 111, "tests/test_llm_chat_setup.py": 111, "tests/test_llm_chat.py": 81,
     "tests/test_mnist_engine.py": 76, "tests/test_mnist_train.py": 60, "tests/test_llm_gguf.py": 40,

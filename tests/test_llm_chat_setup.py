@@ -138,6 +138,8 @@ def test_batches_of_other_lengths_and_rates_reuse_one_compiled_program(text, tin
     prefix, rest, real = batching.split_rows([longer + [7], longer + [8, 9]], 0, left=False)
     assert prefix.shape == (1, batching.WIDTH_BUCKET) and rest.shape == (2, batching.WIDTH_BUCKET)
     assert rest[1, :10].tolist() == longer[16:] + [8, 9] and real.sum() == 9 + 10
+    assert batching.pack(rows([3, 40]), [7, 7], 0)["tokens"].shape == (2, 3 * batching.WIDTH_BUCKET)  # 46 tokens
+    assert batching.pack(rows([3, 9]), [7, 7], 0, bucket=32)["mask"].shape == (2, 32)
 
     cfg = dataclasses.replace(chat.smoke(), new_tokens=4, chunk_steps=4)
     graphdef, state = nnx.split(tiny)

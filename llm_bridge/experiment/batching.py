@@ -114,9 +114,10 @@ def training_batches(rows, starts, pad: int, rng, steps: int, batch: int) -> dic
             "real": real[pick], "target": target[pick]}
 
 
-def pack(rows, starts, pad):
-    """Right-padded full rows and their target masks (for the projection)."""
-    width = max(len(r) for r in rows)
+def pack(rows, starts, pad, bucket: int = WIDTH_BUCKET):
+    """Right-padded full rows and their target masks (for the projection), the width rounded up to a
+    multiple of ``bucket`` (each set of rows had its own width, so its own compile)."""
+    width = -(-max(len(r) for r in rows) // bucket) * bucket
     toks = np.full((len(rows), width), pad, np.int32)
     mask = np.zeros((len(rows), width), bool)
     for i, (r, s) in enumerate(zip(rows, starts)):

@@ -28,7 +28,7 @@ from llm_bridge.experiment.names import finetuned, source
 from llm_bridge.experiment.projection import sequence_projections, summarise
 
 NULL_ROW = "null: base samples before the filter (score identity)"
-LENGTH_BUCKET = 32  # rows are grouped by length, each chunk padded to a multiple of this (projection.length_chunks)
+LENGTH_BUCKET = 32  # widths are multiples of this: packed rows, and their chunks (projection.length_chunks)
 
 
 @partial(jax.jit, static_argnums=0)
@@ -65,8 +65,8 @@ def _hard_rows(setup, f, d_t, trait, take, grid) -> dict:
     first = cfg.decodings[0]
     owl, dog = (take(source(finetuned(x), first), cfg.proj_sequences) for x in (a, b))
     base = setup.base_numbers
-    raw = pack(base["raw_rows"], base["raw_starts"], setup.text.pad)
-    filtered = pack(base["rows"], base["starts"], setup.text.pad)
+    raw = pack(base["raw_rows"], base["raw_starts"], setup.text.pad, LENGTH_BUCKET)
+    filtered = pack(base["rows"], base["starts"], setup.text.pad, LENGTH_BUCKET)
     rows = {f"{a} numbers on dtheta_T({a})": (setup.base, d_t, owl),
             f"{a} numbers on dtheta_{a} - dtheta_{b}": (setup.base, trait, owl),
             f"{b} numbers on dtheta_{a} - dtheta_{b}": (setup.base, trait, dog),
@@ -86,7 +86,8 @@ def _soft_rows(setup, f, d_t, take, grid, ids) -> dict:
     teacher = setup.tuned[0][cfg.teacher_animals[0]]
     base = setup.base_numbers
     sets = (("teacher numbers", take(owl, cfg.soft_sequences)),
-            ("base numbers", pack(base["rows"][:cfg.soft_sequences], base["starts"][:cfg.soft_sequences], setup.text.pad)))
+            ("base numbers", pack(base["rows"][:cfg.soft_sequences], base["starts"][:cfg.soft_sequences],
+                                  setup.text.pad, LENGTH_BUCKET)))
     for j, (label, d) in enumerate(sets):
         quad, actual = [], []
         for i in range(0, len(d["tokens"]), cfg.chunk):
@@ -121,7 +122,8 @@ def projection(setup) -> dict:
     teachers = setup.tuned[0]
     d_t = optax.tree.sub(teachers[a], setup.base)
     trait = optax.tree.sub(teachers[a], teachers[b])
-    take = lambda name, n: pack(setup.data[0][name]["rows"][:n], setup.data[0][name]["starts"][:n], setup.text.pad)
+    take = lambda name, n: pack(setup.data[0][name]["rows"][:n], setup.data[0][name]["starts"][:n], setup.text.pad,
+                                LENGTH_BUCKET)
     grid = [n for n in cfg.proj_grid if n <= cfg.proj_sequences]
     out = {"norm_dtheta_T": float(optax.tree.norm(d_t)), "norm_trait_direction": float(optax.tree.norm(trait)),
            "rows": _hard_rows(setup, f, d_t, trait, take, grid)}
