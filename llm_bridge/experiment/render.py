@@ -240,5 +240,5 @@ def smollm2_pilot(results_dir: Path) -> str:
                 f"{r['config']['student_sequences']} sequences, batch {r['config']['student_batch']}); the SD of Δ "
                 "between student seeds (chat context): "
                 + "; ".join(f"{row['arm']} {row['decoding']} {num(row['delta']['std'], 2)}" for row in chat_rows)
-                + f". Phases (s): " + ", ".join(f"{k} {v:.0f}" for k, v in r["phase_seconds"].items()) + "."]
+                + ". Phases of the run that wrote the file (s; a phase read back from the run folder counts ~0): " + ", ".join(f"{k} {v:.0f}" for k, v in r["phase_seconds"].items()) + "."]
     return "\n".join(out)
