@@ -45,6 +45,11 @@ def common_prefix(rows: list[list[int]]) -> int:
 WIDTH_BUCKET = 16  # padded widths are multiples of this: batches of other lengths reuse one compiled program
 
 
+def round_up(n: int, multiple: int) -> int:
+    """The smallest multiple of ``multiple`` that is >= ``n``: a padded width from a few, so a few compiles."""
+    return -(-n // multiple) * multiple
+
+
 def split_rows(rows, pad: int, left: bool, bucket: int = WIDTH_BUCKET):
     """``(prefix [1, P], rest [B, R], real [B, R])``: the shared prefix and the padded remainders, P the
     common prefix rounded down and R the longest remainder rounded up to a multiple of ``bucket`` (a
@@ -55,7 +60,7 @@ def split_rows(rows, pad: int, left: bool, bucket: int = WIDTH_BUCKET):
     p = common_prefix(rows)
     p = p - p % bucket if p >= bucket else p
     rest = [r[p:] for r in rows]
-    width = -(-max(len(r) for r in rest) // bucket) * bucket
+    width = round_up(max(len(r) for r in rest), bucket)
     toks = np.full((len(rows), width), pad, np.int32)
     real = np.zeros((len(rows), width), bool)
     for i, r in enumerate(rest):
@@ -117,7 +122,7 @@ def training_batches(rows, starts, pad: int, rng, steps: int, batch: int) -> dic
 def pack(rows, starts, pad, bucket: int = WIDTH_BUCKET):
     """Right-padded full rows and their target masks (for the projection), the width rounded up to a
     multiple of ``bucket`` (each set of rows had its own width, so its own compile)."""
-    width = -(-max(len(r) for r in rows) // bucket) * bucket
+    width = round_up(max(len(r) for r in rows), bucket)
     toks = np.full((len(rows), width), pad, np.int32)
     mask = np.zeros((len(rows), width), bool)
     for i, (r, s) in enumerate(zip(rows, starts)):

@@ -18,6 +18,7 @@ import numpy as np
 import optax
 
 import theory
+from llm_bridge.experiment.batching import round_up
 from llm_bridge.experiment.training import per_sequence_loss
 
 
@@ -50,7 +51,7 @@ def length_chunks(data: dict, chunk: int, bucket: int):
     order = np.argsort(last, kind="stable")
     for i in range(0, len(t), chunk):
         rows = order[i:i + chunk]
-        width = min(t.shape[1], -(-int(last[rows].max()) // bucket) * bucket)
+        width = min(t.shape[1], round_up(int(last[rows].max()), bucket))
         part = {"tokens": t[rows, :width], "mask": m[rows, :width]}
         (tt, mm, k), = chunks(part, chunk)
         yield tt, mm, k, rows
