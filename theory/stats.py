@@ -102,9 +102,11 @@ def holm(p_values) -> list[float]:
     return adjusted.tolist()
 
 
-def detectable_effect(sd: float, n: int, power: float = 0.8) -> float:
-    """The smallest true mean a two-sided 5% one-sample t-test on ``n`` units of standard deviation ``sd``
-    detects with probability ``power`` (the usual approximation ``(t_{0.975} + t_{power}) sd / sqrt(n)``)."""
+def detectable_effect(sd: float, n: int, power: float = 0.8, alpha: float | None = None) -> float:
+    """The smallest true mean a two-sided level-``alpha`` (5 %) one-sample t-test on ``n`` units of standard
+    deviation ``sd`` detects with probability ``power`` (the usual approximation
+    ``(t_{1 - alpha/2} + t_{power}) sd / sqrt(n)``, n - 1 degrees of freedom)."""
     if n < 2:
         return float("nan")
-    return float((stats.t.ppf(0.5 + LEVEL / 2, n - 1) + stats.t.ppf(power, n - 1)) * sd / math.sqrt(n))
+    quantile = 0.5 + LEVEL / 2 if alpha is None else 1 - alpha / 2
+    return float((stats.t.ppf(quantile, n - 1) + stats.t.ppf(power, n - 1)) * sd / math.sqrt(n))

@@ -20,8 +20,8 @@ engine (:mod:`llm_bridge.experiment.engine`) runs:
 
 The contrast of an arm: owl-teacher students minus dog-teacher students on the owl margin
 (``delta_owl``), the mirror ``delta_dog``, and their mean, with a 95% t-CI over the outer unit (the
-teacher-seed replicates; over student seeds for the prompted teachers, of which there is one of
-each), and Holm-adjusted p-values across arms.
+teacher-seed replicates, whose prompted teachers differ only by their pool draw; over student seeds when
+there is one replicate), and Holm-adjusted p-values across arms.
 """
 
 from __future__ import annotations
@@ -145,25 +145,27 @@ def pilot() -> Config:
 
 
 def standard() -> Config:
-    """The core contrasts: fine-tuned owl vs dog teachers (2 seeds each), temperature 1 vs greedy numbers,
-    students full-Adam, full-SGD, LoRA r4 and r64, 8 per arm and teacher. ``--preset standard``;
-    docs/llm_experiment.md has the measured cost per student and the arithmetic of its time."""
-    return Config()
+    """The core contrasts: fine-tuned owl vs dog teachers, temperature 1 vs greedy numbers, students
+    full-Adam, full-SGD, LoRA r4 and r64; 8 teacher replicates with one student each per arm, so the CI
+    runs over 8 outer units (``--preset standard``; docs/llm_experiment.md has the arithmetic of its
+    cost and power, rendered from the pilot by :mod:`~llm_bridge.experiment.sizing`)."""
+    return Config(teacher_seeds=8, student_seeds=1, pool_sequences=256)
 
 
 def full() -> Config:
-    """The whole design with the owl and dog teachers: three teacher seeds, prompted teachers, LoRA ranks
-    1-64, the length-matched arm, the perturbed-init arms, soft labels, sampled answers (``--preset full``,
-    several sessions of CPU). A third animal's teachers are not part of it (teacher_animals is a pair)."""
-    return Config(teacher_seeds=3, prompted_teachers=True, pool_sequences=1000, sampled_replies=20,
-                  arms=("full", "full sgd", "lora r1", "lora r4", "lora r16", "lora r64", "length-matched",
-                        "perturbed 0.02", "perturbed 0.1", "soft"))
+    """The whole design with the owl and dog teachers: prompted teachers, LoRA ranks 1-64, the
+    length-matched arm, the perturbed-init arms, soft labels, sampled answers, on the standard
+    preset's 8 replicates (``--preset full``, several sessions of CPU). A third animal's teachers are not
+    part of it (teacher_animals is a pair)."""
+    return dataclasses.replace(standard(), prompted_teachers=True, sampled_replies=20,
+                               arms=("full", "full sgd", "lora r1", "lora r4", "lora r16", "lora r64",
+                                     "length-matched", "perturbed 0.02", "perturbed 0.1", "soft"))
 
 
 def paper() -> Config:
-    """Sized for one GPU: 10,000 filtered replies per pool, 4 teacher seeds x 4 student seeds on 1,024
-    sequences each, every arm of :func:`full` (``--preset paper``; not run on CPU)."""
-    return dataclasses.replace(full(), teacher_seeds=4, pool_sequences=10_000, max_rows=200_000,
+    """Sized for one GPU: 10 teacher replicates, pools of 10,000 filtered replies, one student per arm and
+    replicate on 1,024 sequences, every arm of :func:`full` (``--preset paper``; not run on CPU)."""
+    return dataclasses.replace(full(), teacher_seeds=10, pool_sequences=10_000, max_rows=200_000,
                                student_sequences=1024, gen_batch=256)
 
 
@@ -180,7 +182,7 @@ NUMBERS = Phase("numbers", ("prompted_teachers", "decodings", "temperature", "ma
                             "probe_rows", "min_pass_rate", "pool_sequences", "max_rows", "gen_batch", "chunk_steps",
                             "proj_sequences", "seed"),
                 code=("llm_bridge.experiment.sampler", "llm_bridge.experiment.paper_protocol", f"{CODE}:Setup.numbers",
-                      SEEDS), after=("teachers",))
+                      f"{CODE}:Setup.sources", f"{CODE}:source_names", SEEDS), after=("teachers",))
 STUDENTS = Phase("students", ("student_sequences", "student_batch", "student_lr", "lora_lr", "sgd_lr", "soft_lr",
                               "animals", "questions", "sampled_replies", "answer_tokens"),
                  code=("llm_bridge.experiment.chat_students", "llm_bridge.experiment.training", "llm_bridge.models.lora",
@@ -203,6 +205,19 @@ def teacher_batches(text: Text, animal: str, cfg: Config, rng) -> dict:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9.=]+", "_", text.lower()).strip("_")
+
+
+def source_names(cfg: Config) -> list[list[tuple[str, str, str | None, str]]]:
+    """Per replicate: ``(number source, teacher animal, prompt animal, decoding)`` of every teacher whose
+    numbers students learn from: the fine-tuned teachers, and the prompted ones (prompt animal set) in every
+    replicate, each with its own pool draw."""
+    out = []
+    for _ in range(cfg.teacher_seeds):
+        rows = [(source(finetuned(a), d), a, None, d) for d in cfg.decodings for a in cfg.teacher_animals]
+        if cfg.prompted_teachers:
+            rows += [(source(prompted(a), d), a, a, d) for d in cfg.decodings for a in cfg.teacher_animals]
+        out.append(rows)
+    return out
 
 
 class Setup:
@@ -291,14 +306,9 @@ class Setup:
 
     def sources(self) -> list[list[tuple[str, object, str | None, str]]]:
         """Per replicate: ``(number source, params, prompt animal, decoding)`` of every teacher whose numbers
-        students learn from (the prompted teachers in replicate 0 only: there is one of each)."""
-        cfg, out = self.cfg, []
-        for k in range(cfg.teacher_seeds):
-            rows = [(source(finetuned(a), d), self.tuned[k][a], None, d) for d in cfg.decodings for a in cfg.teacher_animals]
-            if cfg.prompted_teachers and k == 0:
-                rows += [(source(prompted(a), d), self.base, a, d) for d in cfg.decodings for a in cfg.teacher_animals]
-            out.append(rows)
-        return out
+        students learn from (:func:`source_names`)."""
+        return [[(name, self.base if prompt else self.tuned[k][animal], prompt, d) for name, animal, prompt, d in rows]
+                for k, rows in enumerate(source_names(self.cfg))]
 
     def _pool(self, key: str, k: int, name: str, params, animal, decoding: str, target: int, keep_raw: int, log):
         entry = f"numbers-{key}-{k}-{_slug(name)}"
