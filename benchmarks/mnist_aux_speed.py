@@ -12,20 +12,36 @@ This package does less than the 2.47 TFLOP (the teacher's forward pass on each n
 batch is shared by the 4 students: 1.99 TFLOP), so "achieved GFLOP/s" is reported both
 against the issue's 2.47 TFLOP and against the operations actually executed.
 
-Timings are only meaningful on an idle machine: the script prints the load average and
-warns when other processes compete for the cores.
+End to end (``--end-to-end``): the wall time of ``python -m mnist_aux run --preset paper --seeds S``
+(compilation, data loading and evaluation included) against the paper's official PyTorch script run
+the same way with N_MODELS = S (``--official PATH`` or ``--fetch-official``; patched only in its data
+path, seed count and plotting: benchmarks/official_mnist.py), seconds per seed for each and their
+ratio, and ours against the floor.
+
+Vector ISAs (``--isa native avx2``): each ISA's measurements run in a child process with the ISA
+capped: ``XLA_FLAGS=--xla_cpu_max_isa=AVX2`` for XLA, ``ATEN_CPU_CAPABILITY=avx2``,
+``MKL_ENABLE_INSTRUCTIONS=AVX2`` and ``ONEDNN_MAX_CPU_ISA=AVX2`` for torch, ``OPENBLAS_CORETYPE=Haswell``
+for numpy's floor. This emulates an AVX2-only CPU only as far as each library honours its cap; a
+native AVX2 machine is the real test.
+
+Timings are only meaningful on an idle machine: the script refuses a busy one (harness.idle)
+unless ``--force``.
 
 Usage:
     python benchmarks/mnist_aux_speed.py                       # 25 and 100 seeds, threefry2x32
     python benchmarks/mnist_aux_speed.py --seeds 25 --prng threefry2x32 rbg
-    python benchmarks/mnist_aux_speed.py --out results/mnist_aux_speed.json
+    python benchmarks/mnist_aux_speed.py --seeds 10 25 --end-to-end --fetch-official --isa native avx2 \\
+        --data-dir ../shared/data/mnist --out results/benchmarks/mnist_aux_speed.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,6 +57,13 @@ from mnist_aux.configs import paper  # noqa: E402
 from harness.idle import Busy, check as idle_check  # noqa: E402
 from harness.results import OutputError, command_line, prepare_output, provenance, write_json  # noqa: E402
 from harness.timing import numpy_matmul_gflops  # noqa: E402
+from benchmarks import official_mnist  # noqa: E402
+
+ISA_ENV = {
+    "native": {},
+    "avx2": {"XLA_FLAGS": "--xla_cpu_max_isa=AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+             "ONEDNN_MAX_CPU_ISA": "AVX2", "OPENBLAS_CORETYPE": "Haswell"},
+}
 
 ISSUE_EXACT_TFLOP = 2.47
 
@@ -79,35 +102,32 @@ def time_chunk(cfg, chunk: int, train_x, train_y, test_x, test_y) -> dict:
     return out
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[25, 100], help="seed counts to time (default 25 100)")
-    parser.add_argument("--seeds-per-chunk", type=int, default=50,
-                        help="seeds run at once, as the CLI's default (default 50): 100 seeds = 2 chunks of 50")
-    parser.add_argument("--prng", nargs="+", default=["threefry2x32"], choices=["threefry2x32", "rbg"],
-                        help="PRNG implementations to compare (rbg: faster noise, not exact under vmap)")
-    parser.add_argument("--data-dir", help="MNIST IDX folder (default: $SUBLIMINAL_MNIST_DIR, the download cache)")
-    parser.add_argument("--out", help="also write the measurements as JSON here (checked before the run)")
-    parser.add_argument("--force", action="store_true",
-                        help="time even on a busy machine (harness.idle); the result is then marked not idle")
-    args = parser.parse_args(argv)
-    if args.out:
-        try:
-            prepare_output(args.out)
-        except OutputError as err:
-            parser.exit(2, f"mnist_aux_speed: {err}\n")
+def wall_seconds(cmd: list[str], env: dict) -> float:
+    """Wall time of a command run to completion (its output discarded unless it fails)."""
+    start = time.perf_counter()
+    done = subprocess.run(cmd, env=os.environ | env | {"MPLBACKEND": "Agg"}, capture_output=True, text=True)
+    if done.returncode:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"{' '.join(cmd[:4])} ... failed ({done.returncode}): {tail[0]}")
+    return time.perf_counter() - start
 
-    from mnist_aux import data
 
-    try:
-        ds = data.load("mnist", args.data_dir, allow_download=False)
-    except data.DataError as err:
-        parser.exit(2, f"mnist_aux_speed: {err}\n")
-    try:
-        idle = [idle_check("start", args.force)]
-    except Busy as err:
-        parser.exit(2, f"mnist_aux_speed: {err}\n")
-    load_start = os.getloadavg()
+def end_to_end(seeds: int, data_dir: str, official: str | None, env: dict, folder: Path) -> dict:
+    """Seconds of our paper run and, with ``official``, of the patched official script, at ``seeds``."""
+    from benchmarks import official_mnist
+
+    out = {"ours_s": wall_seconds([sys.executable, "-m", "mnist_aux", "run", "--preset", "paper", "--seeds",
+                                   str(seeds), "--data-dir", data_dir, "--no-download", "--no-progress",
+                                   "--out", str(folder / f"ours_{seeds}.json")], env)}
+    if official:
+        script = folder / f"official_{seeds}.py"
+        script.write_text(official_mnist.patch(Path(official).read_text(), data_dir, seeds))
+        out["official_s"] = wall_seconds([sys.executable, str(script)], env)
+    return out
+
+
+def measure(args, ds, env: dict) -> dict:
+    """One ISA's measurements (in this process, whose ISA caps were set at its start)."""
     floors = [numpy_matmul_gflops()]
     rows = []
     for prng in args.prng:
@@ -128,17 +148,123 @@ def main(argv=None) -> int:
             print(f"{n:4d} seeds ({n_chunks} x {chunk}) {prng:13s} {per_seed:6.2f} s/seed  "
                   f"teacher epoch {t['teacher_epoch_s']:6.2f} s  distill epoch {t['distill_epoch_s']:6.2f} s  "
                   f"compile {t['compile_s']:5.1f} s", flush=True)
+    whole = []
+    if args.end_to_end:
+        with tempfile.TemporaryDirectory() as tmp:
+            for n in args.seeds:
+                got = end_to_end(n, args.data_dir, args.official, env, Path(tmp))
+                whole.append({"seeds": n, **got})
+                print(f"{n:4d} seeds end to end: ours {got['ours_s']:.0f} s"
+                      + (f", official {got['official_s']:.0f} s" if "official_s" in got else ""), flush=True)
+                floors.append(numpy_matmul_gflops())
     rate = max(floors)
     floor = ISSUE_EXACT_TFLOP * 1e3 / rate
-    load_end = os.getloadavg()
-    print(f"\nfloor: numpy 2048^2 matmul {rate:.0f} GFLOP/s (best of {len(floors)} timings) -> "
-          f"{floor:.2f} s/seed for {ISSUE_EXACT_TFLOP} TFLOP")
-    print("| seeds | prng | s/seed | GFLOP/s (2.47 TF/seed) | GFLOP/s executed | x floor |")
-    print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
         r["ratio_to_floor"] = r["seconds_per_seed"] / floor
+    for r in whole:
+        r["ours_s_per_seed"] = r["ours_s"] / r["seeds"]
+        r["ours_ratio_to_floor"] = r["ours_s_per_seed"] / floor
+        if "official_s" in r:
+            r["official_s_per_seed"] = r["official_s"] / r["seeds"]
+            r["official_over_ours"] = r["official_s"] / r["ours_s"]
+    return {"rows": rows, "end_to_end": whole, "floor_gflops": rate, "floor_seconds_per_seed": floor,
+            "floor_timings_gflops": floors, "env": env}
+
+
+def report(isa: str, m: dict) -> None:
+    print(f"\n[{isa}] floor: numpy 2048^2 matmul {m['floor_gflops']:.0f} GFLOP/s (best of "
+          f"{len(m['floor_timings_gflops'])} timings) -> {m['floor_seconds_per_seed']:.2f} s/seed for {ISSUE_EXACT_TFLOP} TFLOP")
+    print("| seeds | prng | s/seed | GFLOP/s (2.47 TF/seed) | GFLOP/s executed | x floor |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for r in m["rows"]:
         print(f"| {r['seeds']} | {r['prng']} | {r['seconds_per_seed']:.2f} | {r['gflops_vs_2.47T']:.0f} | "
               f"{r['gflops_executed']:.0f} | {r['ratio_to_floor']:.2f} |")
+    if m["end_to_end"]:
+        print("| seeds | ours s/seed (end to end) | x floor | official s/seed | official / ours |")
+        print("| --- | --- | --- | --- | --- |")
+        for r in m["end_to_end"]:
+            print(f"| {r['seeds']} | {r['ours_s_per_seed']:.2f} | {r['ours_ratio_to_floor']:.2f} | "
+                  f"{r.get('official_s_per_seed', float('nan')):.2f} | {r.get('official_over_ours', float('nan')):.2f} |")
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[25, 100], help="seed counts to time (default 25 100)")
+    parser.add_argument("--seeds-per-chunk", type=int, default=50,
+                        help="seeds run at once, as the CLI's default (default 50): 100 seeds = 2 chunks of 50")
+    parser.add_argument("--prng", nargs="+", default=["threefry2x32"], choices=["threefry2x32", "rbg"],
+                        help="PRNG implementations to compare (rbg: faster noise, not exact under vmap)")
+    parser.add_argument("--data-dir", help="MNIST IDX folder (default: $SUBLIMINAL_MNIST_DIR, the download cache)")
+    parser.add_argument("--end-to-end", action="store_true",
+                        help="also time whole runs (python -m mnist_aux run, and the official script if given)")
+    parser.add_argument("--official", metavar="PATH", help="a copy of the official run_mnist_experiment.py "
+                        f"(commit {official_mnist.COMMIT[:8]}); implies --end-to-end")
+    parser.add_argument("--fetch-official", action="store_true",
+                        help="download the official script at that commit (sha256 checked); implies --end-to-end")
+    parser.add_argument("--isa", nargs="+", choices=sorted(ISA_ENV),
+                        help="measure under each vector-ISA cap in a child process (default: this process as is)")
+    parser.add_argument("--out", help="also write the measurements as JSON here (checked before the run)")
+    parser.add_argument("--force", action="store_true",
+                        help="time even on a busy machine (harness.idle); the result is then marked not idle")
+    parser.add_argument("--child-json", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.end_to_end = args.end_to_end or bool(args.official or args.fetch_official)
+    return parser, args
+
+
+def _children(args) -> dict:
+    """Each ISA's measurements, from a child process started with that ISA's caps."""
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for isa in args.isa:
+            path = Path(tmp) / f"{isa}.json"
+            cmd = [sys.executable, __file__, "--seeds", *map(str, args.seeds), "--seeds-per-chunk",
+                   str(args.seeds_per_chunk), "--prng", *args.prng, "--child-json", str(path)]
+            cmd += ["--data-dir", args.data_dir] if args.data_dir else []
+            cmd += ["--end-to-end"] if args.end_to_end else []
+            cmd += ["--official", args.official] if args.official else []
+            cmd += ["--force"] if args.force else []
+            done = subprocess.run(cmd, env=os.environ | ISA_ENV[isa])
+            if done.returncode:
+                raise RuntimeError(f"the {isa} child failed ({done.returncode})")
+            out[isa] = json.loads(path.read_text())
+    return out
+
+
+def main(argv=None) -> int:
+    parser, args = parse(argv)
+    if args.out:
+        try:
+            prepare_output(args.out)
+        except OutputError as err:
+            parser.exit(2, f"mnist_aux_speed: {err}\n")
+    from mnist_aux import data
+
+    try:
+        ds = data.load("mnist", args.data_dir, allow_download=False)
+        if args.end_to_end and not args.data_dir:
+            parser.exit(2, "mnist_aux_speed: --end-to-end needs --data-dir (the runs read it offline)\n")
+        if args.fetch_official and not args.child_json:
+            args.official = str(official_mnist.fetch(Path(tempfile.mkdtemp()) / "run_mnist_experiment.py"))
+        if args.official:
+            official_mnist.patch(Path(args.official).read_text(), args.data_dir, 2)  # fail early
+    except (data.DataError, official_mnist.PatchError, OSError) as err:
+        parser.exit(2, f"mnist_aux_speed: {err}\n")
+    try:
+        idle = [idle_check("start", args.force)]
+    except Busy as err:
+        parser.exit(2, f"mnist_aux_speed: {err}\n")
+    load_start = os.getloadavg()
+    if args.isa and not args.child_json:
+        by_isa = _children(args)
+    else:
+        by_isa = {"as_started": measure(args, ds, {k: os.environ[k] for k in ISA_ENV["avx2"] if k in os.environ})}
+        if args.child_json:
+            Path(args.child_json).write_text(json.dumps(by_isa["as_started"]))
+            return 0
+    for isa, m in by_isa.items():
+        report(isa, m)
+    load_end = os.getloadavg()
     try:
         idle.append(idle_check("end", args.force, load=False))  # the load average now includes this run
     except Busy as err:
@@ -148,8 +274,8 @@ def main(argv=None) -> int:
           + ("  WARNING: machine busy (--force), timings unreliable" if busy else ""))
     if args.out:
         write_json(args.out, {
-            "rows": rows, "data": ds.source, "floor_gflops": rate, "floor_seconds_per_seed": floor,
-            "floor_timings_gflops": floors,
+            "by_isa": by_isa, "data": ds.source, "official_script": {"commit": official_mnist.COMMIT,
+                                                                    "path": official_mnist.PATH} if args.official else None,
             "load_average": {"start": load_start, "end": load_end}, "busy": busy, "idle": idle,
             **provenance(command_line("python benchmarks/mnist_aux_speed.py"))})
     return 0
