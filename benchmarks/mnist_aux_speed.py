@@ -102,6 +102,87 @@ def time_chunk(cfg, chunk: int, train_x, train_y, test_x, test_y) -> dict:
     return out
 
 
+BREAKDOWN_BATCHES = 10  # full batches per timed distillation epoch in --breakdown
+
+
+def _step_gemms(seeds: int, h: int = 256, o: int = 13, k: int = 4, b: int = 1024) -> list[tuple[int, int, int, int]]:
+    """``(batch, m, k, n)`` of one distillation step's matrix products for ``seeds`` seeds: the teacher's
+    forward, then the 4 students' forward, weight gradients and input gradients (none for the first layer),
+    the first layer's 4 students merged into one product as XLA does."""
+    teacher = [(seeds, b, 784, h), (seeds, b, h, h), (seeds, b, h, o)]
+    forward = [(seeds, b, 784, k * h), (seeds * k, b, h, h), (seeds * k, b, h, o)]
+    weights = [(seeds, 784, b, k * h), (seeds * k, h, b, h), (seeds * k, h, b, o)]
+    inputs_ = [(seeds * k, b, h, h), (seeds * k, b, o, h)]
+    return teacher + forward + weights + inputs_
+
+
+def _gemm_seconds(shapes, backend: str) -> float:
+    """Best-of-5 seconds of all ``shapes``' batched products with XLA (``jax``) or torch's bmm."""
+    def best(fn):
+        fn()
+        return min(_timed(fn) for _ in range(5))
+
+    total = 0.0
+    for batch, m, k, n in shapes:
+        if backend == "jax":
+            a, b = jnp.ones((batch, m, k), jnp.float32), jnp.ones((batch, k, n), jnp.float32)
+            f = jax.jit(lambda x, y: jnp.einsum("bmk,bkn->bmn", x, y))
+            total += best(lambda: f(a, b))
+        else:
+            import torch
+
+            a, b = torch.ones(batch, m, k), torch.ones(batch, k, n)
+            total += best(lambda: torch.bmm(a, b))
+    return total
+
+
+def breakdown(seeds: int, ds) -> dict:
+    """Where a distillation epoch's time goes for ``seeds`` seeds (:data:`BREAKDOWN_BATCHES` full batches of
+    the paper preset): the epoch as run; with its inputs replaced by a cheap deterministic batch (what the
+    noise costs); with plain SGD for Adam (what the optimizer costs); both; and the step's matrix products
+    alone, by XLA's batched dot and by torch's bmm, as GFLOP/s beside numpy's floor."""
+    from contextlib import ExitStack
+    from unittest import mock
+
+    import optax
+
+    from mnist_aux import arms, inputs
+
+    cfg = paper().replace(n_noise=paper().batch_size * BREAKDOWN_BATCHES)
+
+    def cheap(kind, cfg, keys, b, size, images=None):
+        return jax.lax.iota(jnp.float32, size * 784).reshape(size, 784) * 1e-6 + b.astype(jnp.float32) * 1e-3 - 0.5
+
+    out = {}
+    for name, patches in {"as run": [], "no noise": [(inputs, "batch", cheap)],
+                          "sgd": [(arms, "optimizer", lambda plan: optax.sgd(cfg.lr))],
+                          "no noise, sgd": [(inputs, "batch", cheap), (arms, "optimizer", lambda plan: optax.sgd(cfg.lr))]}.items():
+        with ExitStack() as stack:
+            for module, attr, value in patches:
+                stack.enter_context(mock.patch.object(module, attr, value))
+            programs = experiment.Programs(cfg)
+            s = jnp.arange(seeds, dtype=jnp.int32)
+            keys, theta0, theta0_cross = programs("setup", s, jnp.roll(s, 1))
+            students = programs("students", theta0, theta0_cross)
+            opt = programs("student_opt_init", students)
+
+            def epoch():
+                return programs("distill_epoch", jax.tree.map(jnp.copy, students), jax.tree.map(jnp.copy, opt),
+                                theta0, keys, np.int32(0))
+
+            epoch()
+            out[name] = min(_timed(epoch) for _ in range(3)) / BREAKDOWN_BATCHES
+    shapes = _step_gemms(seeds, cfg.hidden, cfg.n_out)
+    flops = sum(2 * b * m * k * n for b, m, k, n in shapes)
+    gemm = {"jax": _gemm_seconds(shapes, "jax")}
+    try:
+        gemm["torch"] = _gemm_seconds(shapes, "torch")
+    except ImportError:
+        pass
+    return {"seeds": seeds, "step_seconds": out, "step_gflop": flops / 1e9,
+            "gemm_seconds": gemm, "gemm_gflops": {k: flops / v / 1e9 for k, v in gemm.items()}}
+
+
 def wall_seconds(cmd: list[str], env: dict) -> float:
     """Wall time of a command run to completion (its output discarded unless it fails)."""
     start = time.perf_counter()
@@ -157,6 +238,7 @@ def measure(args, ds, env: dict) -> dict:
                 print(f"{n:4d} seeds end to end: ours {got['ours_s']:.0f} s"
                       + (f", official {got['official_s']:.0f} s" if "official_s" in got else ""), flush=True)
                 floors.append(numpy_matmul_gflops())
+    parts = breakdown(min(max(args.seeds), args.seeds_per_chunk), ds) if args.breakdown else None
     rate = max(floors)
     floor = ISSUE_EXACT_TFLOP * 1e3 / rate
     for r in rows:
@@ -167,7 +249,7 @@ def measure(args, ds, env: dict) -> dict:
         if "official_s" in r:
             r["official_s_per_seed"] = r["official_s"] / r["seeds"]
             r["official_over_ours"] = r["official_s"] / r["ours_s"]
-    return {"rows": rows, "end_to_end": whole, "floor_gflops": rate, "floor_seconds_per_seed": floor,
+    return {"rows": rows, "end_to_end": whole, "breakdown": parts, "floor_gflops": rate, "floor_seconds_per_seed": floor,
             "floor_timings_gflops": floors, "env": env}
 
 
@@ -179,12 +261,23 @@ def report(isa: str, m: dict) -> None:
     for r in m["rows"]:
         print(f"| {r['seeds']} | {r['prng']} | {r['seconds_per_seed']:.2f} | {r['gflops_vs_2.47T']:.0f} | "
               f"{r['gflops_executed']:.0f} | {r['ratio_to_floor']:.2f} |")
+    if m.get("breakdown"):
+        report_breakdown(m["breakdown"], m["floor_gflops"])
     if m["end_to_end"]:
         print("| seeds | ours s/seed (end to end) | x floor | official s/seed | official / ours |")
         print("| --- | --- | --- | --- | --- |")
         for r in m["end_to_end"]:
             print(f"| {r['seeds']} | {r['ours_s_per_seed']:.2f} | {r['ours_ratio_to_floor']:.2f} | "
                   f"{r.get('official_s_per_seed', float('nan')):.2f} | {r.get('official_over_ours', float('nan')):.2f} |")
+
+
+def report_breakdown(b: dict, floor_gflops: float) -> None:
+    steps = b["step_seconds"]
+    print(f"one distillation step, {b['seeds']} seeds x 4 students ({b['step_gflop']:.0f} GFLOP): "
+          + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in steps.items()))
+    print("its matrix products alone: " + ", ".join(
+        f"{k} {b['gemm_seconds'][k] * 1e3:.0f} ms ({v:.0f} GFLOP/s)" for k, v in b["gemm_gflops"].items())
+        + f"; numpy floor {floor_gflops:.0f} GFLOP/s; the step as run: {b['step_gflop'] / steps['as run']:.0f} GFLOP/s")
 
 
 def parse(argv):
@@ -201,6 +294,8 @@ def parse(argv):
                         f"(commit {official_mnist.COMMIT[:8]}); implies --end-to-end")
     parser.add_argument("--fetch-official", action="store_true",
                         help="download the official script at that commit (sha256 checked); implies --end-to-end")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also time one distillation step without its noise, without Adam, and its matrix products alone")
     parser.add_argument("--isa", nargs="+", choices=sorted(ISA_ENV),
                         help="measure under each vector-ISA cap in a child process (default: this process as is)")
     parser.add_argument("--out", help="also write the measurements as JSON here (checked before the run)")
@@ -222,6 +317,7 @@ def _children(args) -> dict:
                    str(args.seeds_per_chunk), "--prng", *args.prng, "--child-json", str(path)]
             cmd += ["--data-dir", args.data_dir] if args.data_dir else []
             cmd += ["--end-to-end"] if args.end_to_end else []
+            cmd += ["--breakdown"] if args.breakdown else []
             cmd += ["--official", args.official] if args.official else []
             cmd += ["--force"] if args.force else []
             done = subprocess.run(cmd, env=os.environ | ISA_ENV[isa])

@@ -66,3 +66,15 @@ def test_the_smollm2_speed_table_says_where_ours_is_behind(tmp_path):
     assert "loads in 4.6 s" in text and "`python benchmarks/llm_speed.py --smollm2`" in text
     _write(tmp_path, busy=True)
     assert smollm2_speed(tmp_path).startswith("No idle run committed yet")
+
+
+def test_the_mnist_row_shows_each_isa_and_the_official_script(tmp_path):
+    one = FILES["mnist_aux_speed.json"] | {"end_to_end": [
+        {"seeds": 10, "ours_s": 150.0, "ours_s_per_seed": 15.0, "ours_ratio_to_floor": 2.2295,
+         "official_s": 240.0, "official_s_per_seed": 24.0, "official_over_ours": 1.6}]}
+    _write(tmp_path, busy=False)
+    (tmp_path / "benchmarks" / "mnist_aux_speed.json").write_text(json.dumps(
+        {"by_isa": {"native": one, "avx2": one}, "busy": False, "machine": MACHINE, "versions": VERSIONS}))
+    row = [r for r in table(tmp_path).splitlines() if r.startswith("| MNIST")][0]
+    assert "native: 12.50 s at 25 seeds" in row and "avx2: 12.50 s at 25 seeds" in row
+    assert "10 seeds ours 15.00 s/seed (2.23x the floor), official script 24.00 s/seed = 1.60x ours" in row
