@@ -18,8 +18,8 @@ import numpy as np
 
 from mnist_aux.configs import PRESETS, Config
 from harness import mesh
-from harness.results import (command_line, guard_default_output, is_writer, prepare_output, results_dir, shown,
-                             write_json)
+from harness.results import (command_line, guard_default_output, is_writer, prepare_output, provenance, results_dir,
+                             shown, write_json)
 
 
 def default_out(preset: str, dataset: str, folder: Path) -> Path:
@@ -221,7 +221,7 @@ def _peers(args: argparse.Namespace) -> int:
         return _fail(str(err))
     except KeyError as err:
         return _fail(f"{err.args[0]} (rerun that sweep)")
-    table["command"] = command_line("python -m mnist_aux", args.argv)
+    table |= provenance(command_line("python -m mnist_aux", args.argv))  # the commit that assembled it
     write_json(out, table)
     print(peers.markdown(table))
     for name in sweeps.FACTOR_SWEEPS:  # the factor sweeps' tables, as docs/mnist_dissect.md shows them

@@ -148,7 +148,9 @@ def assemble(files: dict) -> dict:
                            f"{' '.join(str(err).split())[:200]})") from None
         rows.append({**asdict(peer), "ours_summary": summary, "ours_seeds": ours["seeds"],
                      "ours_point": ours.get("label", peer.init)})
+    official = [(files[s].get("data") or {}).get("official_content") is True for s in stems()]
     return {"rows": rows, "sources": {s: str(files[s].get("command", "")) for s in stems()},
+            "data": {"official_content": all(official)},  # every file it reads was computed on the official images
             "ci": "95% CI of the mean over seeds (Student's t)"}
 
 
