@@ -117,6 +117,39 @@ def table(results_dir: Path) -> str:
     return "\n".join(out) + "\n"
 
 
+def mnist_breakdown(results_dir: Path) -> str:
+    """docs/benchmarks.md's breakdown of one MNIST distillation step, per ISA, from the idle run."""
+    d = _read(results_dir, "mnist_aux_speed.json")
+    if d is None or "by_isa" not in d or not any(m.get("breakdown") for m in d["by_isa"].values()):
+        return f"No idle run with `--breakdown` committed yet: `{COMMANDS['mnist_aux_speed.json']}`.\n"
+    lines = [f"Measured on {_where(d)} (`{d['command']}`):", "",
+             "| ISA | step as run | without its noise | SGD for Adam | both | its matrix products: XLA | torch bmm | numpy floor |",
+             "|---|---|---|---|---|---|---|---|"]
+    for isa, m in d["by_isa"].items():
+        b = m.get("breakdown")
+        if not b:
+            continue
+        t, g = b["step_seconds"], b["step_gflop"]
+        cell = lambda s: f"{s * 1e3:.0f} ms ({g / s:.0f} GFLOP/s)"
+        gemm = [cell(b["gemm_seconds"][k]) if k in b["gemm_seconds"] else "-" for k in ("jax", "torch")]
+        lines.append(f"| {isa} | {cell(t['as run'])} | {cell(t['no noise'])} | {cell(t['sgd'])} | "
+                     f"{cell(t['no noise, sgd'])} | {gemm[0]} | {gemm[1]} | {m['floor_gflops']:.0f} GFLOP/s |")
+    first = next(m["breakdown"] for m in d["by_isa"].values() if m.get("breakdown"))
+    lines += ["", f"One step: {first['seeds']} seeds x 4 students on a batch of 1024 ({first['step_gflop']:.0f} GFLOP); "
+              "GFLOP/s are that count over each time. Shares of the step as run:"]
+    for isa, m in d["by_isa"].items():
+        b = m.get("breakdown")
+        if b:
+            t = b["step_seconds"]
+            gemm = b["gemm_seconds"]["jax"] / t["as run"]
+            noise = 1 - t["no noise"] / t["as run"]
+            adam = 1 - t["sgd"] / t["as run"]
+            lines.append(f"{isa}: matrix products (at XLA's batched rate) {100 * gemm:.0f} %, the noise "
+                         f"{100 * noise:.0f} %, Adam over SGD {100 * adam:.0f} %, the rest (activations, loss, "
+                         f"layout copies) {100 * (1 - gemm - noise - adam):.0f} %.")
+    return "\n".join(lines) + "\n"
+
+
 def smollm2_speed(results_dir: Path) -> str:
     """docs/llm_bridge.md's SmolLM2 speed table (ours vs transformers + torch) from the idle run, or what to run."""
     d = _read(results_dir, "llm_speed_smollm2.json")

@@ -78,3 +78,20 @@ def test_the_mnist_row_shows_each_isa_and_the_official_script(tmp_path):
     row = [r for r in table(tmp_path).splitlines() if r.startswith("| MNIST")][0]
     assert "native: 12.50 s at 25 seeds" in row and "avx2: 12.50 s at 25 seeds" in row
     assert "10 seeds ours 15.00 s/seed (2.23x the floor), official script 24.00 s/seed = 1.60x ours" in row
+
+
+def test_the_mnist_breakdown_shows_each_isas_step_and_its_shares(tmp_path):
+    from harness.bench_table import mnist_breakdown
+
+    assert "No idle run with `--breakdown`" in mnist_breakdown(tmp_path)
+    one = FILES["mnist_aux_speed.json"] | {"breakdown": {
+        "seeds": 25, "step_gflop": 100.0, "gemm_seconds": {"jax": 0.4, "torch": 0.5},
+        "step_seconds": {"as run": 0.8, "no noise": 0.72, "sgd": 0.76, "no noise, sgd": 0.68}}}
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "mnist_aux_speed.json").write_text(json.dumps(
+        {"by_isa": {"native": one}, "busy": False, "machine": MACHINE, "versions": VERSIONS, "command": "cmd"}))
+    text = mnist_breakdown(tmp_path)
+    assert "| native | 800 ms (125 GFLOP/s) | 720 ms (139 GFLOP/s) | 760 ms (132 GFLOP/s) |" in text
+    assert "| 400 ms (250 GFLOP/s) | 500 ms (200 GFLOP/s) | 367 GFLOP/s |" in text
+    assert "native: matrix products (at XLA's batched rate) 50 %, the noise 10 %, Adam over SGD 5 %, the rest" in text
+    assert "35 %." in text
