@@ -47,3 +47,14 @@ def test_one_replicate_of_many_students_counts_students_as_the_outer_unit():
     assert sizing.outer_units(cfg) == 5 and sizing.unit_sd(cfg, 0.3) == 0.3
     cfg = chat.Config(teacher_seeds=4, student_seeds=4)
     assert sizing.outer_units(cfg) == 4 and sizing.unit_sd(cfg, 0.3) == pytest.approx(0.15)
+
+
+def test_the_sgd_calibration_costs_at_most_eight_students_however_large_the_pool(pilot):
+    import dataclasses
+
+    small = sizing.cost(dataclasses.replace(chat.standard(), pool_sequences=256 + 64), pilot)
+    large = sizing.cost(dataclasses.replace(chat.standard(), pool_sequences=10_000), pilot)
+    assert large["student_hours"] == pytest.approx(small["student_hours"])
+    no_sgd = sizing.cost(dataclasses.replace(chat.standard(), arms=("full", "lora r4", "lora r64")), pilot)
+    per = small["student_minutes"] / 60
+    assert small["student_hours"] - no_sgd["student_hours"] * 4 / 3 == pytest.approx(8 * per)

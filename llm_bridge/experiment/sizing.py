@@ -48,11 +48,11 @@ def _pilot_rates(pilot: dict) -> dict:
     out = {}
     for decoding in ("sampled", "greedy"):
         src = [s for name, s in pilot["numbers"]["sources"].items()
-               if f"[{decoding}]" in name and "fine-tuned" in name]
+               if f"[{decoding}]" in name and "fine-tuned" in name and s.get("seconds")]
         if src:
             out[decoding] = (float(np.mean([s["pass_rate"] for s in src])),
                              float(np.median([s["seconds"] / max(s["rows_sampled"], 1) for s in src])))
-    base = [s for name, s in pilot["numbers"]["sources"].items() if name.startswith("base")]
+    base = [s for name, s in pilot["numbers"]["sources"].items() if name.startswith("base") and s.get("seconds")]
     out["base"] = (base[0]["pass_rate"], base[0]["seconds"] / max(base[0]["rows_sampled"], 1)) if base else None
     return out
 
@@ -66,7 +66,8 @@ def cost(cfg, pilot: dict) -> dict:
     n_students = students(cfg)
     calibration = 0.0
     if any(a.endswith("sgd") for a in cfg.arms) and not cfg.sgd_lr:
-        calibration = (1 + len(SGD_GRID)) * per_student * max(0, cfg.pool_sequences - HELD_OUT) / cfg.student_sequences
+        rows = min(max(0, cfg.pool_sequences - HELD_OUT), cfg.student_sequences)  # each calibration student's draw
+        calibration = (1 + len(SGD_GRID)) * per_student * rows / cfg.student_sequences
     rates = _pilot_rates(pilot)
     sampling = 0.0
     sources = 2 * cfg.teacher_seeds * (2 if cfg.prompted_teachers else 1)
