@@ -183,6 +183,11 @@ def breakdown(seeds: int, ds) -> dict:
             "gemm_seconds": gemm, "gemm_gflops": {k: flops / v / 1e9 for k, v in gemm.items()}}
 
 
+def _caps() -> dict:
+    """The ISA caps (of :data:`ISA_ENV`) this process was started with."""
+    return {k: os.environ[k] for k in ISA_ENV["avx2"] if k in os.environ}
+
+
 def wall_seconds(cmd: list[str], env: dict) -> float:
     """Wall time of a command run to completion (its output discarded unless it fails)."""
     start = time.perf_counter()
@@ -347,8 +352,7 @@ def main(argv=None) -> int:
     except (data.DataError, official_mnist.PatchError, OSError) as err:
         parser.exit(2, f"mnist_aux_speed: {err}\n")
     if args.child_json:  # the parent checked the machine at its start and checks it at its end
-        Path(args.child_json).write_text(json.dumps(measure(args, ds, {k: os.environ[k] for k in ISA_ENV["avx2"]
-                                                                       if k in os.environ})))
+        Path(args.child_json).write_text(json.dumps(measure(args, ds, _caps())))
         return 0
     try:
         idle = [idle_check("start", args.force)]
@@ -361,7 +365,7 @@ def main(argv=None) -> int:
         except RuntimeError as err:
             parser.exit(2, f"mnist_aux_speed: {err}\n")
     else:
-        by_isa = {"as_started": measure(args, ds, {k: os.environ[k] for k in ISA_ENV["avx2"] if k in os.environ})}
+        by_isa = {"as_started": measure(args, ds, _caps())}
     for isa, m in by_isa.items():
         report(isa, m)
     load_end = os.getloadavg()

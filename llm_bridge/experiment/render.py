@@ -249,13 +249,14 @@ def _preset_costs(pilot: dict, sd: float) -> list[str]:
     from llm_bridge.experiment import chat, sizing
 
     presets = {k: v for k, v in chat.PRESETS.items() if k not in ("smoke", "pilot")}
-    out = [f"Sized from it (`llm_bridge/experiment/sizing.py`; students at {num(sizing.cost(chat.standard(), pilot)['student_minutes'], 1)} "
+    rows = sizing.table(presets, pilot, sd)
+    out = [f"Sized from it (`llm_bridge/experiment/sizing.py`; students at {num(rows[0]['student_minutes'] * 256 / chat.PRESETS[rows[0]['preset']]().student_sequences, 1)} "
            "min per 256 sequences, measured while other jobs shared the 2 cores, so perhaps twice an idle machine's), sampling at the pilot's pass rates and seconds per row, teachers and projection "
            f"left out; detectable Δ at 80 % power for student seeds of SD {num(sd, 2)}, the larger of the pilot's, "
            "with teachers assumed not to vary, so a lower bound):", "",
            "| preset | students | outer units | student hours | sampling hours | detectable Δ (5 %) | at Holm's strictest level |",
            "|---|---|---|---|---|---|---|"]
-    for row in sizing.table(presets, pilot, sd):
+    for row in rows:
         out.append(f"| `{row['preset']}` | {row['students']} | {row['outer_units']} | {num(row['student_hours'], 1)} | "
                    f"{num(row['sampling_hours'], 1)} | {num(row['detect'], 2)} | {num(row['detect_holm'], 2)} |")
     return out
