@@ -240,8 +240,9 @@ def main(argv=None) -> int:
     load_s = time.perf_counter() - t0
     rest = np.asarray(jax.random.randint(k_tokens, (args.steps, args.batch, args.seq), 0, model.config.vocab_size),
                       np.int32)
-    batches = {"prefix": np.zeros((args.steps, 1, 0), np.int32), "rest": rest,
-               "real": np.ones_like(rest, bool), "target": np.ones_like(rest, bool)}
+    batches = {"prefix": np.zeros((args.steps, 1, 0), np.int32), "rest": rest, "real": np.ones_like(rest, bool),
+               "at": np.broadcast_to(np.arange(args.seq - 1, dtype=np.int32), rest.shape[:2] + (args.seq - 1,)).copy(),
+               "label": rest[..., 1:].copy(), "weight": np.ones(rest.shape[:2] + (args.seq - 1,), bool)}
     batches = jax.tree.map(jnp.asarray, batches)
     tokens = args.steps * args.batch * args.seq
     chat = ChatConfig()

@@ -122,6 +122,33 @@ def test_prefixed_logits_equal_one_forward(tiny):
             np.testing.assert_allclose(np.asarray(got)[i][np.asarray(real[i])], want, atol=2e-5)
 
 
+def test_training_batches_point_the_loss_at_each_rows_targets(tiny):
+    """``at`` / ``label`` / ``weight`` name exactly each row's target tokens (from its start on, a target at the
+    rest's first position excepted: the prefix keeps no logits), one width for all batches; ``rows_loss`` is
+    the mean next-token loss of the full forward pass over those tokens, and a row without targets adds none."""
+    rng = np.random.default_rng(5)
+    shared = rng.integers(5, 400, 20).tolist()
+    rows = [shared + rng.integers(5, 400, n).tolist() for n in (3, 9, 30, 1, 5)]
+    starts = [22, 21, 24, 21, 16]  # row 3 has no target; row 4's start lies in the shared prefix
+    b = batching.training_batches(rows, starts, 0, np.random.default_rng(0), 2, 5)
+    p = b["prefix"].shape[-1]
+    assert p == batching.WIDTH_BUCKET and b["at"].shape == (2, 5, 2 * batching.WIDTH_BUCKET)  # row 2: 26 targets
+    nll, count = 0.0, 0
+    for step in range(2):
+        for j in range(5):
+            rest = b["rest"][step, j][b["real"][step, j]].tolist()
+            i = rows.index(shared[:p] + rest)
+            w = b["weight"][step, j]
+            got = {(p + int(a) + 1, int(t)) for a, t in zip(b["at"][step, j][w], b["label"][step, j][w])}
+            assert got == {(t, rows[i][t]) for t in range(max(starts[i], p + 1), len(rows[i]))}
+            if step == 0:
+                lp = jax.nn.log_softmax(tiny(jnp.asarray([rows[i]]))[0], axis=-1)
+                nll -= sum(float(lp[t - 1, tok]) for t, tok in got)
+                count += len(got)
+    loss = batching.rows_loss(tiny, jax.tree.map(lambda a: jnp.asarray(a[0]), b))
+    np.testing.assert_allclose(float(loss), nll / count, rtol=1e-5)
+
+
 def test_batches_of_other_lengths_and_rates_reuse_one_compiled_program(text, tiny):
     """Padded widths are multiples of batching.WIDTH_BUCKET and the rate is traced: the sampler's prefill and
     decode, and a student's training loop, compile once for batches of other lengths in one bucket and for

@@ -101,6 +101,26 @@ def test_cached_decoding_matches_full_forward(name):
 
 
 @pytest.mark.parametrize("name", ONE_PER_FEATURE)
+def test_logits_at_positions_are_the_full_pass_there(name):
+    """``forward(..., at=)`` computes the final norm and LM head only at the given positions (a loss reads a
+    few reply tokens of each row): the full pass's logits there, row by row, with and without a cache; no
+    positions gives no logits and the same cache."""
+    model = case(name).ours
+    x = jnp.asarray(tokens(5, 2, 12))
+    at = jnp.asarray([[0, 11, 4, 4], [7, 2, 2, 9]], jnp.int32)
+    full, _ = model.forward(x)
+    got, _ = model.forward(x, None, None, at=at)
+    assert got.shape == (2, 4, full.shape[-1])
+    assert rel_err(got, jnp.take_along_axis(full, at[..., None], axis=1)) <= 1e-5
+    none, cache = model.forward(x[:, :5], None, model.init_cache(2, 12), at=jnp.zeros((2, 0), jnp.int32))
+    _, ref_cache = model.forward(x[:, :5], None, model.init_cache(2, 12))
+    assert none.shape == (2, 0, full.shape[-1])
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(cache), jax.tree.leaves(ref_cache)))
+    rest, _ = model.forward(x[:, 5:], None, cache, at=at[:, :2] % 7)
+    assert rel_err(rest, jnp.take_along_axis(full[:, 5:], (at[:, :2] % 7)[..., None], axis=1)) <= 1e-5
+
+
+@pytest.mark.parametrize("name", ONE_PER_FEATURE)
 def test_gradient_matches_pytorch(name):
     """d(next-token CE)/d(every parameter), tied embeddings receiving both uses' gradients."""
     c = case(name)

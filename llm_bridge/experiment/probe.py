@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from llm_bridge.experiment.batching import split_rows, tile
+from llm_bridge.experiment.batching import NO_POSITIONS, split_rows, tile
 from llm_bridge.experiment.text import QUESTIONS, Text
 
 
@@ -92,9 +92,10 @@ def _form_logprobs(graphdef, state, prefix, rest, real, first, cont, reads):
     the cached prompt (the token at ``position + 1`` of a spelling whose earlier tokens are the row's)."""
     model = nnx.merge(graphdef, state)
     q, r = rest.shape[0], cont.shape[0]
-    _, cache = model.forward(prefix, None, model.init_cache(1, prefix.shape[1] + rest.shape[1] + cont.shape[1]))
-    logits, cache = model.forward(rest, real, tile(cache, q))
-    lp0 = jax.nn.log_softmax(logits[:, -1].astype(jnp.float32))[:, first]            # [Q, F]
+    _, cache = model.forward(prefix, None, model.init_cache(1, prefix.shape[1] + rest.shape[1] + cont.shape[1]),
+                             at=NO_POSITIONS)
+    logits, cache = model.forward(rest, real, tile(cache, q), at=jnp.full((q, 1), rest.shape[1] - 1, jnp.int32))
+    lp0 = jax.nn.log_softmax(logits[:, 0].astype(jnp.float32))[:, first]             # [Q, F]
     cache = jax.tree.map(lambda a: a if a.ndim == 0 else jnp.repeat(a, r, axis=0), cache)
     logits, _ = model.forward(jnp.tile(cont, (q, 1)), None, cache)                     # [Q*R, L, V]
     logits = logits.astype(jnp.float32).reshape(q, r, cont.shape[1], -1)

@@ -22,8 +22,9 @@ from llm_bridge.experiment.text import Text
 @partial(jax.jit, static_argnames=("graphdef", "slots", "greedy"))
 def _prefill(graphdef, state, prefix, rest, mask, key, temperature, *, slots, greedy):
     model = nnx.merge(graphdef, state)
-    logits, cache = prefixed_logits(model, prefix, rest, mask, slots - prefix.shape[1] - rest.shape[1])
-    return _pick(logits[:, -1], key, temperature, greedy), cache
+    last = jnp.full((rest.shape[0], 1), rest.shape[1] - 1, jnp.int32)  # left-padded: every prompt ends there
+    logits, cache = prefixed_logits(model, prefix, rest, mask, slots - prefix.shape[1] - rest.shape[1], at=last)
+    return _pick(logits[:, 0], key, temperature, greedy), cache
 
 
 @partial(jax.jit, static_argnames=("graphdef", "steps", "greedy"))

@@ -96,10 +96,10 @@ class Attention(nnx.Module):
     def __call__(self, x: jax.Array, ctx: layers.Context, cached=None):
         """``x [B, T, E] -> ([B, T, E], (k, v))``; ``cached`` is this layer's KV cache or None."""
         b, t, e = x.shape
-        qkv = self.c_attn(x).reshape(b, t, 3, self.n_head, e // self.n_head)
+        qkv = layers.tokenwise(self.c_attn, x).reshape(b, t, 3, self.n_head, e // self.n_head)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         k, v = layers.write_kv(cached, k, v, ctx.index)
-        return self.c_proj(layers.attend(q, k, v, ctx.allowed, self.scale)), (k, v)
+        return layers.tokenwise(self.c_proj, layers.attend(q, k, v, ctx.allowed, self.scale)), (k, v)
 
 
 class MLP(nnx.Module):
@@ -111,7 +111,7 @@ class MLP(nnx.Module):
         self.activation = cfg.activation_function
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.c_proj(layers.ACTIVATIONS[self.activation](self.c_fc(x)))
+        return layers.tokenwise(lambda y: self.c_proj(layers.ACTIVATIONS[self.activation](self.c_fc(y))), x)
 
 
 class Block(nnx.Module):
@@ -146,8 +146,9 @@ class GPT2(nnx.Module):
         """Logits ``[B, T, V]`` of every position; ``mask [B, T]`` marks real tokens (default all)."""
         return self.forward(tokens, mask)[0]
 
-    def forward(self, tokens, mask=None, cache: layers.KVCache | None = None):
-        """``(logits [B, T, V], cache)``: extends ``cache`` by the ``T`` tokens when one is given."""
+    def forward(self, tokens, mask=None, cache: layers.KVCache | None = None, at: jax.Array | None = None):
+        """``(logits [B, T, V], cache)``: extends ``cache`` by the ``T`` tokens when one is given; with
+        ``at [B, K]`` (int positions) only the logits there, ``[B, K, V]`` (:func:`layers.at_positions`)."""
         mask = jnp.ones(tokens.shape, bool) if mask is None else mask
         ctx = layers.context(mask, cache)
         x = self.wte(tokens) + self.wpe(ctx.positions)
@@ -156,7 +157,7 @@ class GPT2(nnx.Module):
             x, (k, v) = block(x, ctx, None if cache is None else (cache.k[i], cache.v[i]))
             ks.append(k)
             vs.append(v)
-        x = self.ln_f(x)
+        x = self.ln_f(layers.at_positions(x, at))
         logits = self.wte.attend(x) if self.config.tie_word_embeddings else self.lm_head(x)
         return logits, (None if cache is None else layers.advance(cache, mask, ks, vs))
 

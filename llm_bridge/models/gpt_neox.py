@@ -103,12 +103,12 @@ class Attention(nnx.Module):
     def __call__(self, x: jax.Array, ctx: layers.Context, cached=None):
         """``x [B, T, E] -> ([B, T, E], (k, v))``."""
         b, t, _ = x.shape
-        qkv = self.query_key_value(x).reshape(b, t, self.n_head, 3, self.head_dim)
+        qkv = layers.tokenwise(self.query_key_value, x).reshape(b, t, self.n_head, 3, self.head_dim)
         q, k, v = qkv[:, :, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2]
         cos, sin = layers.rope_tables(ctx.positions, self.rotary_dim, self.theta, layers.upcast(x.dtype))
         q, k = layers.apply_rope(q, cos, sin), layers.apply_rope(k, cos, sin)
         k, v = layers.write_kv(cached, k, v, ctx.index)
-        return self.dense(layers.attend(q, k, v, ctx.allowed, self.head_dim ** -0.5)), (k, v)
+        return layers.tokenwise(self.dense, layers.attend(q, k, v, ctx.allowed, self.head_dim ** -0.5)), (k, v)
 
 
 class MLP(nnx.Module):
@@ -120,7 +120,8 @@ class MLP(nnx.Module):
         self.activation = cfg.hidden_act
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.dense_4h_to_h(layers.ACTIVATIONS[self.activation](self.dense_h_to_4h(x)))
+        act = layers.ACTIVATIONS[self.activation]
+        return layers.tokenwise(lambda y: self.dense_4h_to_h(act(self.dense_h_to_4h(y))), x)
 
 
 class Layer(nnx.Module):
@@ -158,8 +159,9 @@ class GPTNeoX(nnx.Module):
         """Logits ``[B, T, V]`` of every position; ``mask [B, T]`` marks real tokens (default all)."""
         return self.forward(tokens, mask)[0]
 
-    def forward(self, tokens, mask=None, cache: layers.KVCache | None = None):
-        """``(logits [B, T, V], cache)``: extends ``cache`` by the ``T`` tokens when one is given."""
+    def forward(self, tokens, mask=None, cache: layers.KVCache | None = None, at: jax.Array | None = None):
+        """``(logits [B, T, V], cache)``: extends ``cache`` by the ``T`` tokens when one is given; with
+        ``at [B, K]`` (int positions) only the logits there, ``[B, K, V]`` (:func:`layers.at_positions`)."""
         mask = jnp.ones(tokens.shape, bool) if mask is None else mask
         ctx = layers.context(mask, cache)
         x = self.embed_in(tokens)
@@ -168,7 +170,7 @@ class GPTNeoX(nnx.Module):
             x, (k, v) = layer(x, ctx, None if cache is None else (cache.k[i], cache.v[i]))
             ks.append(k)
             vs.append(v)
-        x = self.final_layer_norm(x)
+        x = self.final_layer_norm(layers.at_positions(x, at))
         logits = self.embed_in.attend(x) if self.config.tie_word_embeddings else self.embed_out(x)
         return logits, (None if cache is None else layers.advance(cache, mask, ks, vs))
 

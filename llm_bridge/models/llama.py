@@ -150,13 +150,13 @@ class Attention(nnx.Module):
     def __call__(self, x: jax.Array, ctx: layers.Context, cached=None):
         """``x [B, T, E] -> ([B, T, E], (k, v))`` with ``k, v [B, S, kv_heads, head_dim]``."""
         b, t, _ = x.shape
-        q = self.q_proj(x).reshape(b, t, self.n_head, self.head_dim)
-        k = self.k_proj(x).reshape(b, t, self.kv_heads, self.head_dim)
-        v = self.v_proj(x).reshape(b, t, self.kv_heads, self.head_dim)
+        q = layers.tokenwise(self.q_proj, x).reshape(b, t, self.n_head, self.head_dim)
+        k = layers.tokenwise(self.k_proj, x).reshape(b, t, self.kv_heads, self.head_dim)
+        v = layers.tokenwise(self.v_proj, x).reshape(b, t, self.kv_heads, self.head_dim)
         cos, sin = layers.rope_tables(ctx.positions, self.head_dim, self.theta, layers.upcast(x.dtype))
         q, k = layers.apply_rope(q, cos, sin), layers.apply_rope(k, cos, sin)
         k, v = layers.write_kv(cached, k, v, ctx.index)
-        return self.o_proj(layers.attend(q, k, v, ctx.allowed, self.head_dim ** -0.5)), (k, v)
+        return layers.tokenwise(self.o_proj, layers.attend(q, k, v, ctx.allowed, self.head_dim ** -0.5)), (k, v)
 
 
 class MLP(nnx.Module):
@@ -169,7 +169,7 @@ class MLP(nnx.Module):
         self.down_proj = nnx.Linear(cfg.intermediate_size, cfg.hidden_size, **kw)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        return layers.tokenwise(lambda y: self.down_proj(jax.nn.silu(self.gate_proj(y)) * self.up_proj(y)), x)
 
 
 class DecoderLayer(nnx.Module):
@@ -203,8 +203,9 @@ class Llama(nnx.Module):
         """Logits ``[B, T, V]`` of every position; ``mask [B, T]`` marks real tokens (default all)."""
         return self.forward(tokens, mask)[0]
 
-    def forward(self, tokens, mask=None, cache: layers.KVCache | None = None):
-        """``(logits [B, T, V], cache)``: extends ``cache`` by the ``T`` tokens when one is given."""
+    def forward(self, tokens, mask=None, cache: layers.KVCache | None = None, at: jax.Array | None = None):
+        """``(logits [B, T, V], cache)``: extends ``cache`` by the ``T`` tokens when one is given; with
+        ``at [B, K]`` (int positions) only the logits there, ``[B, K, V]`` (:func:`layers.at_positions`)."""
         mask = jnp.ones(tokens.shape, bool) if mask is None else mask
         ctx = layers.context(mask, cache)
         x = self.embed_tokens(tokens)
@@ -213,7 +214,7 @@ class Llama(nnx.Module):
             x, (k, v) = layer(x, ctx, None if cache is None else (cache.k[i], cache.v[i]))
             ks.append(k)
             vs.append(v)
-        x = self.norm(x)
+        x = self.norm(layers.at_positions(x, at))
         logits = self.embed_tokens.attend(x) if self.config.tie_word_embeddings else self.lm_head(x)
         return logits, (None if cache is None else layers.advance(cache, mask, ks, vs))
 
