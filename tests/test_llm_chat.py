@@ -20,7 +20,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 import llm_bridge
 from llm_bridge.experiment import chat as chat_setup
 from llm_bridge.experiment import engine, sampler
-from llm_bridge.experiment.names import finetuned, source
+from llm_bridge.experiment.names import finetuned, prompted, source
 from llm_bridge.experiment.text import SYSTEM_PROMPT, Text, config_end_tokens
 from llm_bridge.loading import chat, sandbox
 from llm_bridge.__main__ import main
@@ -283,7 +283,8 @@ def test_end_tokens_of_config_and_generation_config(tmp_path):
 def test_the_chat_setup_runs_on_a_checkpoint_folder(tmp_path, monkeypatch):
     """A checkpoint folder with a Llama-3 template is simply the chat setup: the sampler is stubbed (a random
     model's numbers never pass the filter) so every teacher answers "7, 8" and the end token; the students
-    learn from the conversation without the system message followed by that reply."""
+    learn from the conversation without the system message followed by that reply, the prompted teachers'
+    students too (their teacher saw the trait's system prompt, they do not)."""
     folder = checkpoint(tmp_path / "ckpt", "llama3", "config")
     tok = llm_bridge.load_tokenizer(folder)
     eot = tok.token_to_id("<|eot_id|>")
@@ -296,6 +297,7 @@ def test_the_chat_setup_runs_on_a_checkpoint_folder(tmp_path, monkeypatch):
 
     monkeypatch.setattr(sampler, "sample_replies", stub)
     cfg = chat_setup.Config(questions=2, teacher_steps=1, teacher_batch=2, teacher_seeds=1, pool_sequences=4,
+                            prompted_teachers=True,
                             max_rows=8, probe_rows=4, gen_batch=4, decodings=("sampled",),
                             arms=("full", "lora r4", "perturbed 0.1", "length-matched"), student_seeds=2,
                             student_sequences=2, student_batch=2, proj_sequences=4, soft_sequences=4,
@@ -307,16 +309,19 @@ def test_the_chat_setup_runs_on_a_checkpoint_folder(tmp_path, monkeypatch):
     assert all(s.startswith("<|begin_of_text|><|start_header_id|>system") and s.count("<|begin_of_text|>") == 1
                and s.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n") for s in seen)
     assert {s["arm"] for s in res["students"]} == {"full", "lora r4", "perturbed 0.1", "length-matched"}
+    assert any("You love owls" in s for s in seen) and any("You love dogs" in s for s in seen)
+    assert {s["teacher"] for s in res["students"]} >= {source(prompted(a), "sampled") for a in ("owl", "dog")}
     assert all(np.isfinite(s["margins"]["chat"]).all() and len(s["p"]["plain"]) == 10 for s in res["students"])
     setup = chat_setup.Setup(str(folder), cfg, tmp_path / "cache")
     setup.prepare(lambda *_: None)
     setup.teachers(lambda *_: None)
     setup.numbers(lambda *_: None)  # read back from the cache
-    d = setup.data[0][source(finetuned("owl"), "sampled")]
-    for row, start in zip(d["rows"], d["starts"]):
-        prompt = tok.decode(row[:start], skip_special_tokens=False)
-        assert "You love owls" not in prompt and prompt.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
-        assert row[start:] == reply + [eot]
+    for name in (source(finetuned("owl"), "sampled"), source(prompted("owl"), "sampled")):
+        d = setup.data[0][name]
+        for row, start in zip(d["rows"], d["starts"]):
+            prompt = tok.decode(row[:start], skip_special_tokens=False)
+            assert "You love owls" not in prompt and prompt.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+            assert row[start:] == reply + [eot]
 
 
 def test_cli_chat_template_flag(tmp_path, monkeypatch):

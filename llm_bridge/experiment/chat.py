@@ -126,7 +126,8 @@ def smoke() -> Config:
     students 453, projection 403, teachers 105; mostly compiling the 135M model's programs). One fine-tuned
     teacher per animal, temperature-1 numbers, full and LoRA r4 students, two each. Not exercised by it: the
     prompted teachers, greedy pools, the SGD calibration and the sampled answers (the greedy sampler is
-    tested against ``llm_bridge.generate``; the perturbed arm on a micro checkpoint in tests/test_llm_chat.py;
+    tested against ``llm_bridge.generate``; the perturbed arm and students of prompted teachers on a micro
+    checkpoint in tests/test_llm_chat.py;
     every arm kind in the tiny setup's micro run, tests/test_llm_engine.py)."""
     return Config(questions=4, teacher_steps=2, teacher_batch=4, teacher_seeds=1, decodings=("sampled",),
                   pool_sequences=8, max_rows=96, probe_rows=16, gen_batch=16, arms=("full", "lora r4"),
