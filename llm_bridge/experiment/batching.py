@@ -92,7 +92,8 @@ def rows_loss(model, batch) -> jax.Array:
 def soft_rows_loss(model, batch) -> jax.Array:
     """Mean soft-label loss on the target positions of ``prefix + rest`` rows: ``KL(p_teacher || p_student)``
     of the distributions renormalised over the number tokens ``batch["ids"]``, the teacher's given as its
-    log-probabilities ``batch["soft"] [B, R, len(ids)]`` (:func:`teacher_log_probs`)."""
+    log-probabilities ``batch["soft"] [B, K, len(ids)]`` at the positions ``batch["at"]``
+    (:func:`teacher_log_probs`)."""
     logits, _ = prefixed_logits(model, batch["prefix"][:1], batch["rest"], batch["real"], at=batch["at"])
     log_q = jax.nn.log_softmax(logits[..., batch["ids"]].astype(jnp.float32))
     log_p = batch["soft"]

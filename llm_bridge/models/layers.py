@@ -12,7 +12,6 @@ that float32 logits agree to ~1e-6 (tests/test_llm_parity.py).
 from __future__ import annotations
 
 import math
-
 from typing import NamedTuple
 
 import jax
@@ -207,9 +206,9 @@ def context(mask: jax.Array, cache: KVCache | None) -> Context:
 
 def tokenwise(f, x: jax.Array) -> jax.Array:
     """``f`` (a map of each token's vector, such as a projection or an MLP) on ``x [..., D]`` seen as one
-    ``[N, D]`` matrix, the leading axes restored. The same forward values; on XLA's CPU backend the
-    backward pass of a projection of 3-D activations transposes them through slow copies (a SmolLM2
-    MLP's gradient at [8, 192] tokens took 1.7x as long as on the same tokens flattened)."""
+    ``[N, D]`` matrix, the leading axes restored: the same function (float rounding may differ). On XLA's
+    CPU backend the backward pass of a projection of 3-D activations transposes them through slow copies
+    (a SmolLM2 MLP's gradient at [8, 192] tokens took 1.7x as long as on the same tokens flattened)."""
     y = f(x.reshape(math.prod(x.shape[:-1]), x.shape[-1]))
     return y.reshape(x.shape[:-1] + y.shape[-1:])
 
