@@ -56,14 +56,8 @@ from mnist_aux import experiment, train  # noqa: E402
 from mnist_aux.configs import paper  # noqa: E402
 from harness.idle import Busy, check as idle_check  # noqa: E402
 from harness.results import OutputError, command_line, prepare_output, provenance, write_json  # noqa: E402
-from harness.timing import numpy_matmul_gflops  # noqa: E402
+from harness.timing import ISA_ENV, isa_caps, numpy_matmul_gflops  # noqa: E402
 from benchmarks import official_mnist  # noqa: E402
-
-ISA_ENV = {
-    "native": {},
-    "avx2": {"XLA_FLAGS": "--xla_cpu_max_isa=AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
-             "ONEDNN_MAX_CPU_ISA": "AVX2", "OPENBLAS_CORETYPE": "Haswell"},
-}
 
 ISSUE_EXACT_TFLOP = 2.47
 
@@ -181,11 +175,6 @@ def breakdown(seeds: int, ds) -> dict:
         pass
     return {"seeds": seeds, "step_seconds": out, "step_gflop": flops / 1e9,
             "gemm_seconds": gemm, "gemm_gflops": {k: flops / v / 1e9 for k, v in gemm.items()}}
-
-
-def _caps() -> dict:
-    """The ISA caps (of :data:`ISA_ENV`) this process was started with."""
-    return {k: os.environ[k] for k in ISA_ENV["avx2"] if k in os.environ}
 
 
 def wall_seconds(cmd: list[str], env: dict) -> float:
@@ -352,7 +341,7 @@ def main(argv=None) -> int:
     except (data.DataError, official_mnist.PatchError, OSError) as err:
         parser.exit(2, f"mnist_aux_speed: {err}\n")
     if args.child_json:  # the parent checked the machine at its start and checks it at its end
-        Path(args.child_json).write_text(json.dumps(measure(args, ds, _caps())))
+        Path(args.child_json).write_text(json.dumps(measure(args, ds, isa_caps())))
         return 0
     try:
         idle = [idle_check("start", args.force)]
@@ -365,7 +354,7 @@ def main(argv=None) -> int:
         except RuntimeError as err:
             parser.exit(2, f"mnist_aux_speed: {err}\n")
     else:
-        by_isa = {"as_started": measure(args, ds, _caps())}
+        by_isa = {"as_started": measure(args, ds, isa_caps())}
     for isa, m in by_isa.items():
         report(isa, m)
     load_end = os.getloadavg()

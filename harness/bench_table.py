@@ -22,6 +22,10 @@ COMMANDS = {
     "student_step_smollm2.json": "python benchmarks/student_step.py",
     "student_step_rows.json": "python benchmarks/student_step.py --prefix 16 --seq 160 --targets 8 "
                               "--out results/benchmarks/student_step_rows.json",
+    "student_step_rows_avx2.json": "env XLA_FLAGS=--xla_cpu_max_isa=AVX2 ATEN_CPU_CAPABILITY=avx2 "
+                                   "MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 OPENBLAS_CORETYPE=Haswell "
+                                   "python benchmarks/student_step.py --prefix 16 --seq 160 --targets 8 "
+                                   "--out results/benchmarks/student_step_rows_avx2.json",
 }
 
 
@@ -94,11 +98,14 @@ def _student_step(d: dict) -> str:
     c = d["config"]
     parts = [f"{kind} {v['ours_tok_s']:,.0f} tok/s = {num(v['ratio_ours_over_torch'])}x torch, "
              f"{100 * v['roofline_fraction']:.0f} % of the roofline" for kind, v in d["results"].items()]
-    shape = (f"{c['batch']} x {c['seq']} tokens" if not c.get("prefix") and c.get("targets", c["seq"] - 1) == c["seq"] - 1
+    every_token = not c.get("prefix") and c.get("targets", c["seq"] - 1) == c["seq"] - 1
+    shape = (f"{c['batch']} x {c['seq']} tokens" if every_token
              else f"{c['batch']} rows of a {c['prefix']}-token shared prefix + {c['seq']} tokens, the last "
                   f"{c['targets']} targets (torch: the full rows, labels -100 elsewhere)")
+    caps = d.get("isa_caps") or {}
     return (f"Adam steps on {shape}: " + "; ".join(parts)
-            + f" (roofline: numpy fp32 matmul {d['floor_gflops']:.0f} GFLOP/s; targets ≥ 1.2x torch, ≥ 70 %)")
+            + f" (roofline: numpy fp32 matmul {d['floor_gflops']:.0f} GFLOP/s; targets ≥ 1.2x torch, ≥ 70 %)"
+            + (f"; capped by {', '.join(f'{k}={v}' for k, v in sorted(caps.items()))}" if caps else ""))
 
 
 ROWS = (
@@ -107,6 +114,8 @@ ROWS = (
     ("SmolLM2-135M-Instruct vs transformers + torch", "llm_speed_smollm2.json", _smollm2),
     ("SmolLM2 student step, full and LoRA", "student_step_smollm2.json", _student_step),
     ("SmolLM2 student step on the study's rows", "student_step_rows.json", _student_step),
+    ("SmolLM2 student step on the study's rows, every library capped at AVX2", "student_step_rows_avx2.json",
+     _student_step),
     ("MNIST paper preset, seconds per seed", "mnist_aux_speed.json", _mnist),
 )
 
