@@ -253,6 +253,7 @@ def main(argv=None) -> int:
     if min(args.steps, args.batch, args.seq, args.repeats) < 1 or args.seq < 2 or any(r < 1 for r in args.ranks):
         parser.error("--steps, --batch, --repeats and --ranks must be >= 1, --seq >= 2")
     targets = args.seq - 1 if args.targets is None else args.targets
+    every_token = args.prefix == 0 and targets == args.seq - 1
     if args.prefix < 0 or not 1 <= targets <= args.seq - 1:
         parser.error(f"--prefix must be >= 0 and --targets between 1 and --seq - 1 ({args.seq - 1})")
     out = args.out or (None if args.smoke else "results/benchmarks/student_step_smollm2.json")
@@ -312,7 +313,7 @@ def main(argv=None) -> int:
         parser.exit(2, f"student_step: {err}\n")
     busy = not all(r["idle"] for r in idle)
 
-    shape = f"{args.batch} x {args.seq} tokens" if args.prefix == 0 and targets == args.seq - 1 else (
+    shape = f"{args.batch} x {args.seq} tokens" if every_token else (
         f"{args.batch} rows of a {args.prefix}-token shared prefix + {args.seq} tokens, the last {targets} targets")
     print(f"\n{name}, {args.steps} steps x {shape}, float32, median of {args.repeats}; "
           f"floor: numpy {FLOOR_N}^2 matmul {floor:.1f} GFLOP/s (best of {len(floors)} timings)")
@@ -336,8 +337,7 @@ def main(argv=None) -> int:
                        "targets": targets, "tokens_per_call": tokens,
                        "ranks": args.ranks, "lora_alpha": ALPHA, "repeats": args.repeats, "seed": args.seed,
                        "dtype": "float32", "statistic": "median", "optimizer": "adam (0.9, 0.999, 1e-8)",
-                       "loss": ("rows_loss, empty prefix, every token a target" if args.prefix == 0
-                                and targets == args.seq - 1 else
+                       "loss": ("rows_loss, empty prefix, every token a target" if every_token else
                                 "rows_loss, a shared prefix computed once, the last targets tokens of each row"),
                        "torch_threads": torch.get_num_threads(),
                        "smoke": args.smoke},
