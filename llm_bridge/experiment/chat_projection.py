@@ -25,7 +25,7 @@ import optax
 
 from llm_bridge.experiment.batching import pack
 from llm_bridge.experiment.names import finetuned, source
-from llm_bridge.experiment.projection import sequence_projections, summarise
+from llm_bridge.experiment.projection import projections_by_loss, summarise
 
 NULL_ROW = "null: base samples before the filter (score identity)"
 LENGTH_BUCKET = 32  # widths are multiples of this: packed rows, and their chunks (projection.length_chunks)
@@ -49,13 +49,11 @@ def _soft_projection(f, params, teacher, direction, tokens, mask, ids):
 def _rows(setup, f, at, direction, data: dict, grid, offset: int) -> dict:
     """One projection row: the per-sequence steps on ``direction`` at ``at``, each sequence's mean loss and
     its summed loss (its score) on the same rows."""
-    cfg, out = setup.cfg, {}
-    for j, total in enumerate((False, True)):
-        v = sequence_projections(f, at, direction, data, chunk=cfg.chunk, total=total, bucket=LENGTH_BUCKET)
-        out["summed loss" if total else "mean loss"] = summarise(
-            v, [n for n in grid if n <= v.size], cfg.n_boot, setup.streams.int("bootstrap", 0) + offset + j) | {
-            "values": v.tolist()}
-    return out
+    cfg = setup.cfg
+    got = projections_by_loss(f, at, direction, data, chunk=cfg.chunk, bucket=LENGTH_BUCKET)  # one jvp for both
+    return {name: summarise(v, [n for n in grid if n <= v.size], cfg.n_boot,
+                            setup.streams.int("bootstrap", 0) + offset + j) | {"values": v.tolist()}
+            for j, (name, v) in enumerate(got.items())}
 
 
 def _hard_rows(setup, f, d_t, trait, take, grid) -> dict:

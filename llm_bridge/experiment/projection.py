@@ -19,7 +19,7 @@ import optax
 
 import theory
 from llm_bridge.experiment.batching import round_up
-from llm_bridge.experiment.training import per_sequence_loss
+from llm_bridge.experiment.training import per_sequence_loss, token_nll
 
 
 def chunks(data: dict, chunk: int):
@@ -34,11 +34,18 @@ def chunks(data: dict, chunk: int):
         yield jnp.asarray(tt), jnp.asarray(mm), k
 
 
-@partial(jax.jit, static_argnums=0, static_argnames="total")
-def _seq_projection(f, params, direction, tokens, mask, total=False):
-    """``-<grad L_i(params), direction>`` for every sequence i: one jvp of the per-sequence losses."""
-    _, t = jax.jvp(lambda p: per_sequence_loss(f, p, tokens, mask, total), (params,), (direction,))
-    return -t
+@partial(jax.jit, static_argnums=0)
+def _seq_projection(f, params, direction, tokens, mask):
+    """``-<grad L_i(params), direction>`` for every sequence i, for its mean loss and for its summed loss
+    (``([B], [B])``): one jvp of the summed losses, the mean's the summed one over the row's target count
+    (the count does not depend on the parameters: the jvp of the mean loss, to the same rounding)."""
+    def summed(p):
+        nll, w = token_nll(f(p, tokens), tokens, mask)
+        return jnp.sum(nll * w, axis=1)
+
+    _, t = jax.jvp(summed, (params,), (direction,))
+    count = jnp.maximum(jnp.sum(mask[:, 1:].astype(t.dtype), axis=1), 1.0)
+    return -t / count, -t
 
 
 def length_chunks(data: dict, chunk: int, bucket: int):
@@ -57,21 +64,30 @@ def length_chunks(data: dict, chunk: int, bucket: int):
         yield tt, mm, k, rows
 
 
-def sequence_projections(f, params, direction, data: dict, chunk: int = 512, total: bool = False,
-                         bucket: int | None = None) -> np.ndarray:
-    """Per-sequence hard-label student steps projected on ``direction``: ``[n]`` (no backward pass).
+def projections_by_loss(f, params, direction, data: dict, chunk: int = 512, bucket: int | None = None) -> dict:
+    """Per-sequence hard-label student steps projected on ``direction`` (no backward pass), for each
+    sequence's mean loss and for its summed loss (its score ``grad log p(sequence)``), from the same jvp:
+    ``{"mean loss": [n], "summed loss": [n]}``.
 
-    ``data``: ``{"tokens" [n, T], "mask" [n, T]}``; ``total``: the step on each sequence's summed
-    (not mean) loss, i.e. its score ``grad log p(sequence)``; ``bucket``: group the rows by length
+    ``data``: ``{"tokens" [n, T], "mask" [n, T]}``; ``bucket``: group the rows by length
     (:func:`length_chunks`) instead of padding every chunk to the longest row.
     """
-    if bucket is None:
-        return np.concatenate([np.asarray(_seq_projection(f, params, direction, t, m, total=total))[:k]
-                               for t, m, k in chunks(data, chunk)])
-    out = np.empty(len(data["tokens"]), np.float32)
-    for t, m, k, rows in length_chunks(data, chunk, bucket):
-        out[rows] = np.asarray(_seq_projection(f, params, direction, t, m, total=total))[:k]
+    parts = ((t, m, k, np.arange(i * chunk, i * chunk + k)) for i, (t, m, k) in enumerate(chunks(data, chunk))) \
+        if bucket is None else length_chunks(data, chunk, bucket)
+    got = [(rows, [np.asarray(v)[:k] for v in _seq_projection(f, params, direction, t, m)]) for t, m, k, rows in parts]
+    out = {}
+    for j, name in enumerate(("mean loss", "summed loss")):
+        out[name] = np.empty(len(data["tokens"]), got[0][1][j].dtype)  # the model's float type
+        for rows, values in got:
+            out[name][rows] = values[j]
     return out
+
+
+def sequence_projections(f, params, direction, data: dict, chunk: int = 512, total: bool = False,
+                         bucket: int | None = None) -> np.ndarray:
+    """:func:`projections_by_loss` of one reduction: ``[n]``, for each sequence's summed loss with
+    ``total``, else for its mean loss."""
+    return projections_by_loss(f, params, direction, data, chunk, bucket)["summed loss" if total else "mean loss"]
 
 
 @partial(jax.jit, static_argnums=0)
