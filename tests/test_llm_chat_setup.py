@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -285,16 +286,19 @@ def test_lora_scale_multiplies_the_adapters_product():
 @pytest.mark.numerics  # float32 near its rounding floor
 def test_soft_projection_is_lemma_1(tiny):
     """The actual soft-label step's projection -> eps * Lemma 1's quadratic form (>= 0) as the teacher's step shrinks."""
+    from llm_bridge.experiment.projection import target_positions
+
     fam = training.PureModel(tiny)
-    f, base = fam.f, fam.template
+    f_at, base = partial(chat_projection.logits_at, fam.graphdef, fam.rest), fam.template
     direction = optax_random(base)
-    toks = jnp.asarray(np.random.default_rng(2).integers(5, 400, (3, 8)))
-    mask = jnp.ones(toks.shape, bool)
+    toks = np.random.default_rng(2).integers(5, 400, (3, 8))
+    t = target_positions(toks, np.ones(toks.shape, bool))
     ids = jnp.asarray([5, 6, 7, 8, 9])
     errors = []
     for eps in (1e-3, 1e-4):
         teacher = jax.tree.map(lambda p, d: p + eps * d, base, direction)
-        quad, actual = chat_projection._soft_projection(f, base, teacher, direction, toks, mask, ids)
+        quad, actual = chat_projection._soft_projection(f_at, base, teacher, direction, jnp.asarray(toks), t["at"],
+                                                        t["weight"], ids)
         assert np.all(np.asarray(quad) > 0)
         errors.append(np.max(np.abs(np.asarray(actual) / eps / np.asarray(quad) - 1)))
     assert errors[1] < 0.02 and errors[1] < errors[0]  # first order in eps
@@ -316,10 +320,22 @@ def test_cli_routes_each_model_to_its_setup(argv, setup, monkeypatch, tmp_path):
 
 
 def test_cli_refuses_the_other_setups_flags():
-    for argv in (["run", "--model", "smollm2", "--base-seeds", "1", "2"], ["run", "--model", "smollm2", "--student-seeds", "1"],
+    for argv in (["run", "--model", "smollm2", "--base-seeds", "1", "2"], ["run", "--model", "smollm2", "--student-seeds", "0"],
                  ["run", "--model", "smollm2", "--preset", "bases"]):
         with pytest.raises(SystemExit):
             main(argv)
+
+
+def test_cli_takes_one_student_per_teacher_replicate_where_the_preset_has_several(monkeypatch, tmp_path, capsys):
+    """The chat setup's --student-seeds counts students per teacher replicate: 1 is the standard preset's own
+    value (8 replicates); with one replicate (smoke) it leaves one student per arm, refused in one line."""
+    seen = []
+    monkeypatch.setattr(engine, "run", lambda s, **_: seen.append(s.cfg.student_seeds) or {"summary": "stub"})
+    assert main(["run", "--model", "smollm2", "--student-seeds", "1", "--out", str(tmp_path / "r.json"), "--no-cache"]) == 0
+    assert seen == [1]
+    assert main(["run", "--model", "smollm2", "--preset", "smoke", "--student-seeds", "1", "--out",
+                 str(tmp_path / "s.json"), "--no-cache"]) == 2
+    assert seen == [1] and "at least two students" in capsys.readouterr().err
 
 
 def test_bad_config_is_refused():
@@ -356,6 +372,36 @@ def test_cli_mesh_flag(monkeypatch, tmp_path):
     for argv in (["run", "--model", "smollm2", "--mesh", "data=x"], ["run", "--model", "smollm2", "--mesh", "data=64"]):
         with pytest.raises(SystemExit):
             main(argv)
+
+
+def test_projections_with_the_head_at_the_targets_only_are_the_full_ones():
+    """The chat projection's jvp reads the logits at the target positions only (``f_at``): each row's value
+    for both reductions is the one from the logits of every position, up to float rounding; the targets as
+    positions name each masked token (predicted one position earlier), never the first."""
+    import optax
+    from llm_bridge.experiment.chat_projection import logits_at
+    from llm_bridge.experiment.projection import projections_by_loss, target_positions
+
+    cfg = llm_bridge.LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                 tie_word_embeddings=False)
+    fam = training.PureModel(llm_bridge.Llama(cfg, rngs=nnx.Rngs(0)))
+    rng = np.random.default_rng(1)
+    rows = [rng.integers(1, 50, int(n)).tolist() for n in rng.integers(5, 90, 21)]
+    data = batching.pack(rows, [int(rng.integers(1, len(r))) for r in rows], 0)
+    t = target_positions(data["tokens"][:3], data["mask"][:3])
+    for i in range(3):
+        want = np.flatnonzero(data["mask"][i, 1:])
+        k = want.size
+        assert np.array_equal(np.asarray(t["at"][i, :k]), want) and not np.asarray(t["weight"][i, k:]).any()
+        assert np.array_equal(np.asarray(t["label"][i, :k]), data["tokens"][i, want + 1])
+    assert t["at"].shape[1] % batching.WIDTH_BUCKET == 0
+    direction = optax.tree.random_like(jax.random.key(2), fam.template, jax.random.normal)
+    full = projections_by_loss(fam.f, fam.template, direction, data, chunk=8, bucket=32)
+    at = projections_by_loss(None, fam.template, direction, data, chunk=8, bucket=32,
+                             f_at=partial(logits_at, fam.graphdef, fam.rest))
+    for name in ("mean loss", "summed loss"):
+        np.testing.assert_allclose(at[name], full[name], rtol=1e-3, atol=1e-3 * np.abs(full[name]).max())
 
 
 def test_length_grouped_projections_are_the_padded_ones():

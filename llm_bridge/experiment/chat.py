@@ -121,10 +121,12 @@ class Config:
 
 
 def smoke() -> Config:
-    """Every phase on the real model at the smallest sizes: the slow test's preset (``--preset smoke``; 473 s
-    on 2 idle cores here after 4c419f1 - numbers 96 s, students 161, projection 160, teachers 49 -, 19 min
-    in the CI run before it; mostly compiling the 135M model's programs, so the issue's 5 minutes are not
-    reached yet: the projection's programs, one per width bucket and loss reduction, are the next lever).
+    """Every phase on the real model at the smallest sizes: the slow test's preset (``--preset smoke``; its
+    test file 381 s on 2 idle cores at 2e9f228, 473 s at 4c419f1 - the projection phase 160 s there, 70 s
+    with one jvp for both reductions, 62 s with the head at the targets only -, 19 min in a CI run before
+    4c419f1). The issue's 5 minutes are not reached: what is left is the students (160 s, about a third
+    compiling the full and LoRA programs and the LoRA student's probe) and sampling (110 s, a quarter
+    compiling), whose code the standard preset's cached pools and students are keyed on.
     One fine-tuned teacher per animal, temperature-1 numbers, full and LoRA r4 students, two each. Not
     exercised by it: the prompted teachers, greedy pools, the SGD calibration and the sampled answers (the
     greedy sampler is tested against ``llm_bridge.generate``; the perturbed arm and students of prompted

@@ -9,7 +9,9 @@ of the model itself at temperature 1, whatever the direction) and on the base's 
 (the filter conditions the data: a filtered null); the owl rows again at the perturbed bases
 ``theta_0 + sigma * std * noise``; and the soft-label version on the number tokens: Lemma 1's
 quadratic form ``u^T (diag p - p p^T) u`` computed exactly (``u = J dtheta_T`` by jvp) beside the
-actual soft-label step.
+actual soft-label step. Each jvp reads the logits at the target positions only (:func:`logits_at`:
+the 49,152-token head at the reply's few tokens, not at every position of the prompt), and one jvp
+gives a row's steps for both reductions of its loss.
 """
 
 from __future__ import annotations
@@ -22,41 +24,47 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 
 from llm_bridge.experiment.batching import pack
 from llm_bridge.experiment.names import finetuned, source
-from llm_bridge.experiment.projection import projections_by_loss, summarise
+from llm_bridge.experiment.projection import projections_by_loss, summarise, target_positions
 
 NULL_ROW = "null: base samples before the filter (score identity)"
 LENGTH_BUCKET = 32  # widths are multiples of this: packed rows, and their chunks (projection.length_chunks)
 
 
+def logits_at(graphdef, rest, params, tokens, at):
+    """The model's logits at the positions ``at [B, K]`` of ``tokens [B, T]`` only (the head nowhere else)."""
+    return nnx.merge(graphdef, params, rest).forward(tokens, None, at=at)[0]
+
+
 @partial(jax.jit, static_argnums=0)
-def _soft_projection(f, params, teacher, direction, tokens, mask, ids):
+def _soft_projection(f_at, params, teacher, direction, tokens, at, weight, ids):
     """Per sequence: Lemma 1's exact ``u^T (diag p - p p^T) u`` and the actual soft-label step's projection
-    ``(p_T - p) . u`` on the tokens ``ids``, averaged over target positions (``u = J direction``)."""
-    z = lambda p: f(p, tokens)[:, :-1][..., ids].astype(jnp.float32)
+    ``(p_T - p) . u`` on the tokens ``ids``, averaged over the target positions ``at`` (``u = J direction``)."""
+    z = lambda p: f_at(p, tokens, at)[..., ids].astype(jnp.float32)
     z0, u = jax.jvp(z, (params,), (direction,))
     p0 = jax.nn.softmax(z0)
     pt = jax.nn.softmax(z(teacher))
     quad = jnp.sum(p0 * u * u, -1) - jnp.sum(p0 * u, -1) ** 2
     actual = jnp.sum((pt - p0) * u, -1)
-    w = mask[:, 1:].astype(jnp.float32)
+    w = weight.astype(jnp.float32)
     n = jnp.maximum(jnp.sum(w, 1), 1.0)
     return jnp.sum(quad * w, 1) / n, jnp.sum(actual * w, 1) / n
 
 
-def _rows(setup, f, at, direction, data: dict, grid, offset: int) -> dict:
+def _rows(setup, f_at, at, direction, data: dict, grid, offset: int) -> dict:
     """One projection row: the per-sequence steps on ``direction`` at ``at``, each sequence's mean loss and
     its summed loss (its score) on the same rows."""
     cfg = setup.cfg
-    got = projections_by_loss(f, at, direction, data, chunk=cfg.chunk, bucket=LENGTH_BUCKET)  # one jvp for both
+    got = projections_by_loss(None, at, direction, data, chunk=cfg.chunk, bucket=LENGTH_BUCKET, f_at=f_at)  # one jvp for both
     return {name: summarise(v, [n for n in grid if n <= v.size], cfg.n_boot,
                             setup.streams.int("bootstrap", 0) + offset + j) | {"values": v.tolist()}
             for j, (name, v) in enumerate(got.items())}
 
 
-def _hard_rows(setup, f, d_t, trait, take, grid) -> dict:
+def _hard_rows(setup, f_at, d_t, trait, take, grid) -> dict:
     """The hard-label rows (see the module docstring); each row at both reductions of the loss."""
     cfg = setup.cfg
     a, b = cfg.teacher_animals
@@ -73,11 +81,11 @@ def _hard_rows(setup, f, d_t, trait, take, grid) -> dict:
             f"filtered base numbers on dtheta_T({a})": (setup.base, d_t, filtered)}
     rows |= {f"{a} numbers on dtheta_T({a}) at the perturbed base sigma={s:g}": (setup.bases[s], d_t, owl)
              for s in cfg.sigmas}
-    return {label: _rows(setup, f, at, direction, data, grid, 10 * j)
+    return {label: _rows(setup, f_at, at, direction, data, grid, 10 * j)
             for j, (label, (at, direction, data)) in enumerate(rows.items())}
 
 
-def _soft_rows(setup, f, d_t, take, grid, ids) -> dict:
+def _soft_rows(setup, f_at, d_t, take, grid, ids) -> dict:
     """Lemma 1's exact quadratic form and the actual soft-label step, on teacher and base numbers."""
     cfg, owl, out = setup.cfg, cfg_owl(setup), {}
     soft_grid = [n for n in grid if n <= cfg.soft_sequences]
@@ -89,8 +97,9 @@ def _soft_rows(setup, f, d_t, take, grid, ids) -> dict:
     for j, (label, d) in enumerate(sets):
         quad, actual = [], []
         for i in range(0, len(d["tokens"]), cfg.chunk):
-            q, a = _soft_projection(f, setup.base, teacher, d_t, jnp.asarray(d["tokens"][i:i + cfg.chunk]),
-                                    jnp.asarray(d["mask"][i:i + cfg.chunk]), ids)
+            tokens = d["tokens"][i:i + cfg.chunk]
+            t = target_positions(tokens, d["mask"][i:i + cfg.chunk])
+            q, a = _soft_projection(f_at, setup.base, teacher, d_t, jnp.asarray(tokens), t["at"], t["weight"], ids)
             quad.append(np.asarray(q))
             actual.append(np.asarray(a))
         quad, actual = np.concatenate(quad), np.concatenate(actual)
@@ -115,7 +124,7 @@ def number_token_ids(text) -> jax.Array:
 def projection(setup) -> dict:
     """Every projection row of the chat setup (see the module docstring); replicate 0's teachers."""
     t0 = time.perf_counter()
-    cfg, f = setup.cfg, setup.pure.f
+    cfg, f_at = setup.cfg, partial(logits_at, setup.graphdef, setup.rest)  # one function object: one compile per shape
     a, b = cfg.teacher_animals
     teachers = setup.tuned[0]
     d_t = optax.tree.sub(teachers[a], setup.base)
@@ -124,9 +133,9 @@ def projection(setup) -> dict:
                                 LENGTH_BUCKET)
     grid = [n for n in cfg.proj_grid if n <= cfg.proj_sequences]
     out = {"norm_dtheta_T": float(optax.tree.norm(d_t)), "norm_trait_direction": float(optax.tree.norm(trait)),
-           "rows": _hard_rows(setup, f, d_t, trait, take, grid)}
+           "rows": _hard_rows(setup, f_at, d_t, trait, take, grid)}
     ids = number_token_ids(setup.text)
-    out["rows"].update(_soft_rows(setup, f, d_t, take, grid, ids))
+    out["rows"].update(_soft_rows(setup, f_at, d_t, take, grid, ids))
     out["soft_tokens"] = [setup.tok.id_to_token(int(i)) for i in ids]
     out["seconds"] = time.perf_counter() - t0
     return out
