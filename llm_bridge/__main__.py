@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="tiny setup: 'paper' (default: 5 bases, about 10 minutes on 2 CPU cores), 'bases' (15 bases, "
                         "about 30 minutes), 'smoke' (the tests', about 2 minutes); chat setup: 'standard' (default: "
                         "the factor study's core contrasts), 'full' (the whole design), 'pilot' (the measurements "
-                        "that size them), 'smoke' (the tests': 20 minutes at load average 8, less idle), 'paper' (sized for a GPU); "
+                        "that size them), 'smoke' (the slow tests': about 6 minutes on 2 idle cores), 'paper' (sized for a GPU); "
                         "docs/llm_experiment.md has the measured times")
     r.add_argument("--out", type=Path, default=None,
                    help="results JSON path (default RESULTS_DIR/llm_trait_transfer.json, ..._bases.json for the bases "
@@ -164,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--results-dir", type=Path, default=None,
                    help="folder for the default --out (default: results/ under the working directory)")
     r.add_argument("--student-seeds", type=int, default=None,
-                   help="student seeds per arm (and per base for tiny; default: the preset's, 2 for tiny, 3 for chat)")
+                   help="student seeds per arm and base (tiny: at least 2, the presets' 2) or per arm and teacher replicate "
+                        "(chat: 1 in the standard preset, whose CI runs over its 8 replicates; at least 2 students per "
+                        "arm in all)")
     r.add_argument("--config", type=Path, default=None,
                    help="JSON object of config fields overriding the preset's (llm_bridge.experiment.tiny.Config or "
                         "llm_bridge.experiment.chat.Config), e.g. {\"arms\": [\"full\", \"lora r16\"]}")
@@ -192,8 +194,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     if args.model == "tiny" and args.mesh_obj is not None and args.mesh_obj.shape.get("model", 1) != 1:
         parser.error("--mesh: the tiny setup splits its students over data=N only (model must be 1)")
-    if args.student_seeds is not None and args.student_seeds < 2:
-        parser.error(f"--student-seeds must be >= 2 (a CI needs two seeds), got {args.student_seeds}")
+    least = 2 if args.model == "tiny" else 1  # chat: students per teacher replicate (the CI runs over replicates)
+    if args.student_seeds is not None and args.student_seeds < least:
+        parser.error(f"--student-seeds must be >= {least} ({'a CI needs two seeds' if least == 2 else 'per teacher replicate'}), "
+                     f"got {args.student_seeds}")
     for s in args.base_seeds or ():
         if not 0 <= s < 2**31:
             parser.error(f"--base-seeds must be in 0 .. 2**31-1, got {s}")
