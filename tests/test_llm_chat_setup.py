@@ -374,21 +374,29 @@ def test_cli_mesh_flag(monkeypatch, tmp_path):
             main(argv)
 
 
+def _projection_case(tied: bool, seed: int, longest: int, n: int):
+    """A tiny Llama, ``n`` packed random rows of 5 to ``longest`` tokens with random target starts, and a
+    random direction: the projection tests' inputs."""
+    import optax
+
+    cfg = llm_bridge.LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                 tie_word_embeddings=tied)
+    fam = training.PureModel(llm_bridge.Llama(cfg, rngs=nnx.Rngs(0)))
+    rng = np.random.default_rng(seed)
+    rows = [rng.integers(1, 50, int(k)).tolist() for k in rng.integers(5, longest, n)]
+    data = batching.pack(rows, [int(rng.integers(1, len(r))) for r in rows], 0)
+    return fam, data, optax.tree.random_like(jax.random.key(1 + seed), fam.template, jax.random.normal)
+
+
 def test_projections_with_the_head_at_the_targets_only_are_the_full_ones():
     """The chat projection's jvp reads the logits at the target positions only (``f_at``): each row's value
     for both reductions is the one from the logits of every position, up to float rounding; the targets as
     positions name each masked token (predicted one position earlier), never the first."""
-    import optax
     from llm_bridge.experiment.chat_projection import logits_at
     from llm_bridge.experiment.projection import projections_by_loss, target_positions
 
-    cfg = llm_bridge.LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                                 tie_word_embeddings=False)
-    fam = training.PureModel(llm_bridge.Llama(cfg, rngs=nnx.Rngs(0)))
-    rng = np.random.default_rng(1)
-    rows = [rng.integers(1, 50, int(n)).tolist() for n in rng.integers(5, 90, 21)]
-    data = batching.pack(rows, [int(rng.integers(1, len(r))) for r in rows], 0)
+    fam, data, direction = _projection_case(tied=False, seed=1, longest=90, n=21)
     t = target_positions(data["tokens"][:3], data["mask"][:3])
     for i in range(3):
         want = np.flatnonzero(data["mask"][i, 1:])
@@ -396,7 +404,6 @@ def test_projections_with_the_head_at_the_targets_only_are_the_full_ones():
         assert np.array_equal(np.asarray(t["at"][i, :k]), want) and not np.asarray(t["weight"][i, k:]).any()
         assert np.array_equal(np.asarray(t["label"][i, :k]), data["tokens"][i, want + 1])
     assert t["at"].shape[1] % batching.WIDTH_BUCKET == 0
-    direction = optax.tree.random_like(jax.random.key(2), fam.template, jax.random.normal)
     full = projections_by_loss(fam.f, fam.template, direction, data, chunk=8, bucket=32)
     at = projections_by_loss(None, fam.template, direction, data, chunk=8, bucket=32,
                              f_at=partial(logits_at, fam.graphdef, fam.rest))
@@ -408,17 +415,9 @@ def test_length_grouped_projections_are_the_padded_ones():
     """Rows grouped by length (each chunk padded to a multiple of the bucket) give each row the value it has
     when every chunk is padded to the longest row, in the rows' own order: padding after a row changes nothing
     but float rounding (the tolerance sits far above it)."""
-    import optax
     from llm_bridge.experiment.projection import sequence_projections
 
-    cfg = llm_bridge.LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                                 tie_word_embeddings=True)
-    fam = training.PureModel(llm_bridge.Llama(cfg, rngs=nnx.Rngs(0)))
-    rng = np.random.default_rng(0)
-    rows = [rng.integers(1, 50, int(n)).tolist() for n in rng.integers(5, 120, 37)]
-    data = batching.pack(rows, [int(rng.integers(1, len(r))) for r in rows], 0)
-    direction = optax.tree.random_like(jax.random.key(1), fam.template, jax.random.normal)
+    fam, data, direction = _projection_case(tied=True, seed=0, longest=120, n=37)
     for total in (False, True):
         padded = sequence_projections(fam.f, fam.template, direction, data, chunk=8, total=total)
         grouped = sequence_projections(fam.f, fam.template, direction, data, chunk=8, total=total, bucket=32)
