@@ -218,6 +218,100 @@ def smollm2_factor_table(results_dir: Path) -> str:
     return "\n".join(out).rstrip()
 
 
+def _reading(summary: dict, detectable: float) -> str:
+    """What a Δ's (or a difference's) 95% CI shows, in words, with the effect the design detects."""
+    v = verdict(summary)
+    return (f"{signed_ci(summary, 2)}, {v}" + ("" if v != "CI covers 0" else
+                                               f" (the design detects {num(detectable, 2)} at 80 % power)"))
+
+
+def _cell(rows: list[dict], arm: str, teachers: str = names.FINE_TUNED, decoding: str | None = None,
+          context: str = "chat") -> dict | None:
+    return next((r for r in rows if r["arm"] == arm and r["teachers"] == teachers and r["context"] == context
+                 and (decoding is None or r["decoding"] == decoding)), None)
+
+
+def _comparison(r: dict, factor: str, **a) -> list[dict]:
+    return [c for c in r.get("comparisons", []) if c["factor"] == factor and all(c["a"][k] == v for k, v in a.items())]
+
+
+CELL_KEYS = ("arm", "teachers", "decoding", "context")
+
+
+def _compared(c: dict) -> str:
+    """A comparison's two cells in words: what differs between them (the arm named where it is shared)."""
+    diff = [k for k in CELL_KEYS if c["a"][k] != c["b"][k]]
+    return "; ".join(f"{c['a'][k]} - {c['b'][k]}" for k in diff) + (
+        f" ({c['a']['arm']})" if "arm" not in diff else "")
+
+
+def _shared(c: dict) -> str:
+    """What a comparison's two cells share (teachers, decoding, context)."""
+    return ", ".join(f"{c['a'][k]}" + (" teachers" if k == "teachers" else "")
+                     for k in CELL_KEYS[1:] if c["a"][k] == c["b"][k])
+
+
+def _claims(r: dict) -> list[str]:
+    """Each published claim of issue 26, read from a study run's factor table and comparisons: the rows
+    that test it and what their CIs show (nothing more)."""
+    rows, first = r["factor_table"], r["config"]["decodings"][0]
+    arms = r["config"]["arms"]
+
+    def row(arm, **kw):
+        x = _cell(rows, arm, decoding=kw.pop("decoding", first), **kw)
+        return "not in this run" if x is None else _reading(x["delta"], x["detectable_80"])
+
+    def diffs(factor, **a):
+        got = _comparison(r, factor, **a)
+        return "; ".join(f"{_compared(c)}: {_reading(c['difference'], c['detectable_80'])}" for c in got) or \
+            "not in this run"
+
+    lora = [a for a in arms if a.startswith("lora")]
+    out = [f"- Cloud et al. (2507.14805), students pick up a fine-tuned teacher's trait from its numbers: full "
+           f"fine-tuning with Adam, {first} numbers, chat context, Δ {row('full')}"
+           + (f"; with the system-prompted teachers {row('full', teachers=names.PROMPTED)}"
+              if r["config"].get("prompted_teachers") else "") + ".",
+           "- Nief et al. (2606.00831), an inverted U in LoRA rank that vanishes under full fine-tuning: "
+           + ("; ".join(f"{a} Δ {row(a)}" for a in lora) or "no LoRA arm in this run")
+           + f"; full fine-tuning Δ {row('full')}. Each rank minus full (paired): "
+           + ("; ".join(diffs("arm", arm=a) for a in lora) or "not in this run")
+           + f". Its chat-template dependence, the chat context minus the others (full, the same students): "
+           + diffs("context", arm="full") + ".",
+           f"- Blank et al. (2606.00995), SGD blocks transfer: full fine-tuning with SGD Δ {row('full sgd')}; "
+           f"minus Adam (paired) {diffs('arm', arm='full sgd')}.",
+           f"- The Llama-3.2-1B reproduction, greedy numbers transmit and sampled ones do not: "
+           + "; ".join(f"{d} Δ {row('full', decoding=d)}" for d in r["config"]["decodings"])
+           + f" (full, chat); the difference (paired) {diffs('decoding', arm='full')}"
+           + (f"; a prompted teacher minus a fine-tuned one {diffs('teachers', arm='full')}"
+              if r["config"].get("prompted_teachers") else "") + "."]
+    full = _cell(rows, "full", decoding=first)
+    if full is not None and full.get("relative_to_lift") is not None:
+        out.append(f"- The Qwen2.5 scaling study, transfer about zero at 0.5B and 1.5B: here (135M) the full-Adam "
+                   f"students' Δ is {num(100 * full['relative_to_lift'], 1)} % of their teachers' own lift in the chat "
+                   f"context ({num(full['teacher_lift'], 2, True)}); Δ {row('full')}.")
+    return out
+
+
+def smollm2_claims(results_dir: Path) -> str:
+    """docs/llm_experiment.md's reading of each published claim from the committed study runs: the paired
+    comparisons between cells of the factor table, then each claim with the rows that test it."""
+    out = []
+    for stem, label in SMOLLM2_RUNS:
+        r = _load(results_dir, stem)
+        if r is None or "comparisons" not in r:
+            out.append(f"The {label} preset's comparisons (`results/{stem}.json`) are not committed yet.")
+            continue
+        out += [f"{label} preset, paired comparisons (Δ of cell A minus Δ of cell B over the same outer units, "
+                "unadjusted p):", "", "| factor | A - B | both | difference | units x students | p | "
+                "detectable at 80 % |", "|---" * 7 + "|"]
+        for c in r["comparisons"]:
+            out.append(f"| {c['factor']} | {_compared(c)} | {_shared(c)} | "
+                       f"{signed_ci(c['difference'], 2)} | {c['outer_units']} x {c['students_per_unit']} | "
+                       f"{c['p']:.2g} | {num(c['detectable_80'], 2)} |")
+        out += ["", f"What the {label} preset's CIs show of each published claim:", "", *_claims(r), ""]
+    return "\n".join(out).rstrip()
+
+
 def smollm2_pilot(results_dir: Path) -> str:
     """The pilot's measurements that size the presets: per number source the pass rate, rows sampled and
     seconds per row; per student the seconds; the spread of Δ between student seeds."""
