@@ -30,6 +30,8 @@ unless ``--force``.
 Usage:
     python benchmarks/mnist_aux_speed.py                       # 25 and 100 seeds, threefry2x32
     python benchmarks/mnist_aux_speed.py --seeds 25 --prng threefry2x32 rbg
+    python benchmarks/mnist_aux_speed.py --seeds 25 --gemms-only --isa native avx2 \\
+        --out results/benchmarks/mnist_gemms.json     # the step's products by XLA, torch and numpy
     python benchmarks/mnist_aux_speed.py --seeds 10 25 --end-to-end --fetch-official --isa native avx2 \\
         --data-dir ../shared/data/mnist --out results/benchmarks/mnist_aux_speed.json
 """
@@ -110,24 +112,48 @@ def _step_gemms(seeds: int, h: int = 256, o: int = 13, k: int = 4, b: int = 1024
     return teacher + forward + weights + inputs_
 
 
-def _gemm_seconds(shapes, backend: str) -> float:
-    """Best-of-5 seconds of all ``shapes``' batched products with XLA (``jax``) or torch's bmm."""
+GEMM_BACKENDS = ("jax", "torch", "numpy")  # XLA's batched dot, torch's bmm, numpy's matmul (its BLAS per matrix)
+
+
+def _gemm_seconds(shapes, backend: str) -> list[float]:
+    """Best-of-5 seconds of each of ``shapes``' batched products ``[batch, m, k] @ [batch, k, n]`` with XLA
+    (``jax``), torch's bmm or numpy's matmul (float32, contiguous operands)."""
     def best(fn):
         fn()
         return min(_timed(fn) for _ in range(5))
 
-    total = 0.0
+    out = []
     for batch, m, k, n in shapes:
         if backend == "jax":
             a, b = jnp.ones((batch, m, k), jnp.float32), jnp.ones((batch, k, n), jnp.float32)
             f = jax.jit(lambda x, y: jnp.einsum("bmk,bkn->bmn", x, y))
-            total += best(lambda: f(a, b))
-        else:
+            out.append(best(lambda: f(a, b)))
+        elif backend == "torch":
             import torch
 
             a, b = torch.ones(batch, m, k), torch.ones(batch, k, n)
-            total += best(lambda: torch.bmm(a, b))
-    return total
+            out.append(best(lambda: torch.bmm(a, b)))
+        else:
+            a, b = np.ones((batch, m, k), np.float32), np.ones((batch, k, n), np.float32)
+            out.append(best(lambda: np.matmul(a, b)))
+    return out
+
+
+def gemms(seeds: int, cfg) -> dict:
+    """One distillation step's matrix products (:func:`_step_gemms`) for ``seeds`` seeds by each library of
+    :data:`GEMM_BACKENDS` (torch where installed): seconds per shape and in all, GFLOP/s."""
+    shapes = _step_gemms(seeds, cfg.hidden, cfg.n_out)
+    flops = [2 * b * m * k * n for b, m, k, n in shapes]
+    per_shape = {}
+    for backend in GEMM_BACKENDS:
+        try:
+            per_shape[backend] = _gemm_seconds(shapes, backend)
+        except ImportError:
+            continue
+    total = {k: sum(v) for k, v in per_shape.items()}
+    return {"seeds": seeds, "step_gflop": sum(flops) / 1e9, "shapes": [list(x) for x in shapes],
+            "shape_gflop": [f / 1e9 for f in flops], "shape_seconds": per_shape, "gemm_seconds": total,
+            "gemm_gflops": {k: sum(flops) / v / 1e9 for k, v in total.items()}}
 
 
 def breakdown(seeds: int, ds) -> dict:
@@ -166,15 +192,7 @@ def breakdown(seeds: int, ds) -> dict:
 
             epoch()
             out[name] = min(_timed(epoch) for _ in range(3)) / BREAKDOWN_BATCHES
-    shapes = _step_gemms(seeds, cfg.hidden, cfg.n_out)
-    flops = sum(2 * b * m * k * n for b, m, k, n in shapes)
-    gemm = {"jax": _gemm_seconds(shapes, "jax")}
-    try:
-        gemm["torch"] = _gemm_seconds(shapes, "torch")
-    except ImportError:
-        pass
-    return {"seeds": seeds, "step_seconds": out, "step_gflop": flops / 1e9,
-            "gemm_seconds": gemm, "gemm_gflops": {k: flops / v / 1e9 for k, v in gemm.items()}}
+    return gemms(seeds, cfg) | {"step_seconds": out}
 
 
 def wall_seconds(cmd: list[str], env: dict) -> float:
@@ -204,6 +222,12 @@ def end_to_end(seeds: int, data_dir: str, official: str | None, env: dict, folde
 def measure(args, ds, env: dict) -> dict:
     """One ISA's measurements (in this process, whose ISA caps were set at its start)."""
     floors = [numpy_matmul_gflops()]
+    if args.gemms_only:
+        products = gemms(max(args.seeds), paper())
+        floors.append(numpy_matmul_gflops())
+        rate = max(floors)
+        return {"rows": [], "end_to_end": [], "breakdown": None, "gemms": products, "floor_gflops": rate,
+                "floor_seconds_per_seed": ISSUE_EXACT_TFLOP * 1e3 / rate, "floor_timings_gflops": floors, "env": env}
     rows = []
     for prng in args.prng:
         cfg = paper().replace(prng_impl=prng)
@@ -257,6 +281,8 @@ def report(isa: str, m: dict) -> None:
               f"{r['gflops_executed']:.0f} | {r['ratio_to_floor']:.2f} |")
     if m.get("breakdown"):
         report_breakdown(m["breakdown"], m["floor_gflops"])
+    if m.get("gemms"):
+        report_gemms(m["gemms"], m["floor_gflops"])
     if m["end_to_end"]:
         print("| seeds | ours s/seed (end to end) | x floor | official s/seed | official / ours |")
         print("| --- | --- | --- | --- | --- |")
@@ -272,6 +298,16 @@ def report_breakdown(b: dict, floor_gflops: float) -> None:
     print("its matrix products alone: " + ", ".join(
         f"{k} {b['gemm_seconds'][k] * 1e3:.0f} ms ({v:.0f} GFLOP/s)" for k, v in b["gemm_gflops"].items())
         + f"; numpy floor {floor_gflops:.0f} GFLOP/s; the step as run: {b['step_gflop'] / steps['as run']:.0f} GFLOP/s")
+
+
+def report_gemms(g: dict, floor_gflops: float) -> None:
+    print(f"one distillation step's matrix products, {g['seeds']} seeds ({g['step_gflop']:.0f} GFLOP), GFLOP/s "
+          f"(numpy 2048^2 floor {floor_gflops:.0f}):")
+    print("| batch x m x k x n | GFLOP | " + " | ".join(g["shape_seconds"]) + " |")
+    for i, shape in enumerate(g["shapes"]):
+        print(f"| {' x '.join(map(str, shape))} | {g['shape_gflop'][i]:.1f} | " + " | ".join(
+            f"{g['shape_gflop'][i] / v[i]:.0f}" for v in g["shape_seconds"].values()) + " |")
+    print("| all | " + f"{g['step_gflop']:.0f} | " + " | ".join(f"{v:.0f}" for v in g["gemm_gflops"].values()) + " |")
 
 
 def parse(argv):
@@ -290,6 +326,9 @@ def parse(argv):
                         help="download the official script at that commit (sha256 checked); implies --end-to-end")
     parser.add_argument("--breakdown", action="store_true",
                         help="also time one distillation step without its noise, without Adam, and its matrix products alone")
+    parser.add_argument("--gemms-only", action="store_true",
+                        help="time only one distillation step's matrix products (for the largest --seeds) by XLA, "
+                             "torch's bmm and numpy's matmul, beside the floor (a minute or two)")
     parser.add_argument("--isa", nargs="+", choices=sorted(ISA_ENV),
                         help="measure under each vector-ISA cap in a child process (default: this process as is)")
     parser.add_argument("--out", help="also write the measurements as JSON here (checked before the run)")
@@ -298,6 +337,8 @@ def parse(argv):
     parser.add_argument("--child-json", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.end_to_end = args.end_to_end or bool(args.official or args.fetch_official)
+    if args.gemms_only and (args.end_to_end or args.breakdown):
+        parser.error("--gemms-only times the matrix products alone: drop --end-to-end, --official and --breakdown")
     return parser, args
 
 
@@ -312,6 +353,7 @@ def _children(args) -> dict:
             cmd += ["--data-dir", args.data_dir] if args.data_dir else []
             cmd += ["--end-to-end"] if args.end_to_end else []
             cmd += ["--breakdown"] if args.breakdown else []
+            cmd += ["--gemms-only"] if args.gemms_only else []
             cmd += ["--official", args.official] if args.official else []
             cmd += ["--force"] if args.force else []
             done = subprocess.run(cmd, env=os.environ | ISA_ENV[isa])
@@ -331,7 +373,7 @@ def main(argv=None) -> int:
     from mnist_aux import data
 
     try:
-        ds = data.load("mnist", args.data_dir, allow_download=False)
+        ds = None if args.gemms_only else data.load("mnist", args.data_dir, allow_download=False)
         if args.end_to_end and not args.data_dir:
             parser.exit(2, "mnist_aux_speed: --end-to-end needs --data-dir (the runs read it offline)\n")
         if args.fetch_official and not args.child_json:
@@ -367,7 +409,7 @@ def main(argv=None) -> int:
           + ("  WARNING: machine busy (--force), timings unreliable" if busy else ""))
     if args.out:
         write_json(args.out, {
-            "by_isa": by_isa, "data": ds.source, "official_script": {"commit": official_mnist.COMMIT,
+            "by_isa": by_isa, "data": None if ds is None else ds.source, "official_script": {"commit": official_mnist.COMMIT,
                                                                     "path": official_mnist.PATH} if args.official else None,
             "load_average": {"start": load_start, "end": load_end}, "busy": busy, "idle": idle,
             **provenance(command_line("python benchmarks/mnist_aux_speed.py"))})

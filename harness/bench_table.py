@@ -19,6 +19,8 @@ COMMANDS = {
     "llm_speed_smollm2.json": "python benchmarks/llm_speed.py --smollm2 --batch 4 --seq 128",
     "mnist_aux_speed.json": "python benchmarks/mnist_aux_speed.py --seeds 10 25 --breakdown --fetch-official --isa native avx2 "
                             "--data-dir DIR --out results/benchmarks/mnist_aux_speed.json",
+    "mnist_gemms.json": "python benchmarks/mnist_aux_speed.py --seeds 25 --gemms-only --isa native avx2 "
+                        "--out results/benchmarks/mnist_gemms.json",
     "student_step_smollm2.json": "python benchmarks/student_step.py",
     "student_step_rows.json": "python benchmarks/student_step.py --prefix 16 --seq 160 --targets 8 "
                               "--out results/benchmarks/student_step_rows.json",
@@ -163,6 +165,41 @@ def mnist_breakdown(results_dir: Path) -> str:
                          f"{100 * noise:.0f} %, Adam over SGD {100 * adam:.0f} %, the rest (activations, loss, "
                          f"layout copies) {100 * (1 - gemm - noise - adam):.0f} %.")
     return "\n".join(lines) + "\n"
+
+
+GEMM_NAMES = {"jax": "XLA", "torch": "torch bmm", "numpy": "numpy matmul"}
+
+
+def mnist_gemms(results_dir: Path) -> str:
+    """docs/benchmarks.md's table of one MNIST distillation step's matrix products by each library, per ISA,
+    and what the fastest reaches against the floor (``--gemms-only``)."""
+    d = _read(results_dir, "mnist_gemms.json")
+    if d is None or not any(m.get("gemms") for m in d.get("by_isa", {}).values()):
+        return f"No idle run committed yet: `{COMMANDS['mnist_gemms.json']}`.\n"
+    lines = [f"Measured on {_where(d)} (`{d['command']}`), GFLOP/s of each product (best of 5):", ""]
+    reading = []
+    for isa, m in d["by_isa"].items():
+        g = m.get("gemms")
+        if not g:
+            continue
+        libs = [k for k in GEMM_NAMES if k in g["shape_seconds"]]
+        lines += [f"{isa} (numpy 2048² floor {m['floor_gflops']:.0f} GFLOP/s):", "",
+                  "| batch x m x k x n | GFLOP | " + " | ".join(GEMM_NAMES[k] for k in libs) + " |",
+                  "|---" * (2 + len(libs)) + "|"]
+        for i, shape in enumerate(g["shapes"]):
+            lines.append(f"| {' x '.join(map(str, shape))} | {num(g['shape_gflop'][i], 1)} | " + " | ".join(
+                f"{g['shape_gflop'][i] / g['shape_seconds'][k][i]:.0f}" for k in libs) + " |")
+        lines += [f"| all | {g['step_gflop']:.0f} | " + " | ".join(f"**{g['gemm_gflops'][k]:.0f}**" for k in libs)
+                  + " |", ""]
+        best = max(libs, key=lambda k: g["gemm_gflops"][k])
+        share = g["gemm_gflops"][best] / m["floor_gflops"]
+        reading.append(f"{isa}: the fastest here, {GEMM_NAMES[best]}, runs the step's products at "
+                       f"{g['gemm_gflops'][best]:.0f} GFLOP/s, {100 * share:.0f} % of the floor, so these products "
+                       f"alone take {1 / share:.2f}x the floor's time"
+                       + (f"; XLA {100 * g['gemm_gflops']['jax'] / m['floor_gflops']:.0f} %" if best != "jax" else "")
+                       + (f"; torch's bmm at {g['gemm_gflops']['torch'] / g['gemm_gflops']['jax']:.2f}x XLA's rate"
+                          if "torch" in libs else "") + ".")
+    return "\n".join(lines + reading) + "\n"
 
 
 def smollm2_speed(results_dir: Path) -> str:

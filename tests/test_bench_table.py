@@ -104,3 +104,21 @@ def test_the_mnist_breakdown_shows_each_isas_step_and_its_shares(tmp_path):
     assert "| 400 ms (250 GFLOP/s) | 500 ms (200 GFLOP/s) | 367 GFLOP/s |" in text
     assert "native: matrix products (at XLA's batched rate) 50 %, the noise 10 %, Adam over SGD 5 %, the rest" in text
     assert "35 %." in text
+
+
+def test_the_mnist_products_table_gives_each_librarys_rate_and_the_fastest_against_the_floor(tmp_path):
+    from harness.bench_table import mnist_gemms
+
+    assert "No idle run committed yet" in mnist_gemms(tmp_path)
+    gemms = {"seeds": 2, "step_gflop": 3.0, "shapes": [[2, 4, 4, 4], [2, 8, 8, 8]], "shape_gflop": [1.0, 2.0],
+             "shape_seconds": {"torch": [0.01, 0.01], "jax": [0.01, 0.02]},
+             "gemm_seconds": {"torch": 0.02, "jax": 0.03}, "gemm_gflops": {"torch": 150.0, "jax": 100.0}}
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "mnist_gemms.json").write_text(json.dumps(
+        {"by_isa": {"native": {"gemms": gemms, "floor_gflops": 200.0}}, "busy": False, "machine": MACHINE,
+         "versions": VERSIONS, "command": "cmd"}))
+    text = mnist_gemms(tmp_path)
+    assert "| batch x m x k x n | GFLOP | XLA | torch bmm |" in text  # libraries in a fixed order
+    assert "| 2 x 8 x 8 x 8 | 2.0 | 100 | 200 |" in text and "| all | 3 | **100** | **150** |" in text
+    assert ("native: the fastest here, torch bmm, runs the step's products at 150 GFLOP/s, 75 % of the floor, so "
+            "these products alone take 1.33x the floor's time; XLA 50 %; torch's bmm at 1.50x XLA's rate.") in text
