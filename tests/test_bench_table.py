@@ -111,6 +111,7 @@ def test_the_mnist_products_table_gives_each_librarys_rate_and_the_fastest_again
 
     assert "No idle run committed yet" in mnist_gemms(tmp_path)
     gemms = {"seeds": 2, "step_gflop": 3.0, "shapes": [[2, 4, 4, 4], [2, 8, 8, 8]], "shape_gflop": [1.0, 2.0],
+             "executed_over_floor_work": 0.9,
              "shape_seconds": {"torch": [0.01, 0.01], "jax": [0.01, 0.02]},
              "gemm_seconds": {"torch": 0.02, "jax": 0.03}, "gemm_gflops": {"torch": 150.0, "jax": 100.0}}
     (tmp_path / "benchmarks").mkdir()
@@ -120,5 +121,6 @@ def test_the_mnist_products_table_gives_each_librarys_rate_and_the_fastest_again
     text = mnist_gemms(tmp_path)
     assert "| batch x m x k x n | GFLOP | XLA | torch bmm |" in text  # libraries in a fixed order
     assert "| 2 x 8 x 8 x 8 | 2.0 | 100 | 200 |" in text and "| all | 3 | **100** | **150** |" in text
-    assert ("native: the fastest here, torch bmm, runs the step's products at 150 GFLOP/s, 75 % of the floor, so "
-            "these products alone take 1.33x the floor's time; XLA 50 %; torch's bmm at 1.50x XLA's rate.") in text
+    assert ("native: the fastest here, torch bmm, runs the step's products at 150 GFLOP/s, 75 % of the floor (XLA "
+            "50 %); torch's bmm at 1.50x XLA's rate. The run executes 90 % of the work the floor counts, so a run "
+            "whose every operation went at the fastest rate would take 1.20x the floor, at XLA's 1.80x") in text
