@@ -412,7 +412,7 @@ def main(argv=None) -> int:
           + ("  WARNING: machine busy (--force), timings unreliable" if busy else ""))
     if args.out:
         write_json(args.out, {
-            "by_isa": by_isa, "data": None if ds is None else ds.source, "official_script": {"commit": official_mnist.COMMIT,
+            "by_isa": by_isa, "data": None if ds is None else ds.source, "reads_images": ds is not None, "official_script": {"commit": official_mnist.COMMIT,
                                                                     "path": official_mnist.PATH} if args.official else None,
             "load_average": {"start": load_start, "end": load_end}, "busy": busy, "idle": idle,
             **provenance(command_line("python benchmarks/mnist_aux_speed.py"))})
