@@ -106,17 +106,20 @@ def test_logits_at_positions_are_the_full_pass_there(name):
     few reply tokens of each row): the full pass's logits there, row by row, with and without a cache; no
     positions gives no logits and the same cache."""
     model = case(name).ours
+    forward = nnx.jit(lambda m, x, cache=None, at=None: m.forward(x, None, cache, at=at))  # compiled, not op by op
     x = jnp.asarray(tokens(5, 2, 12))
     at = jnp.asarray([[0, 11, 4, 4], [7, 2, 2, 9]], jnp.int32)
-    full, _ = model.forward(x)
-    got, _ = model.forward(x, None, None, at=at)
+    full, _ = forward(model, x)
+    got, _ = forward(model, x, at=at)
     assert got.shape == (2, 4, full.shape[-1])
     assert rel_err(got, jnp.take_along_axis(full, at[..., None], axis=1)) <= 1e-5
-    none, cache = model.forward(x[:, :5], None, model.init_cache(2, 12), at=jnp.zeros((2, 0), jnp.int32))
-    _, ref_cache = model.forward(x[:, :5], None, model.init_cache(2, 12))
+    none, cache = forward(model, x[:, :5], model.init_cache(2, 12), at=jnp.zeros((2, 0), jnp.int32))
+    _, ref_cache = forward(model, x[:, :5], model.init_cache(2, 12))
     assert none.shape == (2, 0, full.shape[-1])
-    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(cache), jax.tree.leaves(ref_cache)))
-    rest, _ = model.forward(x[:, 5:], None, cache, at=at[:, :2] % 7)
+    # the same cache up to rounding (two compiled programs may fuse the K/V projections differently)
+    assert all(rel_err(a, b) <= 1e-5 if jnp.issubdtype(a.dtype, jnp.floating) else np.array_equal(a, b)
+               for a, b in zip(jax.tree.leaves(cache), jax.tree.leaves(ref_cache)))
+    rest, _ = forward(model, x[:, 5:], cache, at=at[:, :2] % 7)
     assert rel_err(rest, jnp.take_along_axis(full[:, 5:], (at[:, :2] % 7)[..., None], axis=1)) <= 1e-5
 
 
