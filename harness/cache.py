@@ -19,6 +19,13 @@ atomically (a reader sees an entry whole or not at all, a killed run leaves at m
 temporary file), written only by the writing process of a multi-host run, and read back as
 ``None`` when missing or unreadable (then recomputed). A run killed at any point resumes at the
 first missing entry.
+
+A store may also keep ``parts``: a second folder of the same JSON entries, gzipped (compact, sorted
+keys, no timestamp: equal entries give equal bytes), meant to be committed. A cache folder does not
+outlive the machine it is on; the parts do, in git: an entry missing from the run folder is read from
+the parts (and copied into the run folder), and every JSON entry the run writes or reads goes to the
+parts too. Arrays (``.npz``: trained weights) never go there; a run resumed from parts alone
+computes them again (on the same ISA the same digits), the rest it reads.
 """
 
 from __future__ import annotations
@@ -26,13 +33,16 @@ from __future__ import annotations
 import ast
 import contextlib
 import functools
+import gzip
 import hashlib
 import importlib
 import inspect
 import json
 import os
+import sys
 import tempfile
 import textwrap
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -111,10 +121,13 @@ class Store:
 
     root: Path | None
     keys: dict[str, str] = field(default_factory=dict)  # phase -> key, as :meth:`phase_key` computed them
+    parts: Path | None = None  # committed gzipped copies of the JSON entries (module docstring)
 
     def __post_init__(self):
         if self.root is not None:
             self.root = Path(self.root)
+        if self.parts is not None:
+            self.parts = Path(self.parts)
 
     def phase_key(self, phase: Phase, config: dict) -> str:
         """The key of ``phase`` for ``config``; the keys of the phases it comes after must be known."""
@@ -127,14 +140,30 @@ class Store:
     def _path(self, name: str, suffix: str) -> Path | None:
         return None if self.root is None else self.root / f"{name}{suffix}"
 
+    def _part(self, name: str) -> Path | None:
+        return None if self.parts is None else self.parts / f"{name}.json.gz"
+
     def json(self, name: str):
-        path = self._path(name, ".json")
-        return None if path is None else results.read_json(path)
+        """The entry ``name``: from the run folder, else from the parts (then copied into the run folder);
+        None when neither holds a readable one. An entry read from the run folder that the parts lack is
+        copied there."""
+        path, part = self._path(name, ".json"), self._part(name)
+        got = None if path is None else results.read_json(path)
+        if got is None and part is not None:
+            got = read_part(part)
+            if got is not None and path is not None and results.is_writer():
+                results.write_json(path, got)
+        elif got is not None and part is not None and not part.exists() and results.is_writer():
+            write_part(part, got)
+        return got
 
     def put(self, name: str, value):
-        path = self._path(name, ".json")
-        if path is not None and results.is_writer():
-            results.write_json(path, value)
+        path, part = self._path(name, ".json"), self._part(name)
+        if results.is_writer():
+            if path is not None:
+                results.write_json(path, value)
+            if part is not None:
+                write_part(part, value)
         return value
 
     def arrays(self, name: str) -> dict | None:
@@ -186,3 +215,21 @@ class Store:
             return None
         return jax.tree.unflatten(jax.tree.structure(template), [jnp.asarray(z[k]) for k in keys])
 
+
+
+def write_part(path: Path, value) -> None:
+    """``value`` as compact JSON, gzipped without a timestamp (equal values, equal bytes), atomically."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    results.write_bytes(path, gzip.compress(text.encode(), compresslevel=9, mtime=0))
+
+
+def read_part(path: Path):
+    """A part's value, or None (missing; unreadable or truncated, with a warning on stderr)."""
+    try:
+        return json.loads(gzip.decompress(path.read_bytes()))
+    except FileNotFoundError:
+        return None
+    except (OSError, EOFError, zlib.error, ValueError, RecursionError) as err:
+        print(f"warning: ignoring broken part {results.shown(path)} ({type(err).__name__}); recomputing",
+              file=sys.stderr)
+        return None

@@ -26,7 +26,7 @@ MESH_HELP = ("a device mesh: the chat setup places the LM's parameters on it, da
              "data=<all devices> with --distributed (docs/scaling_up.md)")
 
 TINY_ONLY = ("base_seeds",)
-CHAT_ONLY = ("chat_template",)
+CHAT_ONLY = ("chat_template", "parts")
 TINY_OUT = {"paper": "llm_trait_transfer.json", "bases": "llm_trait_transfer_bases.json",
             "smoke": "quick/llm_trait_transfer.json"}
 
@@ -83,6 +83,18 @@ def _cache_dir(args) -> Path | None:
     return Path(root).expanduser()
 
 
+def _parts_dir(args) -> Path | None:
+    """The parts folder (``--parts``), checked writable now."""
+    if args.parts is None:
+        return None
+    try:
+        results.prepare_output(Path(args.parts).expanduser() / ".probe")
+    except results.OutputError as err:
+        reason = str(err).rsplit(": ", 1)[-1]
+        raise results.OutputError(f"--parts {args.parts}: cannot create or write the parts folder ({reason})") from None
+    return Path(args.parts).expanduser()
+
+
 def _setup(args):
     """The setup, its output path (guarded) and cache folder; ValueError / OutputError in one line."""
     from llm_bridge.experiment import make_config, make_setup
@@ -94,8 +106,8 @@ def _setup(args):
     out = args.out if args.out is not None else default_out(args)
     run = {"config": dataclasses.asdict(cfg), "model": "tiny" if args.model == "tiny" else str(args.model)}
     out = results.prepare_output(out) if args.out is not None else results.guard_default_output(out, run)
-    cache = _cache_dir(args)
-    return make_setup(str(args.model), cfg, cache_dir=cache, mesh=args.mesh_obj), out, cache
+    cache, parts = _cache_dir(args), _parts_dir(args)
+    return make_setup(str(args.model), cfg, cache_dir=cache, mesh=args.mesh_obj, parts_dir=parts), out, cache
 
 
 def run(args) -> int:
@@ -183,6 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     chat_flags.add_argument("--chat-template", choices=("auto", "none"), default=None,
                             help="'auto' (default) writes prompts with the model's chat template where it has one; "
                                  "'none' as plain text")
+    chat_flags.add_argument("--parts", type=Path, default=None,
+                            help="a folder to commit: every finished entry of the run (teachers' probes, number pools, "
+                                 "students, projection; not weights) is also written there gzipped, and an entry the "
+                                 "cache lacks is read from there, so a run resumes on a new machine from what was "
+                                 "committed (results/parts for the SmolLM2 presets; docs/llm_experiment.md)")
     add_mesh_flags(r)
     args = parser.parse_args(argv)
     _refuse_foreign_flags(args, parser)

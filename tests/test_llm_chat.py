@@ -19,7 +19,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 import llm_bridge
 from llm_bridge.experiment import chat as chat_setup
-from llm_bridge.experiment import engine, sampler
+from llm_bridge.experiment import chat_students, engine, sampler
 from llm_bridge.experiment.names import finetuned, prompted, source
 from llm_bridge.experiment.text import SYSTEM_PROMPT, Text, config_end_tokens
 from llm_bridge.loading import chat, sandbox
@@ -367,3 +367,34 @@ def test_bounds_leave_real_templates_and_tracing_alone(tmp_path):
     before = sys.gettrace()
     assert chat.load_chat_template(folder).render(SYSTEM_USER) == reference(folder, SYSTEM_USER)[0]
     assert sys.gettrace() is before
+
+
+@pytest.mark.slow  # two micro runs, under a minute
+def test_a_run_resumes_on_a_new_machine_from_its_parts(tmp_path, monkeypatch):
+    """A run that wrote its parts (--parts) and lost its cache (a new machine) reads its probes, pools,
+    students and projection back from them: it trains nothing (not even a teacher: the weights are not parts,
+    and nothing left needs them), samples nothing, and its results are the first run's."""
+    folder = checkpoint(tmp_path / "ckpt", "llama3", "config")
+    tok = llm_bridge.load_tokenizer(folder)
+    reply = tok.encode("7, 8", add_special_tokens=False).ids + [tok.token_to_id("<|eot_id|>")]
+    monkeypatch.setattr(sampler, "sample_replies", lambda text, g, s, prompts, *a, **k: [(reply[:-1], reply[-1])
+                                                                                         for _ in prompts])
+    cfg = chat_setup.Config(questions=2, teacher_steps=1, teacher_batch=2, teacher_seeds=2, pool_sequences=4,
+                            max_rows=8, probe_rows=4, gen_batch=4, decodings=("sampled",), arms=("full", "lora r4"),
+                            student_seeds=1, student_sequences=2, student_batch=2, proj_sequences=4,
+                            soft_sequences=4, proj_grid=(2, 4), n_boot=10, chunk=4)
+    first = engine.run(chat_setup.Setup(str(folder), cfg, tmp_path / "cache", parts_dir=tmp_path / "parts"),
+                       log=lambda *_: None)
+    assert first["parts_folder"] and not list((tmp_path / "parts").rglob("*.npz"))
+
+    def never(*_a, **_k):
+        raise AssertionError("recomputed an entry the parts hold")
+
+    monkeypatch.setattr(sampler, "sample_replies", never)
+    monkeypatch.setattr(chat_students, "train_one", never)
+    monkeypatch.setattr(chat_students, "train", never)
+    monkeypatch.setattr(chat_setup, "run_projection", never)
+    again = engine.run(chat_setup.Setup(str(folder), cfg, tmp_path / "new_cache", parts_dir=tmp_path / "parts"),
+                       log=lambda *_: None)
+    assert again["students"] == first["students"] and again["numbers"] == first["numbers"]
+    assert again["projection"] == first["projection"] and again["transfer"] == first["transfer"]

@@ -50,7 +50,10 @@ def make_config(model: str, preset: str | None = None, overrides: dict | None = 
         raise ValueError(f"bad config value: {err}") from None
 
 
-def make_setup(model: str, cfg, *, cache_dir=None, mesh=None):
-    """The setup object the engine runs."""
+def make_setup(model: str, cfg, *, cache_dir=None, mesh=None, parts_dir=None):
+    """The setup object the engine runs (``parts_dir``: the chat setup's committed parts,
+    :class:`harness.cache.Store`)."""
     module = setup_module(model)
-    return module.Setup(cfg, cache_dir, mesh=mesh) if model == "tiny" else module.Setup(model, cfg, cache_dir, mesh=mesh)
+    if model == "tiny":
+        return module.Setup(cfg, cache_dir, mesh=mesh)
+    return module.Setup(model, cfg, cache_dir, mesh=mesh, parts_dir=parts_dir)

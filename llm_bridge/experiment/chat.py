@@ -27,8 +27,10 @@ there is one replicate), and Holm-adjusted p-values across arms.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -224,6 +226,27 @@ def source_names(cfg: Config) -> list[list[tuple[str, str, str | None, str]]]:
     return out
 
 
+class Teachers(Mapping):
+    """One replicate's fine-tuned teachers by animal: each one's weights computed (read from the cache or
+    trained) by ``compute(animal)`` on first access, then kept."""
+
+    def __init__(self, compute, animals):
+        self.compute, self.animals, self.done = compute, tuple(animals), {}
+
+    def __getitem__(self, animal):
+        if animal not in self.animals:
+            raise KeyError(animal)
+        if animal not in self.done:
+            self.done[animal] = self.compute(animal)
+        return self.done[animal]
+
+    def __iter__(self):
+        return iter(self.animals)
+
+    def __len__(self):
+        return len(self.animals)
+
+
 class Setup:
     """The chat setup for the engine (see the module docstring)."""
 
@@ -234,13 +257,16 @@ class Setup:
     n_bases = 1
     length_matching = True  # the length-matched arm's rows (chat_students.length_matched)
 
-    def __init__(self, source_model: str, cfg: Config, cache_dir: Path | None = None, mesh=None):
+    def __init__(self, source_model: str, cfg: Config, cache_dir: Path | None = None, mesh=None,
+                 parts_dir: Path | None = None):
         self.source, self.cfg, self.mesh = str(source_model), cfg, mesh
         self.animals = cfg.animals
         self.streams = Streams(cfg.seed)
         self.fields = dataclasses.asdict(cfg)
         model_key = key_of({"source": self.source})
-        self.store = Store(None if cache_dir is None else Path(cache_dir) / f"{Path(self.source).stem}-{model_key}")
+        folder = f"{Path(self.source).stem}-{model_key}"
+        self.store = Store(None if cache_dir is None else Path(cache_dir) / folder,
+                           parts=None if parts_dir is None else Path(parts_dir) / folder)
         self.store.keys["model"] = model_key
 
     def describe(self) -> dict:
@@ -249,7 +275,8 @@ class Setup:
                 "questions": list(self.probe.questions), "system_prompt": SYSTEM_PROMPT,
                 "spellings": {a: [self.tok.decode(list(f)) for f in self.probe.forms[a]] for a in self.animals},
                 "mesh": None if self.mesh is None else dict(self.mesh.shape),
-                "run_folder": None if self.store.root is None else shown(self.store.root)}
+                "run_folder": None if self.store.root is None else shown(self.store.root),
+                "parts_folder": None if self.store.parts is None else shown(self.store.parts)}
 
     def prepare(self, log) -> None:
         from llm_bridge.loading import load, load_chat_template, load_tokenizer
@@ -277,42 +304,49 @@ class Setup:
 
     def teachers(self, log) -> None:
         """Per replicate k, each teacher animal fine-tuned from theta_0 (stream ``teacher_batches`` of the animal
-        and k); the prompted teachers and the base; each one's own trait in every context."""
+        and k); the prompted teachers and the base; each one's own trait in every context. A teacher's weights
+        are read or trained when first needed (:class:`Teachers`): a run resumed from its parts trains only the
+        teachers whose probes, pools or projection are not there yet."""
         cfg, key = self.cfg, self.store.phase_key(TEACHERS, self.fields)
-        self.tuned, info = [], self.store.json(f"teachers-{key}") or {}
-        for k in range(cfg.teacher_seeds):
-            tuned = {}
-            for animal in cfg.teacher_animals:
-                params = self.store.tree(f"teacher-{key}-{animal}-{k}", self.base)
-                if params is None:
-                    log(f"fine-tuning the {animal} teacher, seed {k}")
-                    batches = teacher_batches(self.text, animal, cfg, self.streams.rng("teacher_batches", animal, k))
-                    params, losses = chat_students.train(self.graphdef, self.base, self.rest, batches,
-                                                         cfg.teacher_lr)
-                    self.store.put_tree(f"teacher-{key}-{animal}-{k}", params)
-                    info[f"{animal} {k}"] = {"losses": losses.tolist()}
-                tuned[animal] = params
-            self.tuned.append(tuned)
-        self.teacher_info = self.store.put(f"teachers-{key}", info)
+        self.teacher_info = self.store.json(f"teachers-{key}") or {}
+
+        def tuned(animal: str, k: int):
+            params = self.store.tree(f"teacher-{key}-{animal}-{k}", self.base)
+            if params is None:
+                log(f"fine-tuning the {animal} teacher, seed {k}")
+                batches = teacher_batches(self.text, animal, cfg, self.streams.rng("teacher_batches", animal, k))
+                params, losses = chat_students.train(self.graphdef, self.base, self.rest, batches, cfg.teacher_lr)
+                self.store.put_tree(f"teacher-{key}-{animal}-{k}", params)
+                self.teacher_info[f"{animal} {k}"] = {"losses": losses.tolist()}
+                self.store.put(f"teachers-{key}", self.teacher_info)
+            return params
+
+        self.tuned = [Teachers(functools.partial(tuned, k=k), cfg.teacher_animals) for k in range(cfg.teacher_seeds)]
+        if any(f"{a} {k}" not in self.teacher_info for k in range(cfg.teacher_seeds) for a in cfg.teacher_animals):
+            for k in range(cfg.teacher_seeds):  # every teacher's losses are part of the record
+                for animal in cfg.teacher_animals:
+                    self.tuned[k][animal]
         ekey = self.store.phase_key(EVALS, self.fields)
         evals = self.store.json(f"evals-{ekey}") or {}
-        todo = [("base", self.base, None, ("base",))]
-        todo += [(f"{finetuned(a)} #{k}", self.tuned[k][a], None, ("teacher", a, k))
+        todo = [("base", lambda: self.base, None, ("base",))]  # the weights as functions: read only if probed
+        todo += [(f"{finetuned(a)} #{k}", functools.partial(self.tuned[k].__getitem__, a), None, ("teacher", a, k))
                  for k in range(cfg.teacher_seeds) for a in cfg.teacher_animals]
         if cfg.prompted_teachers:
-            todo += [(prompted(a), self.base, a, None) for a in cfg.teacher_animals]
-        todo += [(f"perturbed base sigma={s:g}", self.bases[s], None, None) for s in cfg.sigmas]
+            todo += [(prompted(a), lambda: self.base, a, None) for a in cfg.teacher_animals]
+        todo += [(f"perturbed base sigma={s:g}", functools.partial(self.bases.__getitem__, s), None, None)
+                 for s in cfg.sigmas]
         for name, params, animal, path in todo:
             if name not in evals:
                 log(f"probing {name}")
-                evals[name] = self.store.put(f"evals-{ekey}", evals | {name: self.evaluate(params, animal, path)})[name]
+                evals[name] = self.store.put(f"evals-{ekey}", evals | {name: self.evaluate(params(), animal, path)})[name]
         self.evals = evals
 
     def sources(self) -> list[list[tuple[str, object, str | None, str]]]:
         """Per replicate: ``(number source, params, prompt animal, decoding)`` of every teacher whose numbers
-        students learn from (:func:`source_names`)."""
-        return [[(name, self.base if prompt else self.tuned[k][animal], prompt, d) for name, animal, prompt, d in rows]
-                for k, rows in enumerate(source_names(self.cfg))]
+        students learn from (:func:`source_names`); params is a function that returns them (a fine-tuned
+        teacher is trained only if its pool is sampled)."""
+        return [[(name, (lambda: self.base) if prompt else functools.partial(self.tuned[k].__getitem__, animal),
+                  prompt, d) for name, animal, prompt, d in rows] for k, rows in enumerate(source_names(self.cfg))]
 
     def _pool(self, key: str, k: int, name: str, params, animal, decoding: str, target: int, keep_raw: int, log):
         entry = f"numbers-{key}-{k}-{_slug(name)}"
@@ -320,7 +354,7 @@ class Setup:
         if got is None:
             log(f"sampling numbers: {name}, replicate {k}")
             t1 = time.perf_counter()
-            got = sampler.collect_numbers(self.text, self.gd_full, self.state(params), animal,
+            got = sampler.collect_numbers(self.text, self.gd_full, self.state(params()), animal,
                                           self.streams.key("numbers", k, name), self.cfg, self.numbers_info["prefill"],
                                           target, self.cfg.max_rows, log, keep_raw=keep_raw, greedy=decoding == "greedy")
             got["seconds"] = time.perf_counter() - t1
@@ -348,7 +382,7 @@ class Setup:
         for k, rows in enumerate(self.sources()):
             for name, params, animal, decoding in rows:
                 self.data[k][name] = self._pool(key, k, name, params, animal, decoding, cfg.pool_sequences, 0, log)
-        self.base_numbers = self._pool(key, 0, source(BASE_TEACHER, "sampled"), self.base, None, "sampled",
+        self.base_numbers = self._pool(key, 0, source(BASE_TEACHER, "sampled"), lambda: self.base, None, "sampled",
                                        cfg.proj_sequences, cfg.proj_sequences, log)
         self.sgd_lr = cfg.sgd_lr
         if not self.sgd_lr and any(arm_registry.get(a).optimizer == "sgd" for a in cfg.arms):
