@@ -58,3 +58,10 @@ def test_the_sgd_calibration_costs_at_most_eight_students_however_large_the_pool
     no_sgd = sizing.cost(dataclasses.replace(chat.standard(), arms=("full", "lora r4", "lora r64")), pilot)
     per = small["student_minutes"] / 60
     assert small["student_hours"] - no_sgd["student_hours"] * 4 / 3 == pytest.approx(8 * per)
+
+
+def test_gpu_hours_are_the_cpu_hours_at_the_ratio_of_the_rates(pilot):
+    row = sizing.cost(chat.paper(), pilot)
+    cpu = row["student_hours"] + row["sampling_hours"]
+    assert sizing.gpu_hours(row, 200.0, gpu_tflops=100.0) == pytest.approx(cpu * 0.002)
+    assert sizing.gpu_hours(row, 200.0, gpu_tflops=50.0) == pytest.approx(2 * sizing.gpu_hours(row, 200.0, 100.0))

@@ -359,10 +359,11 @@ def smollm2_pilot(results_dir: Path) -> str:
                 "between student seeds (chat context): "
                 + "; ".join(f"{row['arm']} {row['decoding']} {num(row['delta']['std'], 2)}" for row in chat_rows)
                 + ". Phases of the run that wrote the file (s; a phase read back from the run folder counts ~0): " + ", ".join(f"{k} {v:.0f}" for k, v in r["phase_seconds"].items()) + "."]
-    return "\n".join(out + [""] + _preset_costs(r, max(row["delta"]["std"] for row in chat_rows)))
+    return "\n".join(out + [""] + _preset_costs(r, max(row["delta"]["std"] for row in chat_rows),
+                                             _load(results_dir, "benchmarks/student_step_rows")))
 
 
-def _preset_costs(pilot: dict, sd: float) -> list[str]:
+def _preset_costs(pilot: dict, sd: float, step: dict | None = None) -> list[str]:
     """Each preset's students, estimated hours at the pilot's costs and detectable effect (sizing.py)."""
     from llm_bridge.experiment import chat, sizing
 
@@ -377,4 +378,13 @@ def _preset_costs(pilot: dict, sd: float) -> list[str]:
     for row in rows:
         out.append(f"| `{row['preset']}` | {row['students']} | {row['outer_units']} | {num(row['student_hours'], 1)} | "
                    f"{num(row['sampling_hours'], 1)} | {num(row['detect'], 2)} | {num(row['detect_holm'], 2)} |")
+    paper = next((row for row in rows if row["preset"] == "paper"), None)
+    if paper is not None and step is not None:
+        rate = step["results"]["full"]["gflops_achieved"]
+        out += ["", f"On one GPU (estimated, not measured: none was lent): the `paper` preset's "
+                    f"{num(paper['student_hours'] + paper['sampling_hours'], 0)} CPU hours of students and sampling (the table's estimate) are work done "
+                    f"at {num(rate, 0)} GFLOP/s (the full student step's rate on this CPU, "
+                    "`results/benchmarks/student_step_rows.json`); the same work at an assumed sustained "
+                    f"{num(sizing.GPU_TFLOPS, 0)} TFLOP/s (`sizing.GPU_TFLOPS`, a fifth of an H100's dense TF32 peak) "
+                    f"takes about {num(sizing.gpu_hours(paper, rate), 1)} hours, teachers and projection left out."]
     return out

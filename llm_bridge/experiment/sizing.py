@@ -82,6 +82,20 @@ def cost(cfg, pilot: dict) -> dict:
             "outer_units": outer_units(cfg)}
 
 
+# One GPU's sustained rate on these programs, ASSUMED (no GPU was lent to measure it): a fifth of an H100's
+# dense TF32 tensor-core peak (~495 TFLOP/s; XLA runs float32 products as TF32 on it by default). A
+# 135M-parameter model's products are small, so a fifth is a modest guess, not a measurement.
+GPU_TFLOPS = 100.0
+
+
+def gpu_hours(row: dict, cpu_gflops: float, gpu_tflops: float = GPU_TFLOPS) -> float:
+    """A preset's hours on one GPU, estimated from its CPU hours (students and sampling, :func:`cost`): the
+    same floating-point work at ``gpu_tflops`` instead of ``cpu_gflops``, the CPU's measured rate on the
+    student step. Decoding and small batches run below that rate on either device, so the ratio carries
+    over only roughly; with CPU hours measured on a shared machine it errs on the long side."""
+    return (row["student_hours"] + row["sampling_hours"]) * cpu_gflops / (gpu_tflops * 1e3)
+
+
 def unit_sd(cfg, sd: float) -> float:
     """The SD of an outer unit when student seeds have SD ``sd`` and teachers do not vary (a lower bound):
     a replicate's mean over its student seeds, or one student seed when there is one replicate."""
