@@ -43,6 +43,7 @@ import sys
 import tempfile
 import textwrap
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -215,6 +216,27 @@ class Store:
             return None
         return jax.tree.unflatten(jax.tree.structure(template), [jnp.asarray(z[k]) for k in keys])
 
+
+
+class Lazy(Mapping):
+    """A mapping over ``keys`` whose values are computed by ``compute(key)`` on first access, then kept
+    (e.g. a replicate's teachers: their weights read from the cache or trained only when needed)."""
+
+    def __init__(self, compute, keys):
+        self.compute, self.names, self.done = compute, tuple(keys), {}
+
+    def __getitem__(self, key):
+        if key not in self.names:
+            raise KeyError(key)
+        if key not in self.done:
+            self.done[key] = self.compute(key)
+        return self.done[key]
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __len__(self):
+        return len(self.names)
 
 
 def write_part(path: Path, value) -> None:

@@ -155,7 +155,8 @@ def add_mesh_flags(parser) -> None:
     mesh.add_arguments(parser, mesh_help=MESH_HELP)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The command line's parser and its ``run`` subcommand's."""
     parser = argparse.ArgumentParser(prog="python -m llm_bridge", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -201,6 +202,11 @@ def main(argv: list[str] | None = None) -> int:
                                  "cache lacks is read from there, so a run resumes on a new machine from what was "
                                  "committed (results/parts for the SmolLM2 presets; docs/llm_experiment.md)")
     add_mesh_flags(r)
+    return parser, r
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, _ = _parser()
     args = parser.parse_args(argv)
     _refuse_foreign_flags(args, parser)
     from llm_bridge.loading import sharding  # JAX starts here, after the arguments parse

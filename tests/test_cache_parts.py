@@ -64,3 +64,14 @@ def test_cli_parts_flag(tmp_path, monkeypatch):
     assert main(["run", "--model", str(tmp_path), "--out", str(tmp_path / "o.json"),
                  "--cache-dir", str(tmp_path / "c"), "--parts", str(tmp_path / "p")]) == 0
     assert got[0].parts.parent == tmp_path / "p" and got[0].root.name == got[0].parts.name
+
+
+def test_lazy_values_are_computed_once_and_only_when_asked():
+    from harness.cache import Lazy
+
+    calls = []
+    teachers = Lazy(lambda a: calls.append(a) or a.upper(), ("owl", "dog"))
+    assert list(teachers) == ["owl", "dog"] and len(teachers) == 2 and calls == []
+    assert teachers["dog"] == "DOG" and teachers["dog"] == "DOG" and calls == ["dog"]
+    with pytest.raises(KeyError):
+        teachers["cat"]

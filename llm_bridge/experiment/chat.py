@@ -30,7 +30,6 @@ import dataclasses
 import functools
 import re
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +37,7 @@ import numpy as np
 from flax import nnx
 
 import theory
-from harness.cache import Phase, Store, key_of
+from harness.cache import Lazy, Phase, Store, key_of
 from harness.results import shown
 from llm_bridge.experiment import arms as arm_registry
 from llm_bridge.experiment import chat_students, chat_tables, sampler
@@ -226,27 +225,6 @@ def source_names(cfg: Config) -> list[list[tuple[str, str, str | None, str]]]:
     return out
 
 
-class Teachers(Mapping):
-    """One replicate's fine-tuned teachers by animal: each one's weights computed (read from the cache or
-    trained) by ``compute(animal)`` on first access, then kept."""
-
-    def __init__(self, compute, animals):
-        self.compute, self.animals, self.done = compute, tuple(animals), {}
-
-    def __getitem__(self, animal):
-        if animal not in self.animals:
-            raise KeyError(animal)
-        if animal not in self.done:
-            self.done[animal] = self.compute(animal)
-        return self.done[animal]
-
-    def __iter__(self):
-        return iter(self.animals)
-
-    def __len__(self):
-        return len(self.animals)
-
-
 class Setup:
     """The chat setup for the engine (see the module docstring)."""
 
@@ -305,7 +283,7 @@ class Setup:
     def teachers(self, log) -> None:
         """Per replicate k, each teacher animal fine-tuned from theta_0 (stream ``teacher_batches`` of the animal
         and k); the prompted teachers and the base; each one's own trait in every context. A teacher's weights
-        are read or trained when first needed (:class:`Teachers`): a run resumed from its parts trains only the
+        are read or trained when first needed (:class:`harness.cache.Lazy`): a run resumed from its parts trains only the
         teachers whose probes, pools or projection are not there yet."""
         cfg, key = self.cfg, self.store.phase_key(TEACHERS, self.fields)
         self.teacher_info = self.store.json(f"teachers-{key}") or {}
@@ -321,7 +299,7 @@ class Setup:
                 self.store.put(f"teachers-{key}", self.teacher_info)
             return params
 
-        self.tuned = [Teachers(functools.partial(tuned, k=k), cfg.teacher_animals) for k in range(cfg.teacher_seeds)]
+        self.tuned = [Lazy(functools.partial(tuned, k=k), cfg.teacher_animals) for k in range(cfg.teacher_seeds)]
         if any(f"{a} {k}" not in self.teacher_info for k in range(cfg.teacher_seeds) for a in cfg.teacher_animals):
             for k in range(cfg.teacher_seeds):  # every teacher's losses are part of the record
                 for animal in cfg.teacher_animals:
