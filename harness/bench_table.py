@@ -28,6 +28,9 @@ COMMANDS = {
                                    "MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 OPENBLAS_CORETYPE=Haswell "
                                    "python benchmarks/student_step.py --prefix 16 --seq 160 --targets 8 "
                                    "--out results/benchmarks/student_step_rows_avx2.json",
+    "student_step_rows_native_avx2.json": "python benchmarks/student_step.py --prefix 16 --seq 160 --targets 8 "
+                                          "--out results/benchmarks/student_step_rows_native_avx2.json "
+                                          "(on a CPU without AVX-512)",
 }
 
 
@@ -117,6 +120,8 @@ ROWS = (
     ("SmolLM2 student step, full and LoRA", "student_step_smollm2.json", _student_step),
     ("SmolLM2 student step on the study's rows", "student_step_rows.json", _student_step),
     ("SmolLM2 student step on the study's rows, every library capped at AVX2", "student_step_rows_avx2.json",
+     _student_step),
+    ("SmolLM2 student step on the study's rows, a CPU with AVX2 and no AVX-512", "student_step_rows_native_avx2.json",
      _student_step),
     ("MNIST paper preset, seconds per seed", "mnist_aux_speed.json", _mnist),
 )
