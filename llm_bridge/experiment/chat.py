@@ -123,7 +123,7 @@ class Config:
 
 def smoke() -> Config:
     """Every phase on the real model at the smallest sizes: the slow test's preset (``--preset smoke``; its
-    test file 381 s on 2 idle cores at 2e9f228, 473 s at 4c419f1 - the projection phase 160 s there, 70 s
+    test file 381 s on 2 idle cores at 2e9f228 (817 s at b876b0d on an idle 2-core AMD EPYC without AVX-512), 473 s at 4c419f1 - the projection phase 160 s there, 70 s
     with one jvp for both reductions, 62 s with the head at the targets only -, 19 min in a CI run before
     4c419f1). The issue's 5 minutes are not reached: what is left is the students (160 s, about a third
     compiling the full and LoRA programs and the LoRA student's probe) and sampling (110 s, a quarter
