@@ -217,7 +217,6 @@ class Store:
         return jax.tree.unflatten(jax.tree.structure(template), [jnp.asarray(z[k]) for k in keys])
 
 
-
 class Lazy(Mapping):
     """A mapping over ``keys`` whose values are computed by ``compute(key)`` on first access, then kept
     (e.g. a replicate's teachers: their weights read from the cache or trained only when needed)."""

@@ -122,8 +122,9 @@ def run(args) -> int:
     try:
         out = engine.run(setup)
     except KeyboardInterrupt:
-        kept = "nothing is kept (--no-cache)" if cache is None else \
-            f"finished phases are kept under {results.shown(cache)}: the same command continues from them"
+        where = [results.shown(p) for p in (cache, getattr(args, "parts", None)) if p is not None]
+        kept = "nothing is kept (--no-cache)" if not where else \
+            f"finished phases are kept under {' and '.join(where)}: the same command continues from them"
         print(f"interrupted: {kept}", file=sys.stderr)
         return 130
     except (OSError, ValueError, KeyError) as err:
@@ -155,8 +156,8 @@ def add_mesh_flags(parser) -> None:
     mesh.add_arguments(parser, mesh_help=MESH_HELP)
 
 
-def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
-    """The command line's parser and its ``run`` subcommand's."""
+def _parser() -> argparse.ArgumentParser:
+    """The command line's parser (its subcommand ``run`` and that one's flags)."""
     parser = argparse.ArgumentParser(prog="python -m llm_bridge", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -202,11 +203,11 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
                                  "cache lacks is read from there, so a run resumes on a new machine from what was "
                                  "committed (results/parts for the SmolLM2 presets; docs/llm_experiment.md)")
     add_mesh_flags(r)
-    return parser, r
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser, _ = _parser()
+    parser = _parser()
     args = parser.parse_args(argv)
     _refuse_foreign_flags(args, parser)
     from llm_bridge.loading import sharding  # JAX starts here, after the arguments parse

@@ -75,3 +75,18 @@ def test_lazy_values_are_computed_once_and_only_when_asked():
     assert teachers["dog"] == "DOG" and teachers["dog"] == "DOG" and calls == ["dog"]
     with pytest.raises(KeyError):
         teachers["cat"]
+
+
+def test_an_interrupted_run_names_its_parts(tmp_path, monkeypatch, capsys):
+    from llm_bridge.__main__ import main
+    from llm_bridge.experiment import engine
+
+    def interrupted(*_a, **_k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "run", interrupted)
+    assert main(["run", "--model", str(tmp_path), "--out", str(tmp_path / "o.json"), "--no-cache",
+                 "--parts", str(tmp_path / "p")]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("interrupted: finished phases are kept under") and str(tmp_path / "p") in err
+    assert "\n" not in err
