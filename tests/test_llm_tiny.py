@@ -332,11 +332,14 @@ def test_the_smoke_preset_over_two_processes_gives_the_same_summary(smoke_run, s
     assert "llm_bridge run:" in outs[0][0] and "llm_bridge run:" not in outs[1][0]  # only process 0 writes
     two = json.loads(out.read_text())
     assert two["mesh"] == {"data": 2, "model": 1} and two["summary"] == smoke_run["summary"]
-    # hard-label students agree to float32 rounding; the soft-label control (the base as its own teacher) is
-    # left out: its gradient is zero up to rounding, which Adam's normalisation turns into steps, so another
+    # hard-label students agree up to float32 rounding amplified by their Adam steps (another summation order:
+    # on an idle AVX2 EPYC the largest difference was 6e-5 nats, the median 3e-7, on margins up to 0.92; 1e-5
+    # held on the AVX-512 Xeon only), far below the 0.1-nat effects the study reads; a student swapped, lost
+    # or trained on other rows differs by tenths. The soft-label control (the base as its own teacher) is left
+    # out: its gradient is zero up to rounding, which Adam's normalisation turns into steps, so another
     # summation order gives another (equally null) student
     hard = lambda r: [s["margins"]["tiny"] for s in r["students"] if s["arm"] != "soft"]
-    np.testing.assert_allclose(hard(two), hard(smoke_run), atol=1e-5)
+    np.testing.assert_allclose(hard(two), hard(smoke_run), atol=1e-3)
 
 
 def agree(ours: dict, theirs: dict) -> list[str]:
