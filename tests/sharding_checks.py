@@ -234,10 +234,14 @@ def pipelines() -> dict:
             one, losses_one, _ = trained_logits(ref)
             sharded, losses_sharded, big = trained_logits(placed)
             with jax.enable_x64(True):
-                exact, _, _ = trained_logits(llm_bridge.load(folder, dtype=jnp.float64))
+                model64 = llm_bridge.load(folder, dtype=jnp.float64)
+                exact, _, _ = trained_logits(model64)
+                f64, p64 = llm_bridge.pure(model64)
+                untrained = np.asarray(jax.jit(f64)(p64, jnp.asarray(fresh)))
             r.update(train_loss_rel_err=rel_err(losses_sharded, losses_one),
                      trained_logits_rel_err=rel_err(sharded, one), trained_logits_f32_vs_f64=rel_err(one, exact),
                      trained_logits_sharded_vs_f64=rel_err(sharded, exact),
+                     trained_logits_change_f64=rel_err(exact, untrained[None]),
                      train_params_stay_sharded=not big.is_fully_replicated)
             moved = sharding.place(ref, mesh)
             r["place_matches_load"] = all(

