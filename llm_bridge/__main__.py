@@ -169,7 +169,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="tiny setup: 'paper' (default: 5 bases, about 10 minutes on 2 CPU cores), 'bases' (15 bases, "
                         "about 30 minutes), 'smoke' (the tests', about 2 minutes); chat setup: 'standard' (default: "
                         "the factor study's core contrasts), 'full' (the whole design), 'pilot' (the measurements "
-                        "that size them), 'smoke' (the slow tests': about 6 minutes on 2 idle cores), 'paper' (sized for a GPU); "
+                        "that size them), 'smoke' (the slow tests': 6 to 14 minutes on 2 idle cores, by CPU), 'paper' (sized for a GPU); "
                         "docs/llm_experiment.md has the measured times")
     r.add_argument("--out", type=Path, default=None,
                    help="results JSON path (default RESULTS_DIR/llm_trait_transfer.json, ..._bases.json for the bases "

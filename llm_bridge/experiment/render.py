@@ -22,6 +22,14 @@ def verdict(summary: dict) -> str:
     return "CI above 0" if lo > 0 else "CI below 0" if hi < 0 else "CI covers 0"
 
 
+def isa_label(r: dict) -> str:
+    """The vector ISA a results file was computed under: XLA's cap if one was set, else the CPU's widest."""
+    isa = r["provenance"]["machine"].get("isa", {})
+    if isa.get("xla_cpu_max_isa"):
+        return isa["xla_cpu_max_isa"]
+    return "AVX-512" if isa.get("avx512f") else "AVX2" if isa.get("avx2") else "native"
+
+
 def _tiny_rows(r: dict, stem: str, command: str) -> list[str]:
     n = len(r["config"]["base_seeds"])
     owl, dog = r["config"]["animals"]
@@ -31,8 +39,7 @@ def _tiny_rows(r: dict, stem: str, command: str) -> list[str]:
     delta = lambda arm: t[arm][f"{owl} - {dog} (fine-tuned)"]["tiny"][f"delta_margins_{owl}"]
     arms = [a for a in ("full", "cross-model", "soft") if a in t]
     per = lambda s: f"positive on {sum(v > 0 for v in s['per_outer'])}/{len(s['per_outer'])} bases"
-    isa = r["provenance"]["machine"].get("isa", {})
-    where = "AVX" if isa.get("xla_cpu_max_isa") == "AVX" else "native ISA"
+    where = isa_label(r)
     return [
         f"| tiny LMs, {n} pretrained bases ({where}): Theorem 1 projection z of the shared-init student's step on "
         f"the owl teacher's update / cross-model / base-number control | **{ci(zs, 1)}** (lowest base "
@@ -48,7 +55,8 @@ def readme_rows(results_dir: Path) -> str:
     out = []
     for stem, command in (("llm_trait_transfer_bases", "`python -m llm_bridge run --model tiny --preset bases`"),
                           ("llm_trait_transfer_bases_avx", "`XLA_FLAGS=--xla_cpu_max_isa=AVX python -m llm_bridge run "
-                                                           "--model tiny --preset bases --out ...`")):
+                                                           "--model tiny --preset bases --out ...`"),
+                          ("llm_trait_transfer_bases_avx2", "the same on a CPU without AVX-512 (`--out ...`)")):
         r = _load(results_dir, stem)
         if r is not None:
             out += _tiny_rows(r, stem, command)
@@ -82,23 +90,26 @@ def _smollm2_isa_check(results_dir: Path, primary: list[dict], where: str) -> st
 def readme_summary(results_dir: Path) -> str:
     """The README's sentences on the LM results: what the intervals show, and on which CPUs."""
     out = []
-    native, avx = _load(results_dir, "llm_trait_transfer_bases"), _load(results_dir, "llm_trait_transfer_bases_avx")
+    native = _load(results_dir, "llm_trait_transfer_bases")
+    others = [r for r in (_load(results_dir, stem) for stem in OTHER_ISA_BASES) if r is not None]
     five = _load(results_dir, "llm_trait_transfer")
     if native is not None:
         owl, dog = native["config"]["animals"]
         key = f"{owl} - {dog} (fine-tuned)"
         arms = [a for a in ("full", "cross-model", "soft") if a in native["transfer"]]
-        agree = avx is not None and all(
+        agree = bool(others) and all(
             verdict(native["transfer"][a][key]["tiny"][f"delta_margins_{owl}"])
-            == verdict(avx["transfer"][a][key]["tiny"][f"delta_margins_{owl}"]) for a in arms)
+            == verdict(r["transfer"][a][key]["tiny"][f"delta_margins_{owl}"]) for a in arms for r in others)
+        how = lambda r: (f"{isa_label(r)} (`XLA_FLAGS=--xla_cpu_max_isa={isa_label(r)}`)"
+                         if r["provenance"]["machine"]["isa"].get("xla_cpu_max_isa") else f"{isa_label(r)} (natively)")
         out.append(
             f"On the tiny LMs ({len(native['config']['base_seeds'])} pretrained bases), Theorem 1's first-step projection "
             "is positive on every base; trait transfer through numbers: " + "; ".join(
                 f"{a} {verdict(native['transfer'][a][key]['tiny'][f'delta_margins_{owl}'])}" for a in arms) + "."
-            + (" A run under another vector ISA (`XLA_FLAGS=--xla_cpu_max_isa=AVX`, no FMA) reaches the same verdict "
-               "on every arm." if agree else " Runs under another vector ISA differ in verdict on some arm: see "
-               "docs/llm_experiment.md." if avx is not None else " These verdicts are not yet confirmed by a run "
-               "under another vector ISA (`XLA_FLAGS=--xla_cpu_max_isa=AVX`), which a published verdict needs."))
+            + (f" Measured on {isa_label(native)}; runs under {' and '.join(map(how, others))} reach the same verdict on every arm." if agree
+               else " Runs under another vector ISA differ in verdict on some arm: see docs/llm_experiment.md."
+               if others else " These verdicts are not yet confirmed by a run under another vector ISA "
+               "(`XLA_FLAGS=--xla_cpu_max_isa=AVX`), which a published verdict needs."))
     if five is not None:
         out.append("The default 5-base run (`python -m llm_bridge run --model tiny`, about 10 minutes) is a quick "
                    "check: its digits depend on the CPU's vector ISA (pretraining's chaos amplifies float32 rounding), "
@@ -118,7 +129,9 @@ def readme_summary(results_dir: Path) -> str:
 
 
 TINY_RUNS = (("llm_trait_transfer", "5 bases (default)"), ("llm_trait_transfer_bases", "15 bases"),
-             ("llm_trait_transfer_bases_avx", "15 bases, AVX"))
+             ("llm_trait_transfer_bases_avx", "15 bases, AVX"), ("llm_trait_transfer_bases_avx2", "15 bases, AVX2"))
+# the 15-base preset rerun under the vector ISAs other than the committed native run's (AVX-512)
+OTHER_ISA_BASES = ("llm_trait_transfer_bases_avx", "llm_trait_transfer_bases_avx2")
 
 
 def _tiny_cells(r: dict) -> dict:
@@ -148,7 +161,7 @@ def _tiny_cells(r: dict) -> dict:
         "projection z, control (base numbers)": z(owl, names.P_CONTROL),
         "projection z, cross-model": z(owl, names.P_CROSS),
         "soft-label inner product, owl teacher": "-" if soft is None else signed_ci(soft, 3),
-        "CPU vector ISA": r["provenance"]["machine"].get("isa", {}).get("xla_cpu_max_isa") or "native",
+        "CPU vector ISA": isa_label(r),
     }
 
 
@@ -181,18 +194,20 @@ def docs_tiny_reading(results_dir: Path) -> str:
         zs = r["projection_over_bases"][names.finetuned(owl)][names.P_SHARED]["z"]
         out.append(f"- {label}: Theorem 1's projection z is positive on {sum(v > 0 for v in zs['values'])} of "
                    f"{len(zs['values'])} bases; Δ_owl: {words}.")
-    native, avx = _load(results_dir, "llm_trait_transfer_bases"), _load(results_dir, "llm_trait_transfer_bases_avx")
-    if native is not None and avx is not None:
-        pairs = [(x, avx["transfer"][arm][key]["tiny"][value]) for arm, by in native["transfer"].items()
+    native = _load(results_dir, "llm_trait_transfer_bases")
+    for other in (_load(results_dir, stem) for stem in OTHER_ISA_BASES):
+        if native is None or other is None:
+            continue
+        pairs = [(x, other["transfer"][arm][key]["tiny"][value]) for arm, by in native["transfer"].items()
                  for key, table in by.items() for value, x in table["tiny"].items() if value.startswith("delta_margins")]
         inside = lambda s, m: s["ci95"][0] <= m <= s["ci95"][1]
         same = all(verdict(x) == verdict(y) for x, y in pairs)
         within = all(inside(x, y["mean"]) and inside(y, x["mean"]) for x, y in pairs)
         moved = sum(any(a != b for a, b in zip(x["per_outer"], y["per_outer"])) for x, y in pairs)
-        out.append(f"- 15 bases, native vs AVX, over all {len(pairs)} transfer rows (both animals, every arm and "
+        out.append(f"- 15 bases, {isa_label(native)} vs {isa_label(other)}, over all {len(pairs)} transfer rows (both animals, every arm and "
                    f"teacher kind): the same verdict on {'every' if same else 'not every'} row; each mean "
                    f"{'lies' if within else 'does not always lie'} inside the other run's 95% CI; the per-base values "
-                   f"differ on {moved} of {len(pairs)} rows (the two ISAs round differently, as intended).")
+                   f"differ on {moved} of {len(pairs)} rows (the two ISAs round differently).")
     return "\n".join(out)
 
 
@@ -200,7 +215,8 @@ def docs_tiny_time(results_dir: Path) -> str:
     """The committed tiny-LM runs' wall time and phase seconds, with the machine's 1-minute load average when each results file was written."""
     out = ["| run | wall | prepare (bases) / teachers / numbers / students / projection (s) | load average (1 min) when written |",
            "|---|---|---|---|"]
-    for stem, label in TINY_RUNS + (("llm_trait_transfer_smoke", "smoke (3 short-trained bases)"),):
+    for stem, label in TINY_RUNS + (("llm_trait_transfer_smoke", "smoke (3 short-trained bases)"),
+                                    ("llm_trait_transfer_smoke_avx2", "smoke, AVX2")):
         r = _load(results_dir, stem)
         if r is None:
             continue
