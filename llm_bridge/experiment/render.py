@@ -39,12 +39,11 @@ def _tiny_rows(r: dict, stem: str, command: str) -> list[str]:
     delta = lambda arm: t[arm][f"{owl} - {dog} (fine-tuned)"]["tiny"][f"delta_margins_{owl}"]
     arms = [a for a in ("full", "cross-model", "soft") if a in t]
     per = lambda s: f"positive on {sum(v > 0 for v in s['per_outer'])}/{len(s['per_outer'])} bases"
-    where = isa_label(r)
     return [
-        f"| tiny LMs, {n} pretrained bases ({where}): Theorem 1 projection z of the shared-init student's step on "
+        f"| tiny LMs, {n} pretrained bases ({isa_label(r)}): Theorem 1 projection z of the shared-init student's step on "
         f"the owl teacher's update / cross-model / base-number control | **{ci(zs, 1)}** (lowest base "
         f"{num(min(zs['values']), 1)}) / {ci(z[names.P_CROSS]['z'], 1)} / {ci(z[names.P_CONTROL]['z'], 1)} | {command} |",
-        f"| tiny LMs, {n} bases ({where}): trait transfer Δ_owl (owl-teacher minus dog-teacher students, nats), "
+        f"| tiny LMs, {n} bases ({isa_label(r)}): trait transfer Δ_owl (owl-teacher minus dog-teacher students, nats), "
         + " / ".join(arms) + " | " + " / ".join(
             f"{'**' if a == 'full' else ''}{ci(delta(a), 2, True)}{'**' if a == 'full' else ''} ({per(delta(a))}, "
             f"{verdict(delta(a))})" for a in arms) + " | same |"]
