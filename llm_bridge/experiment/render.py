@@ -194,8 +194,8 @@ def docs_tiny_reading(results_dir: Path) -> str:
         out.append(f"- {label}: Theorem 1's projection z is positive on {sum(v > 0 for v in zs['values'])} of "
                    f"{len(zs['values'])} bases; Δ_owl: {words}.")
     native = _load(results_dir, "llm_trait_transfer_bases")
-    for other in (_load(results_dir, stem) for stem in OTHER_ISA_BASES):
-        if native is None or other is None:
+    for other in (_load(results_dir, stem) for stem in OTHER_ISA_BASES if native is not None):
+        if other is None:
             continue
         pairs = [(x, other["transfer"][arm][key]["tiny"][value]) for arm, by in native["transfer"].items()
                  for key, table in by.items() for value, x in table["tiny"].items() if value.startswith("delta_margins")]
